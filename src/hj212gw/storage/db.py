@@ -1,0 +1,230 @@
+"""`Database`: the gateway's asyncpg pool and its public storage API.
+
+Owns connecting (search_path = the configured schema, jsonb codec, running migrations and
+creating the month partitions ahead of time at start) and delegates SQL to batch.py and
+queries.py. Connection-level failures surface as `DatabaseUnavailable` so callers can tell an
+outage from a bug. Never logs `devices.pw`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from hj212gw.storage import queries
+from hj212gw.storage.batch import PartitionCache, months_needed, write_batch
+from hj212gw.storage.migrate import check_schema_name, migrate
+from hj212gw.storage.queries import DataPage
+from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+
+# Errors meaning "the database or the path to it is gone", as opposed to a bad statement.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+# Errors worth retrying the same batch for: outages plus lock conflicts between replicas.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *OUTAGE_ERRORS,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+AHEAD_MONTHS = 2
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached or dropped the connection."""
+
+
+def _months_ahead(now: datetime, count: int) -> list[datetime]:
+    year, month = now.year, now.month
+    out = []
+    for _ in range(count + 1):
+        out.append(datetime(year, month, 1, tzinfo=UTC))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, ensure_ascii=False).encode()  # binary jsonb: version byte 1
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary format so COPY (copy_records_to_table) can use it too.
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+
+
+class Database:
+    """An asyncpg pool bound to one schema; `connect()` migrates and creates partitions ahead."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "hj212gw",
+        min_size: int = 2,
+        max_size: int = 8,
+        command_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        migrate_on_connect: bool = True,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.min_size = min_size
+        self.max_size = max_size
+        self.command_timeout_s = command_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.migrate_on_connect = migrate_on_connect
+        self.partitions = PartitionCache()
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.connect() was not called")
+        return self._pool
+
+    async def connect(self) -> None:
+        """Migrate (if enabled), open the pool, create this and the next AHEAD_MONTHS partitions.
+
+        Raises:
+            DatabaseUnavailable: PostgreSQL cannot be reached.
+            MigrationError: the schema cannot be migrated (e.g. ChecksumMismatch).
+        """
+        try:
+            if self.migrate_on_connect:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
+                try:
+                    await migrate(conn, self.schema)
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                command_timeout=self.command_timeout_s,
+                timeout=self.connect_timeout_s,
+                server_settings={"search_path": f'"{self.schema}"'},
+                init=_init_connection,
+            )
+            await self.ensure_partitions_ahead(datetime.now(UTC))
+        except OUTAGE_ERRORS as err:
+            raise DatabaseUnavailable(str(err)) from err
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ensure_partitions_ahead(self, now: datetime) -> None:
+        """Month partitions of data and raw_frames for now's month and the next AHEAD_MONTHS."""
+        needed = {
+            (t, (m.year, m.month)) for m in _months_ahead(now, AHEAD_MONTHS) for t in ("data", "raw_frames")
+        }
+        async with self.pool.acquire() as conn:
+            await self.partitions.ensure(conn, needed)
+
+    async def ping(self) -> bool:
+        """True if a trivial query round-trips within the connect timeout."""
+        try:
+            async with self.pool.acquire(timeout=self.connect_timeout_s) as conn:
+                return bool(await conn.fetchval("SELECT true", timeout=self.connect_timeout_s))
+        except OUTAGE_ERRORS:
+            return False
+
+    async def save_batch(
+        self,
+        data_rows: Sequence[DataRow],
+        frame_rows: Sequence[FrameRow] = (),
+        devices_seen: Sequence[DeviceSeen] = (),
+    ) -> int:
+        """Store one batch atomically; return how many data rows were inserted or changed.
+
+        Missing month partitions are created first (their own short transaction), then data
+        (staged COPY + upsert), raw frames (COPY) and devices commit in ONE transaction.
+        Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
+        """
+        async with self.pool.acquire() as conn:
+            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows))
+            return await write_batch(conn, data_rows, frame_rows, devices_seen)
+
+    async def fetch_devices(self) -> list[dict[str, Any]]:
+        """Every device, ordered by mn, without `pw`."""
+        async with self.pool.acquire() as conn:
+            return await queries.fetch_devices(conn)
+
+    async def fetch_device(self, mn: str, *, with_secret: bool = False) -> dict[str, Any] | None:
+        """One device or None; `pw` is included only with `with_secret=True`."""
+        async with self.pool.acquire() as conn:
+            return await queries.fetch_device(conn, mn, with_secret=with_secret)
+
+    async def fetch_data(
+        self,
+        mn: str,
+        cn: str,
+        start: datetime,
+        end: datetime,
+        code: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> DataPage:
+        """One page of stored data in [start, end), keyset-paged by (data_time, factor).
+
+        Args:
+            mn: device MN.
+            cn: data CN as text, e.g. "2051".
+            start: inclusive lower bound of data_time.
+            end: exclusive upper bound of data_time.
+            code: only this factor (matches `factor` or `factor_2017`).
+            limit: rows per page.
+            cursor: `next_cursor` of the previous page.
+
+        Raises:
+            BadCursor: `cursor` was not produced by this code.
+        """
+        async with self.pool.acquire() as conn:
+            return await queries.fetch_data(
+                conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor
+            )
+
+    async def record_connection_open(self, gateway_id: str, peer: str, at: datetime) -> int:
+        """Insert a `connections` row; return its id (for FrameRow.connection_id)."""
+        async with self.pool.acquire() as conn:
+            return await queries.insert_connection(conn, gateway_id, peer, at)
+
+    async def record_connection_close(
+        self,
+        connection_id: int,
+        *,
+        at: datetime,
+        close_reason: str,
+        mn: str | None = None,
+        frames_ok: int = 0,
+        frames_rejected: int = 0,
+    ) -> None:
+        """Fill in the end of a `connections` row."""
+        async with self.pool.acquire() as conn:
+            await queries.close_connection(
+                conn,
+                connection_id,
+                mn=mn,
+                at=at,
+                close_reason=close_reason,
+                frames_ok=frames_ok,
+                frames_rejected=frames_rejected,
+            )

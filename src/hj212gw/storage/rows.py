@@ -1,0 +1,77 @@
+"""Plain rows the rest of the gateway hands to storage.
+
+The ingest code converts parsed packets into these; storage only writes them.
+No protocol parsing and no validation happen here (the parser already validated),
+and this module imports nothing from hj212gw.protocol, asyncpg or asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class DataRow:
+    """One value set of one factor (pollutant or parameter) at one DataTime: a row of `data`.
+
+    `values_text` holds every per-factor field exactly as sent ("w01018-Rtd" -> key "Rtd"),
+    number text preserved; the float columns are the parsed numbers, None when absent or
+    not numeric. All datetimes must be timezone-aware.
+    """
+
+    mn: str
+    cn: str
+    data_time: datetime
+    factor: str
+    values_text: Mapping[str, str]
+    received_at: datetime
+    qn: str | None = None
+    factor_2017: str | None = None
+    rtd: float | None = None
+    min: float | None = None
+    avg: float | None = None
+    max: float | None = None
+    cou: float | None = None
+    zs_rtd: float | None = None
+    zs_min: float | None = None
+    zs_avg: float | None = None
+    zs_max: float | None = None
+    flag: str | None = None
+    eflag: str | None = None
+    sample_time: datetime | None = None
+    extra: Mapping[str, Any] | None = None
+    resend: bool = False
+    time_suspect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    """One received frame, good or bad, for the `raw_frames` evidence trail.
+
+    `verdict` is "ok" or the reject reason (an Hj212Error.reason); `tolerances` names the
+    vendor quirks that were tolerated to accept it.
+    """
+
+    received_at: datetime
+    raw: bytes
+    verdict: str = "ok"
+    connection_id: int | None = None
+    peer: str | None = None
+    mn: str | None = None
+    cn: str | None = None
+    qn: str | None = None
+    tolerances: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """A valid packet from `mn` arrived at `seen_at` from `peer`: refreshes `devices`."""
+
+    mn: str
+    protocol_version: int | None
+    st: str | None
+    peer: str | None
+    seen_at: datetime
