@@ -1,0 +1,288 @@
+"""`BatchWriter`: coalesces packets from all connections into batches and confirms each after COMMIT.
+
+Owns the write queue between the server and storage: batching (`max_batch_rows`, `linger_s`), a
+few writer tasks so one batch commits while the next is gathered, retry with backoff while
+PostgreSQL is down (one `database_down` WARNING, one `database_up` INFO), the bounded queue that
+tells the server to stop reading sockets (`full`, `wait_for_room`), and the `WriterObserver` hooks
+for metrics. An item's future resolves only after its batch committed; nothing is dropped.
+Imports no protocol, prometheus_client or settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+
+from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, Database
+from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+
+# A bad value in one row (out of range, NUL in text, ...) fails the whole batch; split to find it.
+_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class WriterClosed(Exception):
+    """`submit` after `close()` began."""
+
+
+class ItemRejected(Exception):
+    """PostgreSQL refused this item's rows even alone (e.g. a value out of range). Not retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestItem:
+    """What ONE packet stores: its data rows, its raw frame(s), the device sighting."""
+
+    data_rows: Sequence[DataRow] = ()
+    frame_rows: Sequence[FrameRow] = ()
+    device_seen: DeviceSeen | None = None
+
+    @property
+    def row_count(self) -> int:
+        return len(self.data_rows) + len(self.frame_rows) + 1
+
+
+class WriterObserver(Protocol):
+    """Metrics hooks; metrics.py provides the Prometheus implementation."""
+
+    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None: ...
+    def queue_depth(self, items: int) -> None: ...
+    def database_up(self, up: bool) -> None: ...
+
+
+class NullObserver:
+    """Default observer: records nothing."""
+
+    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None:
+        pass
+
+    def queue_depth(self, items: int) -> None:
+        pass
+
+    def database_up(self, up: bool) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: IngestItem
+    future: asyncio.Future[None]
+    on_commit: Callable[[], Any] | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    entries: list[_Pending] = field(default_factory=list)
+    rows: int = 0
+
+
+class BatchWriter:
+    """Batches IngestItems from every connection into `Database.save_batch` calls."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch_rows: int = 2000,
+        linger_s: float = 0.01,
+        writers: int = 2,
+        max_pending_items: int = 10_000,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        observer: WriterObserver | None = None,
+    ) -> None:
+        self.db = db
+        self.max_batch_rows = max_batch_rows
+        self.linger_s = linger_s
+        self.writers = writers
+        self.max_pending_items = max_pending_items
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.observer: WriterObserver = observer or NullObserver()
+        self.log = structlog.get_logger("hj212gw.ingest")
+        self.ready = True
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._gather_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._active: list[_Batch] = []
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        """Items submitted and not yet committed (queued + in a batch being written)."""
+        return len(self._queue) + self._in_flight
+
+    @property
+    def full(self) -> bool:
+        """True when the server should stop reading sockets until `wait_for_room()` returns."""
+        return self.pending >= self.max_pending_items
+
+    def start(self) -> None:
+        """Start the writer tasks (call inside the running loop)."""
+        for n in range(self.writers):
+            self._tasks.append(asyncio.create_task(self._run(), name=f"batch-writer-{n}"))
+
+    def submit(self, item: IngestItem, on_commit: Callable[[], Any] | None = None) -> asyncio.Future[None]:
+        """Queue one packet's rows; the future resolves (and on_commit runs) after COMMIT.
+
+        Never refuses for lack of room (the rows would be lost): callers check `full` and pause
+        reading. The future fails with ItemRejected if PostgreSQL refuses the rows themselves.
+
+        Raises:
+            WriterClosed: close() has begun.
+        """
+        if self._closing:
+            raise WriterClosed("batch writer is closing")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, future, on_commit))
+        self._update_room()
+        self._wakeup.set()
+        return future
+
+    async def put(self, item: IngestItem, on_commit: Callable[[], Any] | None = None) -> asyncio.Future[None]:
+        """`wait_for_room()` then `submit()`: for stream-style callers that may block."""
+        await self.wait_for_room()
+        return self.submit(item, on_commit)
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue is below `max_pending_items`."""
+        while self.full:
+            await self._room.wait()
+
+    async def close(self, timeout_s: float | None = 30.0) -> None:
+        """Flush what is pending (up to timeout_s), then stop; unflushed futures are cancelled."""
+        self._closing = True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.pending and (deadline is None or time.monotonic() < deadline):
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        unflushed = [e for b in self._active for e in b.entries] + list(self._queue)
+        self._queue.clear()
+        for entry in unflushed:
+            entry.future.cancel()  # never committed: no ack, the DAS sends it again
+
+    def _update_room(self) -> None:
+        if self.full:
+            self._room.clear()
+        else:
+            self._room.set()
+        self.observer.queue_depth(self.pending)
+
+    async def _run(self) -> None:
+        while True:
+            async with self._gather_lock:
+                batch = await self._gather()
+            self._active.append(batch)
+            try:
+                await self._commit_with_retry(batch)
+            finally:
+                self._active.remove(batch)
+
+    async def _gather(self) -> _Batch:
+        """Wait for a first item, then collect for up to linger_s or max_batch_rows."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = _Batch()
+        deadline = time.monotonic() + self.linger_s
+        while True:
+            self._take(batch)
+            left = deadline - time.monotonic()
+            if batch.rows >= self.max_batch_rows or left <= 0 or self._closing:
+                return batch
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                self._take(batch)
+                return batch
+
+    def _take(self, batch: _Batch) -> None:
+        while self._queue and batch.rows < self.max_batch_rows:
+            entry = self._queue.popleft()
+            batch.entries.append(entry)
+            batch.rows += entry.item.row_count
+            self._in_flight += 1
+
+    async def _commit_with_retry(self, batch: _Batch) -> None:
+        delay = self.retry_initial_s
+        while True:
+            try:
+                await self._commit(batch.entries)
+            except RETRYABLE_ERRORS as err:
+                if isinstance(err, OUTAGE_ERRORS):  # a deadlock between replicas is no outage
+                    self._mark_down(err)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            self._mark_up()
+            return
+
+    async def _commit(self, entries: list[_Pending]) -> None:
+        """Save entries in one transaction; on a row error split to isolate the bad item."""
+        started = time.monotonic()
+        data = [r for e in entries for r in e.item.data_rows]
+        frames = [r for e in entries for r in e.item.frame_rows]
+        seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
+        try:
+            await self.db.save_batch(data, frames, seen)
+        except _ROW_ERRORS as err:
+            if len(entries) == 1:
+                self._reject(entries[0], err)
+                return
+            half = len(entries) // 2
+            await self._commit(entries[:half])
+            await self._commit(entries[half:])
+            return
+        self.observer.batch_committed(
+            items=len(entries), rows=len(data) + len(frames), latency_s=time.monotonic() - started
+        )
+        for entry in entries:
+            self._resolve(entry)
+
+    def _resolve(self, entry: _Pending) -> None:
+        self._in_flight -= 1
+        self._update_room()
+        if not entry.future.done():
+            entry.future.set_result(None)
+        if entry.on_commit is not None:
+            try:
+                entry.on_commit()
+            except Exception:
+                # A failing ack callback is a bug in the caller; the rows are committed regardless.
+                self.log.exception("on_commit_failed")
+
+    def _reject(self, entry: _Pending, err: Exception) -> None:
+        self._in_flight -= 1
+        self._update_room()
+        mn = entry.item.device_seen.mn if entry.item.device_seen else None
+        self.log.warning("item_rejected_by_database", mn=mn, error=type(err).__name__, detail=str(err)[:200])
+        if not entry.future.done():
+            entry.future.set_exception(ItemRejected(str(err)))
+
+    def _mark_down(self, err: BaseException) -> None:
+        if self.ready:
+            self.ready = False
+            self.observer.database_up(False)
+            self.log.warning("database_down", error=type(err).__name__, detail=str(err)[:200])
+
+    def _mark_up(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.observer.database_up(True)
+            self.log.info("database_up")
