@@ -167,14 +167,15 @@ class BatchWriter:
         while self.pending and (deadline is None or time.monotonic() < deadline):
             self._wakeup.set()
             await asyncio.sleep(0.005)
+        unflushed = [e for b in self._active for e in b.entries] + list(self._queue)
+        self._queue.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        unflushed = [e for b in self._active for e in b.entries] + list(self._queue)
-        self._queue.clear()
         for entry in unflushed:
-            entry.future.cancel()  # never committed: no ack, the DAS sends it again
+            if not entry.future.done():
+                entry.future.cancel()  # never committed: no ack, the DAS sends it again
 
     def _update_room(self) -> None:
         if self.full:
