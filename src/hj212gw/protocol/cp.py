@@ -1,0 +1,303 @@
+"""The CP data area (HJ 212-2017 §6): tokenizing, grouping by factor, and one typed model per CN.
+
+`parse_cp(cn, text)` returns a frozen model; an unknown CN gets `GenericCp`, which keeps every
+item. Values stay text as sent; typed accessors convert on demand. Items are tokenized on both
+`;` and `,` (the standard's own examples mix them, §6), except inside `//…//` log text.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hj212gw.protocol.codes import CODE_2005_TO_2017
+from hj212gw.protocol.errors import BadCpItem
+from hj212gw.protocol.models import Reading
+
+Items = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CpData:
+    """Every `name=value` item of the CP, in order. The base of all CP models."""
+
+    items: Items
+
+    def get(self, name: str) -> str | None:
+        for key, value in self.items:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class GenericCp(CpData):
+    """A CN we have no model for: kept whole, never rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataCp(CpData):
+    """Uploads with per-factor values: 2011, 2013, 2021, 2031, 2041, 2051, 2052, 2061, 2062,
+    2111, 2005's 2072/2073 and 8013. `extras` are the non-factor items besides DataTime."""
+
+    data_time: str | None
+    readings: tuple[Reading, ...]
+    extras: Items = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequestCp(CpData):
+    """A platform fetch of history (2011 (ST 44), 2013, 2031, 2041, 2051, 2061, 2062) or logs."""
+
+    begin_time: str | None
+    end_time: str | None
+    pol_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfoCp(CpData):
+    """3019/3020/3021 site information: `DataTime;[PolId;]iXXXXX-Info=…` (log text kept whole)."""
+
+    data_time: str | None
+    pol_id: str | None
+    info_id: str | None
+    infos: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartCp(CpData):
+    """2081: the DAS's power-on time."""
+
+    data_time: str | None
+    restart_time: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReplyCp(CpData):
+    """9011: QnRtn; a 2005 reply carries the answered QN inside CP."""
+
+    qn_rtn: int | None
+    qn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResultCp(CpData):
+    """9012: ExeRtn; a 2005 reply carries the answered QN inside CP."""
+
+    exe_rtn: int | None
+    qn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmptyCp(CpData):
+    """9013, 9014, 9015 heartbeats, 2012/2022 stops and parameterless gets. 2005 may put a QN here."""
+
+    qn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemTimeCp(CpData):
+    """1011 (time upload or get) and 1012 (set time)."""
+
+    pol_id: str | None
+    system_time: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutsCp(CpData):
+    """1000: OverTime (s) and ReCount."""
+
+    over_time: int | None
+    re_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalCp(CpData):
+    """1061/1062 RtdInterval (s) and 1063/1064 MinInterval (min)."""
+
+    rtd_interval: int | None
+    min_interval: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewPasswordCp(CpData):
+    """1072: NewPW."""
+
+    new_pw: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolIdCommandCp(CpData):
+    """1013 and control commands 3011-3018, 3022, 3024 that address one instrument by PolId."""
+
+    pol_id: str | None
+    calibration_type: str | None = None
+    vase_no: str | None = None
+    data_time: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareSerialCp(CpData):
+    """2025 CN 1001: logger id, CPU id and MACs (i23005-i23008)."""
+
+    logger_id: str | None
+    cpu_id: str | None
+    mac1: str | None
+    mac2: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetMnCp(CpData):
+    """2025 CN 1002: the platform assigns the MN (header) to the logger named here."""
+
+    logger_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyExchangeCp(CpData):
+    """2025 CN 1014: SKCreateTime, and NewSK when the platform sends a key."""
+
+    sk_create_time: str | None
+    new_sk: str | None
+
+
+_DATA_CNS = frozenset({"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2111"})
+_DATA_CNS_2005 = frozenset({"2072", "2073", "8013"})
+_POLID_CNS = frozenset({"1013", "3011", "3012", "3013", "3014", "3015", "3016", "3017", "3018", "3022", "3024"})
+_EMPTY_CNS = frozenset({"9013", "9014", "9015", "9021", "2012", "2022", "1061", "1063"})
+_INFO_CNS = frozenset({"3019", "3020", "3021"})
+
+
+def tokenize_cp(text: str) -> Items:
+    """`a=1;b=2,c=3` -> ((a, 1), (b, 2), (c, 3)); `//…//` log text may contain `;` and `,`.
+
+    Raises:
+        BadCpItem: a token without `=`.
+    """
+    if "//" in text:
+        return _tokenize_with_logs(text)
+    items = []
+    for token in text.replace(",", ";").split(";"):
+        name, eq, value = token.partition("=")
+        if not eq:
+            if token.strip():
+                raise BadCpItem(token)
+            continue
+        items.append((name, value))
+    return tuple(items)
+
+
+def _tokenize_with_logs(text: str) -> Items:
+    items: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        eq = text.find("=", pos)
+        if eq < 0:
+            if text[pos:].strip(";, "):
+                raise BadCpItem(text[pos:])
+            break
+        name = text[pos:eq].strip(";, ")
+        if text.startswith("//", eq + 1):
+            close = text.find("//", eq + 3)
+            end = len(text) if close < 0 else close + 2
+        else:
+            ends = [i for i in (text.find(";", eq), text.find(",", eq)) if i >= 0]
+            end = min(ends) if ends else len(text)
+        if not name or any(c in name for c in ";,"):
+            raise BadCpItem(text[pos:end])
+        items.append((name, text[eq + 1 : end]))
+        pos = end + 1
+    return tuple(items)
+
+
+def group_readings(items: Items) -> tuple[str | None, tuple[Reading, ...], Items]:
+    """Split items into DataTime, per-factor readings (grouped by the code before `-`), extras."""
+    data_time = None
+    groups: dict[str, dict[str, str]] = {}
+    extras = []
+    for name, value in items:
+        code, dash, suffix = name.partition("-")
+        if dash:
+            values = groups.get(code)
+            if values is None:
+                values = groups[code] = {}
+            values[suffix] = value
+        elif name == "DataTime":
+            data_time = value
+        else:
+            extras.append((name, value))
+    mapping = CODE_2005_TO_2017
+    readings = tuple(Reading(code, values, mapping.get(code)) for code, values in groups.items())
+    return data_time, readings, tuple(extras)
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_cp(cn: str, text: str) -> CpData:
+    """The typed model of a CP's content for command `cn`.
+
+    Raises:
+        BadCpItem: an item is not `name=value`.
+    """
+    items = tokenize_cp(text)
+    get = CpData(items).get
+    if ("BeginTime" in text or "EndTime" in text) and "DataTime" not in text:
+        return HistoryRequestCp(items, get("BeginTime"), get("EndTime"), get("PolId"))
+    if cn in _DATA_CNS or cn in _DATA_CNS_2005:
+        data_time, readings, extras = group_readings(items)
+        return DataCp(items, data_time, readings, extras)
+    if cn in _INFO_CNS:
+        data_time, infos, _ = group_readings(items)
+        return SiteInfoCp(items, data_time, get("PolId"), get("InfoId"), infos)
+    return _parse_command_cp(cn, items, get)
+
+
+def _parse_command_cp(cn: str, items: Items, get: Callable[[str], str | None]) -> CpData:
+    match cn:
+        case "2081":
+            return RestartCp(items, get("DataTime"), get("RestartTime"))
+        case "9011":
+            return RequestReplyCp(items, _int(get("QnRtn")), get("QN"))
+        case "9012":
+            return ExecutionResultCp(items, _int(get("ExeRtn")), get("QN"))
+        case "1011" | "1012":
+            return SystemTimeCp(items, get("PolId"), get("SystemTime"))
+        case "1000":
+            return TimeoutsCp(items, _int(get("OverTime")), _int(get("ReCount")))
+        case "1061" | "1062" | "1063" | "1064" if items:
+            return IntervalCp(items, _int(get("RtdInterval")), _int(get("MinInterval")))
+        case "1072":
+            return NewPasswordCp(items, get("NewPW"))
+        case "1001" if get("i23005-Info") is not None or get("i23006-Info") is not None:
+            return HardwareSerialCp(
+                items, get("i23005-Info"), get("i23006-Info"), get("i23007-Info"), get("i23008-Info")
+            )
+        case "1002":
+            return SetMnCp(items, get("i23005-Info"))
+        case "1014":
+            return KeyExchangeCp(items, get("SKCreateTime"), get("NewSK"))
+    if cn in _POLID_CNS:
+        return PolIdCommandCp(
+            items, get("PolId"), get("CalibrationType"), get("VaseNo"), get("DataTime")
+        )
+    if cn in _EMPTY_CNS or not items:
+        return EmptyCp(items, get("QN"))
+    return GenericCp(items)
+
+
+def encode_items(items: Items, separators: str = ";") -> str:
+    """`name=value` items joined with `;` (HJ 212-2017 §6 recommends `;` between items)."""
+    return separators.join(f"{name}={value}" for name, value in items)
+
+
+def encode_readings(data_time: str | None, readings: tuple[Reading, ...]) -> str:
+    """`DataTime=…;code-Suffix=v,code-Suffix=v;…`: one `;`-item per factor, `,` within it."""
+    parts = [f"DataTime={data_time}"] if data_time is not None else []
+    for reading in readings:
+        parts.append(",".join(f"{reading.code}-{suffix}={value}" for suffix, value in reading.values.items()))
+    return ";".join(parts)

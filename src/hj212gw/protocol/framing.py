@@ -1,0 +1,287 @@
+"""Framing: splits a byte stream into `##dddd<segment><crc>\\r\\n` frames (HJ 212-2017 §2).
+
+`FrameBuffer` is incremental: feed it what a socket read returned, then take frames until it
+answers None ("need more bytes"). A bad frame raises a `FrameError` *after* its bytes have been
+consumed, so the caller just asks again: a bad frame never costs the good frame after it.
+
+Field quirks are tolerated by name (the `Tolerance` constants); every frame lists the ones it
+needed. The CRC is computed here and its verdict recorded; whether a verdict is acceptable is
+policy, decided by `decoder`. Imports nothing outside the protocol package.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from hj212gw.protocol.constants import MAX_SEGMENT_BYTES
+from hj212gw.protocol.crc import crc16, crc16_modbus, swap_bytes
+from hj212gw.protocol.errors import (
+    BufferOverflow,
+    CrcMissing,
+    FrameError,
+    FrameTooLong,
+    LengthFieldError,
+    TrailerError,
+)
+
+
+class Tolerance(StrEnum):
+    """A deviation from the standard that real devices are known to send, and we accept."""
+
+    LOWERCASE_CRC = "lowercase_crc"  # 1dc0, 71c0: xiaoyao9184/hj-t212-parser test data
+    MISSING_CR = "missing_cr"  # LF-only tail
+    MISSING_LF = "missing_lf"  # CR-only tail
+    MISSING_TAIL = "missing_tail"  # no CR LF at all: next `##` or end of stream ends the frame
+    EXTRA_CR = "extra_cr"  # CR CR LF (text-mode logging on Windows forwarders)
+    TRAILING_WHITESPACE = "trailing_whitespace"  # blanks between the CRC and the tail
+    LENGTH_MISMATCH = "length_mismatch"  # declared length does not land on the CRC
+    OVERSIZE_SEGMENT = "oversize_segment"  # segment longer than the standard's 1024
+    DTU_KEEPALIVE = "dtu_keepalive"  # modem keep-alive `#G…&` between `&&` and the CRC
+    CRC_MODBUS = "crc_modbus"  # CRC-16/MODBUS, allowed for this device
+    CRC_MODBUS_SWAPPED = "crc_modbus_swapped"  # CRC-16/MODBUS, bytes swapped, allowed
+    CRC_NOT_CHECKED = "crc_not_checked"  # lenient CRC policy let a mismatch through
+    NUL_IN_FIELD = "nul_in_field"  # NUL bytes inside a header value (2016 Hebei capture)
+    LONG_DATATIME = "long_datatime"  # 15-17 digit times: milliseconds appended
+    SHORT_DATATIME = "short_datatime"  # 13 or fewer digits
+    CP_UNCLOSED = "cp_unclosed"  # CP=&&… with no closing && before the CRC
+    FIELDS_AFTER_CP = "fields_after_cp"  # `…&&;Flag=0` (a generator bug)
+    MISSING_QN = "missing_qn"  # 2005 uploads
+    MISSING_FLAG = "missing_flag"  # 2005
+    GBK_TEXT = "gbk_text"  # log text in GBK rather than UTF-8
+    SM4_TEXT_FORM = "sm4_text_form"  # CP ciphertext sent as the printed `{0xE4,…}` text
+    SM4_PREVIOUS_KEY = "sm4_previous_key"  # decrypted with the device's previous key
+
+
+class CrcVerdict(StrEnum):
+    """Which routine, if any, produced the CRC the frame carries."""
+
+    OK = "ok"
+    MODBUS = "modbus"
+    MODBUS_SWAPPED = "modbus_swapped"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """Bounds that protect the gateway from hostile or broken streams."""
+
+    max_segment_bytes: int = 4096  # >1024 is accepted but marked OVERSIZE_SEGMENT
+    max_buffer_bytes: int = 65536
+    max_junk_report_bytes: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One framed packet as received: the segment, the CRC verdict, the quirks it needed."""
+
+    segment: bytes
+    declared_length: int
+    length_text: bytes
+    crc_text: bytes
+    declared_crc: int
+    computed_crc: int
+    crc_verdict: CrcVerdict
+    tail: bytes
+    injected: bytes
+    tolerances: tuple[str, ...]
+
+    @property
+    def raw(self) -> bytes:
+        """The frame's bytes exactly as they arrived."""
+        return b"##" + self.length_text + self.segment + self.injected + self.crc_text + self.tail
+
+
+class Garbage(FrameError):
+    """Bytes that are no part of any frame, skipped while looking for `##`."""
+
+    reason = "garbage"
+
+    def __init__(self, junk: bytes, skipped: int) -> None:
+        super().__init__(f"{skipped} bytes outside any frame: {junk[:40]!r}")
+        self.junk = junk
+        self.skipped = skipped
+
+
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_UPPER_HEX: Final = frozenset(b"0123456789ABCDEF")
+_BLANK: Final = b" \t\x00"
+_INTER_FRAME: Final = b"\r\n \t\x00"
+_SLACK_BYTES: Final = 64  # how far past the declared end we look for a tail
+
+
+def _is_hex4(chunk: bytes | bytearray) -> bool:
+    return len(chunk) == 4 and _HEX.issuperset(chunk)
+
+
+class FrameBuffer:
+    """Incremental decoder for one connection's byte stream."""
+
+    __slots__ = ("_buf", "_eof", "limits")
+
+    def __init__(self, limits: FrameLimits | None = None) -> None:
+        self.limits = limits or FrameLimits()
+        self._buf = bytearray()
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def end_of_stream(self) -> None:
+        """No more bytes will come: the buffer's end may close a frame that lacks its tail."""
+        self._eof = True
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None when more bytes are needed.
+
+        Raises:
+            FrameError: a defect; its bytes are already consumed, so call again.
+        """
+        buf = self._buf
+        start = buf.find(b"##")
+        if start != 0:
+            return self._skip_to_header(start)
+        if len(buf) < 6:
+            return None
+        length_text = bytes(buf[2:6])
+        if not length_text.isdigit():
+            del buf[:2]
+            raise LengthFieldError(length_text)
+        declared = int(length_text)
+        if declared > self.limits.max_segment_bytes:
+            del buf[:2]
+            raise FrameTooLong(declared=declared, limit=self.limits.max_segment_bytes)
+        end = 6 + declared
+        if len(buf) >= end + 6 and buf[end + 4 : end + 6] == b"\r\n" and _is_hex4(buf[end : end + 4]):
+            segment = bytes(buf[6:end])
+            crc_text = bytes(buf[end : end + 4])
+            del buf[: end + 6]
+            return _make_frame(segment, declared, length_text, crc_text, b"\r\n", b"", [])
+        return self._frame_by_tail(declared, length_text)
+
+    def _skip_to_header(self, start: int) -> Frame | None:
+        buf = self._buf
+        if start < 0:
+            # Keep a trailing '#', it may be the first half of the next header.
+            start = len(buf) - 1 if buf.endswith(b"#") else len(buf)
+        junk = bytes(buf[:start])
+        del buf[:start]
+        if junk.strip(_INTER_FRAME):
+            raise Garbage(junk[: self.limits.max_junk_report_bytes], len(junk))
+        if len(buf) > self.limits.max_buffer_bytes:
+            raise self._overflow()
+        return self.next_frame() if buf.startswith(b"##") else None
+
+    def _overflow(self) -> BufferOverflow:
+        buffered = len(self._buf)
+        del self._buf[:2]
+        return BufferOverflow(buffered=buffered, limit=self.limits.max_buffer_bytes)
+
+    def _frame_by_tail(self, declared: int, length_text: bytes) -> Frame | None:
+        """Slow path: the declared length does not land on `CRC\\r\\n`; find the tail itself."""
+        buf = self._buf
+        declared_end = 6 + declared + 6
+        newline = buf.find(b"\n", 6)
+        header = buf.find(b"##", 6)
+        candidates = [i for i in (newline, header) if i >= 0]
+        boundary = min(candidates) if candidates else -1
+        if boundary < 0:
+            if self._eof and len(buf) > 6:
+                boundary = len(buf)
+            elif len(buf) > declared_end + _SLACK_BYTES or len(buf) > self.limits.max_buffer_bytes:
+                del buf[:2]
+                raise TrailerError(f"no CRC and tail within {len(buf) + 2} bytes of a header")
+            else:
+                return None
+        elif boundary < declared_end and not self._eof and not _looks_like_end(buf, boundary):
+            # A newline inside the declared length that is not `&&XXXX\r\n` may be payload
+            # (an SM4 ciphertext is binary): wait for the declared bytes first.
+            if len(buf) < declared_end:
+                return None
+        return self._cut_at(boundary, declared, length_text)
+
+    def _cut_at(self, boundary: int, declared: int, length_text: bytes) -> Frame:
+        buf = self._buf
+        tolerances: list[str] = []
+        is_newline = boundary < len(buf) and buf[boundary] == 0x0A
+        line = bytes(buf[6:boundary])
+        consumed = boundary + 1 if is_newline else boundary
+        tail_start = len(line.rstrip(b"\r" + _BLANK))
+        tail_text = line[tail_start:] + (b"\n" if is_newline else b"")
+        line = line[:tail_start]
+        del buf[:consumed]
+        crs = tail_text.count(b"\r")
+        if tail_text.strip(b"\r\n"):
+            tolerances.append(Tolerance.TRAILING_WHITESPACE)
+        if not is_newline:
+            tolerances.append(Tolerance.MISSING_LF if crs else Tolerance.MISSING_TAIL)
+        elif crs == 0:
+            tolerances.append(Tolerance.MISSING_CR)
+        elif crs > 1:
+            tolerances.append(Tolerance.EXTRA_CR)
+        crc_text = line[-4:]
+        if not _is_hex4(crc_text):
+            raise CrcMissing(crc_text)
+        segment = line[:-4]
+        injected = b""
+        keepalive = segment.rfind(b"&&#G")
+        if keepalive >= 0 and segment.endswith(b"&"):
+            injected = segment[keepalive + 2 :]
+            segment = segment[: keepalive + 2]
+            tolerances.append(Tolerance.DTU_KEEPALIVE)
+        if len(segment) != declared:
+            tolerances.append(Tolerance.LENGTH_MISMATCH)
+        return _make_frame(segment, declared, length_text, crc_text, tail_text, injected, tolerances)
+
+
+def _looks_like_end(buf: bytearray, newline: int) -> bool:
+    """`&&XXXX[\\r]\\n` or `XXXX\\r\\n`: the shape of a real frame end before position `newline`."""
+    stop = newline - 1 if newline > 0 and buf[newline - 1] == 0x0D else newline
+    return _is_hex4(buf[stop - 4 : stop])
+
+
+def _make_frame(
+    segment: bytes,
+    declared: int,
+    length_text: bytes,
+    crc_text: bytes,
+    tail: bytes,
+    injected: bytes,
+    tolerances: list[str],
+) -> Frame:
+    declared_crc = int(crc_text, 16)
+    computed = crc16(segment)
+    if computed == declared_crc:
+        verdict = CrcVerdict.OK
+    else:
+        modbus = crc16_modbus(segment)
+        if modbus == declared_crc:
+            verdict = CrcVerdict.MODBUS
+        elif swap_bytes(modbus) == declared_crc:
+            verdict = CrcVerdict.MODBUS_SWAPPED
+        else:
+            verdict = CrcVerdict.MISMATCH
+    if not _UPPER_HEX.issuperset(crc_text):
+        tolerances.append(Tolerance.LOWERCASE_CRC)
+    if len(segment) > MAX_SEGMENT_BYTES:
+        tolerances.append(Tolerance.OVERSIZE_SEGMENT)
+    return Frame(
+        segment=segment,
+        declared_length=declared,
+        length_text=length_text,
+        crc_text=crc_text,
+        declared_crc=declared_crc,
+        computed_crc=computed,
+        crc_verdict=verdict,
+        tail=tail,
+        injected=injected,
+        tolerances=tuple(tolerances),
+    )
+
+
+def encode_frame(segment: bytes) -> bytes:
+    """`##dddd<segment><CRC>\\r\\n` with the byte length and upper-case CRC the standard asks for."""
+    return b"##%04d%s%04X\r\n" % (len(segment), segment, crc16(segment))

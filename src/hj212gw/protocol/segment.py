@@ -1,0 +1,161 @@
+"""Data segment <-> Packet (HJ 212-2017 §4): `QN;ST;CN;PW;MN;Flag;[PNUM;PNO;][RF;]CP=&&…&&`.
+
+Lossless: `encode_segment(parse_segment(s)) == s` for every segment we accept, because the
+header keeps its field order and text and the CP keeps its text. Tolerates what 2005 units and
+quirky firmware send (no QN, no Flag, other key orders, unknown keys, NUL bytes in values,
+fields after the CP), and names each tolerance on the packet.
+"""
+
+from hj212gw.protocol.cp import parse_cp
+from hj212gw.protocol.errors import BadEncoding, BadFieldValue, CpUnterminated, MissingField
+from hj212gw.protocol.framing import Tolerance
+from hj212gw.protocol.models import Packet
+
+_CP_OPEN = b"CP=&&"
+
+
+def split_segment(segment: bytes) -> tuple[str, bytes, bool, str]:
+    """(header text, CP content bytes, closed, text after the closing `&&`).
+
+    Raises:
+        MissingField: no `CP=&&`.
+        BadEncoding: the header is not ASCII.
+    """
+    open_at = segment.find(_CP_OPEN)
+    if open_at < 0:
+        raise MissingField("CP")
+    try:
+        header = segment[:open_at].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise BadEncoding(f"header is not ASCII at byte {exc.start}") from exc
+    body = segment[open_at + 5 :]
+    if body.endswith(b"&&"):
+        return header, body[:-2], True, ""
+    close_at = body.rfind(b"&&")
+    after = body[close_at + 2 :] if close_at >= 0 else b""
+    if close_at >= 0 and after.startswith(b";") and b"=" in after and after.isascii():
+        return header, body[:close_at], True, after.decode("ascii")
+    return header, body, False, ""
+
+
+def parse_header(header: str) -> tuple[tuple[str, str], ...]:
+    """`QN=…;ST=…;` -> ((QN, …), (ST, …)); a missing `;` before `CP=` is tolerated.
+
+    Raises:
+        BadFieldValue: a header item without `=`.
+    """
+    fields = []
+    for item in header.split(";"):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise BadFieldValue(item[:20], "", "name=value")
+        fields.append((name, value))
+    return tuple(fields)
+
+
+def decode_cp_text(content: bytes) -> tuple[str, tuple[str, ...]]:
+    """CP bytes as text: UTF-8 (HJ 212-2017 §2), GBK from older units as a named tolerance.
+
+    Raises:
+        BadEncoding: neither decodes.
+    """
+    try:
+        return content.decode("utf-8"), ()
+    except UnicodeDecodeError:
+        pass
+    try:
+        return content.decode("gbk"), (Tolerance.GBK_TEXT,)
+    except UnicodeDecodeError as exc:
+        raise BadEncoding(f"CP is neither UTF-8 nor GBK at byte {exc.start}") from exc
+
+
+def _int_field(name: str, text: str | None, digits: int) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > digits:
+        raise BadFieldValue(name, text, f"up to {digits} digits")
+    return int(text)
+
+
+def parse_segment(
+    segment: bytes,
+    *,
+    cp_text: str | None = None,
+    encrypted: bool = False,
+    tolerances: tuple[str, ...] = (),
+) -> Packet:
+    """The Packet of one data segment, with its CP parsed into the model for its CN.
+
+    `cp_text` overrides the CP content (the decrypted plaintext of an SM4 packet); `tolerances`
+    are those the framing already needed.
+
+    Raises:
+        SegmentError: a missing CN or CP, a malformed header value, an undecodable CP.
+    """
+    header, content, closed, after = split_segment(segment)
+    fields = parse_header(header)
+    found = list(tolerances)
+    named = dict(fields)
+    cn = named.get("CN")
+    if cn is None:
+        raise MissingField("CN")
+    if len(cn) != 4 or not cn.isdigit():
+        raise BadFieldValue("CN", cn, "four digits")
+    if "\x00" in header:
+        found.append(Tolerance.NUL_IN_FIELD)
+    qn = named.get("QN")
+    if qn is None:
+        found.append(Tolerance.MISSING_QN)
+    flag = _int_field("Flag", named.get("Flag"), 3)
+    if flag is None:
+        found.append(Tolerance.MISSING_FLAG)
+    elif flag > 255:
+        raise BadFieldValue("Flag", str(flag), "0-255")
+    if cp_text is None:
+        cp_text, text_tolerances = decode_cp_text(content)
+        found.extend(text_tolerances)
+    if not closed:
+        found.append(Tolerance.CP_UNCLOSED)
+    fields_after = parse_header(after) if after else ()
+    if fields_after:
+        found.append(Tolerance.FIELDS_AFTER_CP)
+        named.update(fields_after)
+        if flag is None and "Flag" in named:
+            flag = _int_field("Flag", named["Flag"], 3)
+            found.remove(Tolerance.MISSING_FLAG)
+    data = parse_cp(cn, cp_text)
+    data_time = getattr(data, "data_time", None)
+    if data_time is not None and len(data_time) != 14:
+        found.append(Tolerance.LONG_DATATIME if len(data_time) > 14 else Tolerance.SHORT_DATATIME)
+    return Packet(
+        fields=fields,
+        cp=cp_text,
+        qn=qn,
+        st=named.get("ST"),
+        cn=cn,
+        pw=named.get("PW"),
+        mn=named.get("MN"),
+        flag=flag,
+        pnum=_int_field("PNUM", named.get("PNUM"), 4),
+        pno=_int_field("PNO", named.get("PNO"), 4),
+        rf=named.get("RF", "0") not in ("0", ""),
+        cp_closed=closed,
+        fields_after_cp=fields_after,
+        tolerances=tuple(found),
+        encrypted=encrypted,
+        data=data,
+    )
+
+
+def encode_segment(packet: Packet, *, cp_text: str | None = None) -> bytes:
+    """The segment bytes of a packet: header fields in order, then `CP=&&…&&` (UTF-8)."""
+    parts = [f"{name}={value};" for name, value in packet.fields]
+    parts.append("CP=&&")
+    parts.append(packet.cp if cp_text is None else cp_text)
+    if packet.cp_closed:
+        parts.append("&&")
+    for name, value in packet.fields_after_cp:
+        parts.append(f";{name}={value}")
+    return "".join(parts).encode("utf-8")

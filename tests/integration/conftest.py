@@ -1,0 +1,66 @@
+"""Integration fixtures: one PostgreSQL per session, a fresh schema per test, dropped afterwards.
+
+`HJ212GW_TEST_DATABASE_URL` names a server to use (CI sets it to the local service); unset, an
+embedded PostgreSQL is started once per session in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hj212gw.storage.db import Database
+from hj212gw.storage.embedded import start_embedded, stop_embedded
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of the session's PostgreSQL server."""
+    url = os.environ.get("HJ212GW_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    data_dir: Path = tmp_path_factory.mktemp("embedded-pg") / "data"
+    server = start_embedded(data_dir)
+    try:
+        yield server.dsn
+    finally:
+        stop_embedded(data_dir)
+
+
+@pytest.fixture
+async def schema(pg_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty schema name for this test; dropped with everything in it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(pg_dsn: str, schema: str) -> AsyncIterator[Database]:
+    """A connected, migrated Database on the test's schema."""
+    database = Database(pg_dsn, schema=schema, min_size=1, max_size=4)
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def conn(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """A separate plain connection to the test's schema, to look at what others committed."""
+    connection = await asyncpg.connect(pg_dsn, server_settings={"search_path": schema})
+    try:
+        yield connection
+    finally:
+        await connection.close()
