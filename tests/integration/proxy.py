@@ -1,13 +1,17 @@
-"""A small TCP proxy for outage tests: forwards to PostgreSQL, can cut every connection and refuse new ones."""
+"""A small TCP proxy for outage tests: forwards to PostgreSQL, cuts every connection on demand."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import parse_qs, urlsplit
 
 
 class TcpProxy:
-    """Listens on 127.0.0.1:<port>, forwards to target; `cut()` simulates an outage, `restore()` ends it."""
+    """Listens on 127.0.0.1:<port>, forwards to target; `cut()` simulates an outage, `restore()` ends it.
+
+    A target_host starting with "/" is a Unix socket directory (the embedded server's).
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target_host = target_host
@@ -42,12 +46,32 @@ class TcpProxy:
             writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            up_reader, up_writer = await self._open_upstream()
         except OSError:
             writer.transport.abort()
             return
         self._links.update((writer, up_writer))
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.target_host.startswith("/"):
+            return await asyncio.open_unix_connection(f"{self.target_host}/.s.PGSQL.{self.target_port}")
+        return await asyncio.open_connection(self.target_host, self.target_port)
+
+    def dsn_via(self, dsn: str) -> str:
+        """`dsn` rewritten to go through this proxy."""
+        parts = urlsplit(dsn)
+        user = parts.username or "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}{parts.path}"
+
+    @classmethod
+    def for_dsn(cls, dsn: str) -> TcpProxy:
+        """A proxy in front of the server `dsn` names (TCP host:port or ?host=/socket/dir)."""
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        host = query.get("host", [parts.hostname or "127.0.0.1"])[0]
+        port = int(query.get("port", [parts.port or 5432])[0])
+        return cls(host, port)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A cut aborts both sides; the resulting reset is the point of the exercise.

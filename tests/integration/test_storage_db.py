@@ -1,0 +1,154 @@
+"""Database: batched upserts, resend semantics, partitions on demand, paging, devices, connections."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from hj212gw.storage.db import Database
+from hj212gw.storage.queries import BadCursor
+from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+
+pytestmark = pytest.mark.integration
+
+MN = "010000A8900016F000169DC0"
+RECEIVED = datetime(2024, 5, 1, 8, 0, 5, tzinfo=UTC)
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def row(factor: str = "w01018", at: datetime = T0, **changes: object) -> DataRow:
+    base = DataRow(
+        mn=MN, cn="2051", data_time=at, factor=factor,
+        values_text={"Avg": "12.30", "Min": "11.0", "Max": "13.5", "Flag": "N"},
+        received_at=RECEIVED, qn="20240501080005123", avg=12.3, min=11.0, max=13.5, flag="N",
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def stored(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM data ORDER BY mn, cn, data_time, factor")
+
+
+async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncpg.Connection) -> None:
+    full = row(
+        factor="011", factor_2017="w01018", rtd=1.0, cou=2.5, zs_rtd=3.0, zs_min=4.0, zs_avg=5.0, zs_max=6.0,
+        flag="M", eflag="E1", sample_time=T0 - timedelta(minutes=3), extra={"Info": "abc", "SampleRd": "x"},
+        values_text={"Rtd": "1.000", "Flag": "M", "Info": "abc"}, resend=True, time_suspect=True,
+    )  # fmt: skip
+    frame = FrameRow(received_at=RECEIVED, raw=b"##0101QN=...\r\n", connection_id=7, peer="10.0.0.1:4000",
+                     mn=MN, cn="2051", qn=full.qn, verdict="ok", tolerances=("lowercase_crc",))  # fmt: skip
+    seen = DeviceSeen(mn=MN, protocol_version=2017, st="32", peer="10.0.0.1:4000", seen_at=RECEIVED)
+    assert await db.save_batch([full], [frame], [seen]) == 1
+
+    (got,) = await stored(conn)
+    names = ("factor", "factor_2017", "rtd", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max", "flag", "eflag",
+             "sample_time", "qn", "received_at", "resend", "time_suspect", "avg", "min", "max")  # fmt: skip
+    for name in names:
+        assert got[name] == getattr(full, name), name
+    assert got["values_text"] == '{"Rtd": "1.000", "Flag": "M", "Info": "abc"}'
+    assert got["first_received_at"] == RECEIVED and got["revisions"] == 0
+    (raw,) = await conn.fetch("SELECT * FROM raw_frames")
+    assert raw["raw"] == frame.raw and raw["tolerances"] == ["lowercase_crc"] and raw["connection_id"] == 7
+    device = await db.fetch_device(MN)
+    assert device is not None and device["protocol_version"] == 2017 and device["last_seen"] == RECEIVED
+    assert "pw" not in device
+
+
+async def test_identical_resend_changes_nothing(db: Database, conn: asyncpg.Connection) -> None:
+    await db.save_batch([row(), row(factor="a34004")])
+    before = await stored(conn)
+    later = RECEIVED + timedelta(hours=1)
+    assert await db.save_batch([row(received_at=later, resend=True)]) == 0
+    assert await stored(conn) == before
+
+
+async def test_changed_resend_replaces_values_and_counts_a_revision(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    await db.save_batch([row()])
+    later = RECEIVED + timedelta(hours=1)
+    fixed = row(avg=99.0, values_text={"Avg": "99.0", "Flag": "C"}, flag="C", received_at=later, resend=True)
+    assert await db.save_batch([fixed]) == 1
+    assert await db.save_batch([dataclasses.replace(fixed, avg=98.0, values_text={"Avg": "98.0"})]) == 1
+    (got,) = await stored(conn)
+    assert (got["avg"], got["revisions"], got["resend"]) == (98.0, 2, True)
+    assert got["first_received_at"] == RECEIVED and got["received_at"] == later
+
+
+async def test_same_key_twice_in_one_batch_keeps_the_last(db: Database, conn: asyncpg.Connection) -> None:
+    await db.save_batch([row(), row(avg=1.0, values_text={"Avg": "1.0"})])
+    (got,) = await stored(conn)
+    assert got["avg"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "at", [datetime(2016, 2, 29, 23, 59, tzinfo=UTC), datetime(2099, 12, 31, 23, 0, tzinfo=UTC)], ids=str
+)
+async def test_old_and_far_future_months_get_real_partitions(
+    db: Database, conn: asyncpg.Connection, at: datetime
+) -> None:
+    await db.save_batch([row(at=at)], [FrameRow(received_at=at, raw=b"x")])
+    data_part = await conn.fetchval("SELECT tableoid::regclass::text FROM data")
+    frame_part = await conn.fetchval("SELECT tableoid::regclass::text FROM raw_frames")
+    assert data_part == f"data_p{at:%Y_%m}" and frame_part == f"raw_frames_p{at:%Y_%m}"
+    assert await conn.fetchval("SELECT count(*) FROM data_default") == 0
+
+
+async def test_partitions_for_this_and_the_next_two_months_exist_after_connect(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    names = {r[0] for r in await conn.fetch("SELECT relname FROM pg_class WHERE relname LIKE 'data_p%'")}
+    now = datetime.now(UTC)
+    assert f"data_p{now:%Y_%m}" in names
+    assert len([n for n in names if n >= f"data_p{now:%Y_%m}"]) >= 3
+
+
+async def test_fetch_data_pages_return_every_row_exactly_once(db: Database) -> None:
+    factors = ["a01012", "a34004", "w01018"]
+    rows = [row(factor=f, at=T0 + timedelta(minutes=m)) for m in range(40) for f in factors]
+    await db.save_batch([*rows, row(at=T0, mn="OTHER")])
+    seen: list[tuple[datetime, str]] = []
+    cursor = None
+    while True:
+        page = await db.fetch_data(MN, "2051", T0, T0 + timedelta(days=1), limit=7, cursor=cursor)
+        seen += [(r["data_time"], r["factor"]) for r in page.rows]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == sorted((r.data_time, r.factor) for r in rows)
+    one = await db.fetch_data(MN, "2051", T0, T0 + timedelta(days=1), code="a34004", limit=1000)
+    assert len(one.rows) == 40 and one.next_cursor is None
+    with pytest.raises(BadCursor):
+        await db.fetch_data(MN, "2051", T0, T0, cursor="not a cursor")
+
+
+async def test_devices_keep_first_seen_and_advance_last_seen(db: Database) -> None:
+    early, late = RECEIVED, RECEIVED + timedelta(minutes=5)
+    await db.save_batch(
+        [], [], [DeviceSeen(MN, 2017, "32", "a:1", late), DeviceSeen(MN, 2017, "32", "b:2", early)]
+    )
+    await db.save_batch([], [], [DeviceSeen(MN, 2005, "31", "c:3", early - timedelta(days=1))])
+    (device,) = await db.fetch_devices()
+    assert device["first_seen"] == early - timedelta(days=1) and device["last_seen"] == late
+    assert device["status"] == "accepted" and device["enabled"] is True and device["crc_variants"] == []
+    secret = await db.fetch_device(MN, with_secret=True)
+    assert secret is not None and secret["pw"] is None
+
+
+async def test_connections_are_recorded_open_and_closed(db: Database, conn: asyncpg.Connection) -> None:
+    connection_id = await db.record_connection_open("gw-1", "10.0.0.1:4000", RECEIVED)
+    await db.record_connection_close(
+        connection_id, at=late(), close_reason="idle_timeout", mn=MN, frames_ok=3, frames_rejected=1
+    )
+    got = await conn.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
+    assert (got["mn"], got["close_reason"], got["frames_ok"], got["frames_rejected"]) == (
+        MN, "idle_timeout", 3, 1,
+    )  # fmt: skip
+    assert await db.ping()
+
+
+def late() -> datetime:
+    return RECEIVED + timedelta(minutes=10)
