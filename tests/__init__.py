@@ -1,0 +1,1 @@
+"""Test suite package (lets integration tests import their helpers as tests.integration.*)."""

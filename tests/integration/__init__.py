@@ -1,0 +1,1 @@
+"""Integration tests: real PostgreSQL, sockets; no mocks."""

@@ -1,0 +1,124 @@
+"""BatchWriter: ack only after commit, outage without loss, backpressure, flush on close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from hj212gw.ingest import BatchWriter, IngestItem
+from hj212gw.storage.db import Database
+from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+from tests.integration.proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def item(n: int, mn: str = "MN0001") -> IngestItem:
+    """One packet: two factors at minute n, its frame and the device sighting."""
+    at = T0 + timedelta(minutes=n)
+    now = datetime.now(UTC)
+    rows = [
+        DataRow(mn=mn, cn="2051", data_time=at, factor=f, values_text={"Avg": str(n)}, received_at=now, avg=n)
+        for f in ("w01018", "w21003")
+    ]
+    frame = FrameRow(received_at=now, raw=f"frame {n}".encode(), mn=mn, cn="2051")
+    return IngestItem(rows, [frame], DeviceSeen(mn, 2017, "32", "127.0.0.1:1", now))
+
+
+async def count_rows(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM data"))
+
+
+@pytest.fixture
+async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
+    server = TcpProxy.for_dsn(pg_dsn)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_futures_resolve_only_after_rows_are_visible_to_others(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    writer = BatchWriter(db, linger_s=0.01, max_batch_rows=50)
+    writer.start()
+    seen_at_ack: list[int] = []
+    committed = asyncio.Event()
+
+    async def check() -> None:
+        seen_at_ack.append(await count_rows(conn))
+        committed.set()
+
+    futures = [writer.submit(item(n)) for n in range(100)]
+    futures[-1].add_done_callback(lambda _: asyncio.ensure_future(check()))
+    await asyncio.gather(*futures)
+    await committed.wait()
+    assert seen_at_ack == [200]
+    await writer.close()
+
+
+async def test_on_commit_runs_after_commit_and_close_flushes(db: Database, conn: asyncpg.Connection) -> None:
+    writer = BatchWriter(db, linger_s=0.05)
+    writer.start()
+    acked: list[int] = []
+    for n in range(30):
+        writer.submit(item(n), on_commit=lambda n=n: acked.append(n))
+    await writer.close()
+    assert sorted(acked) == list(range(30))
+    assert await count_rows(conn) == 60
+    assert writer.pending == 0
+
+
+async def test_outage_holds_acks_then_commits_everything_after_restore(
+    pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    db = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=2.0)
+    await db.connect()
+    with capture_logs() as logs:
+        writer = BatchWriter(db, linger_s=0.005, retry_initial_s=0.05, retry_max_s=0.2)
+        writer.start()
+        await asyncio.gather(*(writer.submit(item(n)) for n in range(5)))
+        proxy.cut()
+        during = [writer.submit(item(n)) for n in range(5, 25)]
+        await asyncio.sleep(1.0)
+        assert not any(f.done() for f in during)
+        assert writer.ready is False and writer.pending == 20
+        proxy.restore()
+        await asyncio.wait_for(asyncio.gather(*during), timeout=20)
+        assert writer.ready is True
+        await writer.close()
+    await db.close()
+    assert await count_rows(conn) == 50
+    events = [e["event"] for e in logs]
+    assert events.count("database_down") == 1 and events.count("database_up") == 1
+    (down,) = [e for e in logs if e["event"] == "database_down"]
+    assert down["log_level"] == "warning"
+
+
+async def test_full_queue_signals_backpressure_and_drops_nothing(
+    pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    db = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=2.0)
+    await db.connect()
+    with capture_logs():
+        writer = BatchWriter(db, linger_s=0.005, max_pending_items=10, retry_initial_s=0.05, retry_max_s=0.2)
+        writer.start()
+        proxy.cut()
+        futures = [writer.submit(item(n)) for n in range(10)]
+        assert writer.full
+        waiter = asyncio.create_task(writer.wait_for_room())
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        proxy.restore()
+        await asyncio.wait_for(waiter, timeout=20)
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=20)
+        await writer.close()
+    await db.close()
+    assert await count_rows(conn) == 20
