@@ -163,9 +163,7 @@ UPLOAD_CNS = frozenset(
     }
 )  # fmt: skip
 # CNs whose packets carry per-factor data rows worth storing.
-DATA_CNS = frozenset(
-    {"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2073", "2111"}
-)
+DATA_CNS = frozenset({"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2073", "2111"})
 # CNs of history that the platform can fetch with BeginTime/EndTime (HJ 212-2017 §9.2).
 HISTORY_CNS = frozenset({"2011", "2013", "2031", "2041", "2051", "2061", "2062"})
 # DAS-originated notifications: answered with 9013 (HJ 212-2017 §9.1; 2025 §2.5).

@@ -161,7 +161,9 @@ class KeyExchangeCp(CpData):
 
 _DATA_CNS = frozenset({"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2111"})
 _DATA_CNS_2005 = frozenset({"2072", "2073", "8013"})
-_POLID_CNS = frozenset({"1013", "3011", "3012", "3013", "3014", "3015", "3016", "3017", "3018", "3022", "3024"})
+_POLID_CNS = frozenset(
+    {"1013", "3011", "3012", "3013", "3014", "3015", "3016", "3017", "3018", "3022", "3024"}
+)
 _EMPTY_CNS = frozenset({"9013", "9014", "9015", "9021", "2012", "2022", "1061", "1063"})
 _INFO_CNS = frozenset({"3019", "3020", "3021"})
 
@@ -282,9 +284,7 @@ def _parse_command_cp(cn: str, items: Items, get: Callable[[str], str | None]) -
         case "1014":
             return KeyExchangeCp(items, get("SKCreateTime"), get("NewSK"))
     if cn in _POLID_CNS:
-        return PolIdCommandCp(
-            items, get("PolId"), get("CalibrationType"), get("VaseNo"), get("DataTime")
-        )
+        return PolIdCommandCp(items, get("PolId"), get("CalibrationType"), get("VaseNo"), get("DataTime"))
     if cn in _EMPTY_CNS or not items:
         return EmptyCp(items, get("QN"))
     return GenericCp(items)

@@ -136,7 +136,12 @@ def parse_hj_time(text: str) -> datetime | None:
             return None
     try:
         base = datetime(
-            int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]), int(text[12:14])
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[8:10]),
+            int(text[10:12]),
+            int(text[12:14]),
         )
     except ValueError:
         return None

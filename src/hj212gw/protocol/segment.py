@@ -7,7 +7,7 @@ fields after the CP), and names each tolerance on the packet.
 """
 
 from hj212gw.protocol.cp import parse_cp
-from hj212gw.protocol.errors import BadEncoding, BadFieldValue, CpUnterminated, MissingField
+from hj212gw.protocol.errors import BadEncoding, BadFieldValue, MissingField
 from hj212gw.protocol.framing import Tolerance
 from hj212gw.protocol.models import Packet
 
@@ -85,11 +85,13 @@ def parse_segment(
     cp_text: str | None = None,
     encrypted: bool = False,
     tolerances: tuple[str, ...] = (),
+    parse_data: bool = True,
 ) -> Packet:
     """The Packet of one data segment, with its CP parsed into the model for its CN.
 
     `cp_text` overrides the CP content (the decrypted plaintext of an SM4 packet); `tolerances`
-    are those the framing already needed.
+    are those the framing already needed; `parse_data=False` leaves the CP unparsed (a split
+    part that does not stand alone).
 
     Raises:
         SegmentError: a missing CN or CP, a malformed header value, an undecodable CP.
@@ -125,7 +127,7 @@ def parse_segment(
         if flag is None and "Flag" in named:
             flag = _int_field("Flag", named["Flag"], 3)
             found.remove(Tolerance.MISSING_FLAG)
-    data = parse_cp(cn, cp_text)
+    data = parse_cp(cn, cp_text) if parse_data else None
     data_time = getattr(data, "data_time", None)
     if data_time is not None and len(data_time) != 14:
         found.append(Tolerance.LONG_DATATIME if len(data_time) > 14 else Tolerance.SHORT_DATATIME)

@@ -1,0 +1,424 @@
+"""DasSession: the protocol state of one DAS connection, as a pure state machine.
+
+`receive_data(bytes, now)` returns events; `poll(now)` advances timers. The session binds the
+MN on the first valid packet, tracks the protocol version, answers heartbeats and notifications
+itself (as `Send` events), correlates the platform's requests with 9011/9012 by QN and retries
+them after OverTime up to ReCount, and tracks split packets. It never sends a data ack: a
+`PacketReceived` with `ack=True` tells the shell to send 9014 once the data is committed.
+The time is always passed in; nothing here reads a clock.
+"""
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from hj212gw.protocol.builders import (
+    Target,
+    build_notification_reply,
+    build_reply,
+    build_set_time,
+)
+from hj212gw.protocol.constants import (
+    HEARTBEAT_CNS,
+    NOTIFICATION_CNS,
+    REPLY_CNS,
+    Cn,
+    ProtocolVersion,
+)
+from hj212gw.protocol.cp import DataCp, ExecutionResultCp, RequestReplyCp
+from hj212gw.protocol.decoder import CrcPolicy, decode_frame
+from hj212gw.protocol.errors import Hj212Error, MnMismatch, SegmentError
+from hj212gw.protocol.framing import Frame, FrameBuffer, FrameLimits
+from hj212gw.protocol.models import Packet, format_hj_time, format_qn
+from hj212gw.protocol.segment import parse_segment
+from hj212gw.protocol.split import SplitTracker
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Protocol policy for one connection; the shell builds it from the settings."""
+
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    crc_policy: CrcPolicy = field(default_factory=CrcPolicy)
+    keys: Mapping[str, Sequence[bytes]] = field(default_factory=dict)  # MN -> SM4 keys
+    heartbeat_reply: Literal["9013", "9014", "none"] = "9013"
+    heartbeat_reply_per_mn: Mapping[str, str] = field(default_factory=dict)
+    mn_change: Literal["accept", "reject"] = "accept"
+    device_tz: tzinfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    send_time_after_1013: bool = True
+    max_consecutive_rejects: int = 10
+    split_timeout_s: float = 120.0
+    max_split_groups: int = 64
+    max_split_bytes: int = 65536
+    raw_head_bytes: int = 120
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PacketReceived:
+    """A valid packet. `ack`: send 9014 after it is stored. `backfill`: RF=1 or a fetch answer.
+    `fragment`: a split part that only makes sense reassembled (store it raw, not as data)."""
+
+    packet: Packet
+    frame: Frame
+    ack: bool
+    backfill: bool = False
+    fragment: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    error: Hj212Error
+    raw_head: bytes
+    packet: Packet | None = None
+    frame: Frame | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes the shell should write now (replies that need no commit, requests, retries)."""
+
+    data: bytes
+    cn: str
+
+
+@dataclass(frozen=True, slots=True)
+class MnBound:
+    mn: str
+
+
+@dataclass(frozen=True, slots=True)
+class MnChanged:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAcknowledged:
+    qn: str
+    cn: str
+    qn_rtn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    qn: str
+    cn: str
+    exe_rtn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    qn: str
+    cn: str
+    reason: Literal["no_reply", "no_result", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPartsMissing:
+    mn: str | None
+    cn: str
+    data_time: str | None
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitReassembled:
+    """Parts that did not stand alone, joined in PNO order into one packet (store its data)."""
+
+    packet: Packet
+    backfill: bool
+
+
+Event = (
+    PacketReceived
+    | FrameRejected
+    | Send
+    | MnBound
+    | MnChanged
+    | RequestAcknowledged
+    | RequestFinished
+    | RequestFailed
+    | SplitPartsMissing
+    | SplitReassembled
+)
+
+
+@dataclass(slots=True)
+class _PendingRequest:
+    qn: str
+    cn: str
+    data: bytes
+    over_time_s: float
+    retries_left: int
+    deadline: datetime
+    acknowledged: bool = False
+    expects_result: bool = True
+
+
+# ---- the session ------------------------------------------------------------------------------
+
+
+class DasSession:
+    """Protocol state of one connection. Feed it bytes and the time; act on the events."""
+
+    def __init__(self, config: SessionConfig | None = None) -> None:
+        self.config = config or SessionConfig()
+        self.frames = FrameBuffer(self.config.limits)
+        self.mn: str | None = None
+        self.pw: str | None = None
+        self.st: str | None = None
+        self.version: ProtocolVersion | None = None
+        self.last_packet_at: datetime | None = None
+        self.consecutive_rejects = 0
+        self.close_reason: str | None = None
+        self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
+        self._splits = SplitTracker(
+            timeout_s=self.config.split_timeout_s,
+            max_groups=self.config.max_split_groups,
+            max_bytes=self.config.max_split_bytes,
+        )
+        self._last_qn = ""
+
+    @property
+    def should_close(self) -> bool:
+        return self.close_reason is not None
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: datetime) -> list[Event]:
+        """Events for the bytes just read. Never raises for any input."""
+        self.frames.feed(data)
+        return self._drain(now)
+
+    def end_of_stream(self, now: datetime) -> list[Event]:
+        """The peer closed: a last frame without its tail is still taken."""
+        self.frames.end_of_stream()
+        return self._drain(now)
+
+    def _drain(self, now: datetime) -> list[Event]:
+        events: list[Event] = []
+        frames = self.frames
+        while True:
+            try:
+                frame = frames.next_frame()
+            except Hj212Error as error:
+                self._reject(events, error, b"")
+                continue
+            if frame is None:
+                return events
+            self._on_frame(frame, now, events)
+
+    def _reject(self, events: list[Event], error: Hj212Error, raw: bytes, **extra: object) -> None:
+        head = raw[: self.config.raw_head_bytes] or getattr(error, "junk", b"")[: self.config.raw_head_bytes]
+        events.append(FrameRejected(error, head, **extra))  # type: ignore[arg-type]
+        self.consecutive_rejects += 1
+        if self.consecutive_rejects >= self.config.max_consecutive_rejects:
+            self.close_reason = "too_many_rejects"
+
+    def _on_frame(self, frame: Frame, now: datetime, events: list[Event]) -> None:
+        fragment = False
+        try:
+            packet = decode_frame(frame, self.config.crc_policy, self.config.keys)
+        except SegmentError as error:
+            packet = self._fragment_or_none(frame)
+            if packet is None:
+                self._reject(events, error, frame.raw, frame=frame)
+                return
+            fragment = True
+        except Hj212Error as error:
+            self._reject(events, error, frame.raw, frame=frame)
+            return
+        if not self._bind(packet, frame, events):
+            return
+        self.consecutive_rejects = 0
+        self.last_packet_at = now
+        self.version = packet.version
+        if (
+            packet.split
+            and not fragment
+            and isinstance(packet.data, DataCp)
+            and packet.data.data_time is None
+        ):
+            fragment = True
+        self._dispatch(packet, frame, now, fragment, events)
+
+    def _fragment_or_none(self, frame: Frame) -> Packet | None:
+        """A split part whose CP does not parse alone (a factor group cut mid-way)."""
+        try:
+            packet = parse_segment(frame.segment, tolerances=frame.tolerances, parse_data=False)
+        except Hj212Error:
+            return None
+        return packet if packet.split and packet.pnum and packet.pno else None
+
+    def _bind(self, packet: Packet, frame: Frame, events: list[Event]) -> bool:
+        mn = packet.mn
+        if not mn:
+            return True  # 2025 CN 1001 before activation carries an empty MN
+        if self.mn is None:
+            self.mn = mn
+            events.append(MnBound(mn))
+        elif mn != self.mn:
+            if self.config.mn_change == "reject":
+                self._reject(
+                    events, MnMismatch(bound=self.mn, received=mn), frame.raw, packet=packet, frame=frame
+                )
+                return False
+            events.append(MnChanged(self.mn, mn))
+            self.mn = mn
+        self.pw = packet.pw if packet.pw is not None else self.pw
+        if packet.st and packet.st != "91":
+            self.st = packet.st
+        return True
+
+    # -- what each packet needs ----------------------------------------------------------------
+
+    def _dispatch(
+        self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]
+    ) -> None:
+        cn = packet.cn
+        if cn in REPLY_CNS:
+            self._correlate(packet, events)
+            events.append(PacketReceived(packet, frame, ack=False))
+            return
+        if cn in HEARTBEAT_CNS:
+            events.append(PacketReceived(packet, frame, ack=False))
+            if packet.ack_requested:
+                self._reply_heartbeat(packet, events)
+            return
+        if cn in NOTIFICATION_CNS:
+            events.append(PacketReceived(packet, frame, ack=False))
+            if packet.ack_requested or cn == Cn.TIME_CALIBRATION_REQUEST:
+                events.append(Send(build_notification_reply(packet), Cn.NOTIFICATION_REPLY))
+            if cn == Cn.TIME_CALIBRATION_REQUEST and self.config.send_time_after_1013:
+                events.extend(self._send_time(packet, now))
+            return
+        backfill = packet.rf or self._fetch_pending(cn, now)
+        # Uploads, answers to our gets, and unknown DAS commands alike: 9014 after storage when
+        # asked (HJ 212-2017 §15 recommends acking unknown non-9xxx CNs so the DAS stops retrying).
+        ack = packet.ack_requested and not cn.startswith("9")
+        events.append(PacketReceived(packet, frame, ack=ack, backfill=backfill, fragment=fragment))
+        if packet.split and packet.pnum:
+            self._track_split(packet, now, fragment, backfill, events)
+
+    def _reply_heartbeat(self, packet: Packet, events: list[Event]) -> None:
+        choice = self.config.heartbeat_reply_per_mn.get(packet.mn or "", self.config.heartbeat_reply)
+        if choice != "none":
+            events.append(Send(build_reply(packet, choice), choice))
+
+    def _send_time(self, packet: Packet, now: datetime) -> list[Event]:
+        """HJ 212-2017 §9.6: after the 9013, set the DAS clock to the platform's."""
+        target = self.target()
+        if target is None:
+            return []
+        local = now.astimezone(self.config.device_tz)
+        pol_id = packet.data.get("PolId") if packet.data is not None else None
+        qn = self.new_qn(now)
+        frame = build_set_time(target, qn, format_hj_time(local), pol_id)
+        return self.send_request(frame, qn=qn, cn=Cn.SET_TIME, now=now)
+
+    def _track_split(
+        self, packet: Packet, now: datetime, fragment: bool, backfill: bool, events: list[Event]
+    ) -> None:
+        joined = self._splits.add(packet, now, fragment)
+        if joined is not None:
+            events.append(SplitReassembled(joined, backfill))
+
+    # -- platform requests ---------------------------------------------------------------------
+
+    def target(self) -> Target | None:
+        """Header values for requests to this DAS, once its MN is known."""
+        if self.mn is None:
+            return None
+        version = self.version or ProtocolVersion.HJ212_2017
+        return Target(self.mn, self.pw or "", self.st or "32", version)
+
+    def new_qn(self, now: datetime) -> str:
+        """A fresh 17-digit QN in device time, strictly increasing within this session."""
+        qn = format_qn(now.astimezone(self.config.device_tz).replace(tzinfo=None))
+        if qn <= self._last_qn:
+            qn = str(int(self._last_qn) + 1)
+        self._last_qn = qn
+        return qn
+
+    def send_request(
+        self,
+        data: bytes,
+        *,
+        qn: str,
+        cn: str,
+        now: datetime,
+        over_time_s: float = 10.0,
+        re_count: int = 3,
+        expects_result: bool = True,
+    ) -> list[Event]:
+        """Register a request built by a `build_*` function and return the `Send` for it."""
+        self._pending[qn] = _PendingRequest(
+            qn,
+            cn,
+            data,
+            over_time_s,
+            re_count,
+            now + timedelta(seconds=over_time_s),
+            expects_result=expects_result,
+        )
+        return [Send(data, cn)]
+
+    def pending_requests(self) -> list[tuple[str, str]]:
+        return [(p.qn, p.cn) for p in self._pending.values()]
+
+    def _fetch_pending(self, cn: str, now: datetime) -> bool:
+        """True if a fetch of `cn` was acknowledged; its data keeps the fetch alive (§9.1)."""
+        found = False
+        for pending in self._pending.values():
+            if pending.cn == cn and pending.acknowledged:
+                pending.deadline = now + timedelta(seconds=pending.over_time_s)
+                found = True
+        return found
+
+    def _correlate(self, packet: Packet, events: list[Event]) -> None:
+        data = packet.data
+        qn = packet.qn or (getattr(data, "qn", None) if data is not None else None)
+        pending = self._pending.get(qn) if qn else None
+        if pending is None:
+            return
+        if isinstance(data, RequestReplyCp):
+            events.append(RequestAcknowledged(pending.qn, pending.cn, data.qn_rtn))
+            if data.qn_rtn != 1:
+                del self._pending[pending.qn]
+                events.append(RequestFailed(pending.qn, pending.cn, "rejected"))
+            elif not pending.expects_result:
+                del self._pending[pending.qn]
+            else:
+                pending.acknowledged = True
+        elif isinstance(data, ExecutionResultCp):
+            del self._pending[pending.qn]
+            events.append(RequestFinished(pending.qn, pending.cn, data.exe_rtn))
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def poll(self, now: datetime) -> list[Event]:
+        """Retries, failed requests and overdue split parts as of `now`."""
+        events: list[Event] = []
+        for pending in list(self._pending.values()):
+            if now < pending.deadline:
+                continue
+            if pending.acknowledged:
+                # Execution timeout: per HJ 212-2017 §6.2.2 a request is not re-sent after its 9011.
+                del self._pending[pending.qn]
+                events.append(RequestFailed(pending.qn, pending.cn, "no_result"))
+            elif pending.retries_left > 0:
+                pending.retries_left -= 1
+                pending.deadline = now + timedelta(seconds=pending.over_time_s)
+                events.append(Send(pending.data, pending.cn))
+            else:
+                del self._pending[pending.qn]
+                events.append(RequestFailed(pending.qn, pending.cn, "no_reply"))
+        for mn, cn, data_time, missing in self._splits.expire(now):
+            events.append(SplitPartsMissing(mn, cn, data_time, missing))
+        return events
