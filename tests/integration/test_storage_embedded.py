@@ -1,0 +1,30 @@
+"""Embedded PostgreSQL: starts in a fresh data dir (as root too), migrates, stops, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hj212gw.storage.embedded import start_embedded, stop_embedded
+from hj212gw.storage.migrate import migrate_dsn
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_embedded_server_starts_migrates_stops_and_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pg"
+    server = await asyncio.to_thread(start_embedded, data_dir, port=5439)
+    try:
+        assert await migrate_dsn(server.dsn, "hj212gw") == [1]
+        await asyncio.to_thread(stop_embedded, data_dir)
+        with pytest.raises(OSError):
+            await asyncpg.connect(server.dsn, timeout=5)
+        again = await asyncio.to_thread(start_embedded, data_dir, port=5439)
+        assert again.dsn == server.dsn
+        assert await migrate_dsn(again.dsn, "hj212gw") == []
+    finally:
+        await asyncio.to_thread(stop_embedded, data_dir)
+    assert not (data_dir / "postmaster.pid").exists()
