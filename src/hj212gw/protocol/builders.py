@@ -108,9 +108,7 @@ def build_history_request(target: Target, cn: str, qn: str, begin_time: str, end
 
 def build_set_timeouts(target: Target, qn: str, over_time_s: int, re_count: int) -> bytes:
     """1000: OverTime (1-99 s) and ReCount (1-99)."""
-    return build_request(
-        target, Cn.SET_TIMEOUTS, qn, (("OverTime", str(over_time_s)), ("ReCount", str(re_count)))
-    )
+    return build_request(target, Cn.SET_TIMEOUTS, qn, (("OverTime", str(over_time_s)), ("ReCount", str(re_count))))
 
 
 def build_get_rtd_interval(target: Target, qn: str) -> bytes:

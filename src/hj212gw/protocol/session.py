@@ -239,12 +239,7 @@ class DasSession:
         self.consecutive_rejects = 0
         self.last_packet_at = now
         self.version = packet.version
-        if (
-            packet.split
-            and not fragment
-            and isinstance(packet.data, DataCp)
-            and packet.data.data_time is None
-        ):
+        if packet.split and not fragment and isinstance(packet.data, DataCp) and packet.data.data_time is None:
             fragment = True
         self._dispatch(packet, frame, now, fragment, events)
 
@@ -265,9 +260,7 @@ class DasSession:
             events.append(MnBound(mn))
         elif mn != self.mn:
             if self.config.mn_change == "reject":
-                self._reject(
-                    events, MnMismatch(bound=self.mn, received=mn), frame.raw, packet=packet, frame=frame
-                )
+                self._reject(events, MnMismatch(bound=self.mn, received=mn), frame.raw, packet=packet, frame=frame)
                 return False
             events.append(MnChanged(self.mn, mn))
             self.mn = mn
@@ -278,9 +271,7 @@ class DasSession:
 
     # -- what each packet needs ----------------------------------------------------------------
 
-    def _dispatch(
-        self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]
-    ) -> None:
+    def _dispatch(self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]) -> None:
         cn = packet.cn
         if cn in REPLY_CNS:
             self._correlate(packet, events)
@@ -322,9 +313,7 @@ class DasSession:
         frame = build_set_time(target, qn, format_hj_time(local), pol_id)
         return self.send_request(frame, qn=qn, cn=Cn.SET_TIME, now=now)
 
-    def _track_split(
-        self, packet: Packet, now: datetime, fragment: bool, backfill: bool, events: list[Event]
-    ) -> None:
+    def _track_split(self, packet: Packet, now: datetime, fragment: bool, backfill: bool, events: list[Event]) -> None:
         joined = self._splits.add(packet, now, fragment)
         if joined is not None:
             events.append(SplitReassembled(joined, backfill))

@@ -34,9 +34,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
 ) ON COMMIT DELETE ROWS"""
 
 _cols = ", ".join(STAGE_COLUMNS[1:])
-_updates = ", ".join(
-    f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect")
-)
+_updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
 _old = ", ".join(f"d.{c}" for c in _COMPARED)
 _new = ", ".join(f"excluded.{c}" for c in _COMPARED)
 UPSERT_DATA_SQL = f"""
@@ -69,9 +67,7 @@ def month_of(moment: datetime) -> tuple[int, int]:
     return utc.year, utc.month
 
 
-def months_needed(
-    data_rows: Sequence[DataRow], frame_rows: Sequence[FrameRow]
-) -> set[tuple[str, tuple[int, int]]]:
+def months_needed(data_rows: Sequence[DataRow], frame_rows: Sequence[FrameRow]) -> set[tuple[str, tuple[int, int]]]:
     """Every (parent table, month) the batch writes into."""
     needed = {("data", month_of(r.data_time)) for r in data_rows}
     needed |= {("raw_frames", month_of(r.received_at)) for r in frame_rows}
@@ -145,9 +141,7 @@ async def write_batch(
         if data_rows:
             await conn.execute(CREATE_STAGE_SQL)
             records = [_data_record(i, r) for i, r in enumerate(data_rows)]
-            await conn.copy_records_to_table(
-                STAGE_TABLE, records=records, columns=STAGE_COLUMNS, schema_name="pg_temp"
-            )
+            await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS, schema_name="pg_temp")
             status = await conn.execute(UPSERT_DATA_SQL)
             changed = int(status.rsplit(" ", 1)[-1])
         if frame_rows:

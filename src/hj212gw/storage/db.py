@@ -133,9 +133,7 @@ class Database:
 
     async def ensure_partitions_ahead(self, now: datetime) -> None:
         """Month partitions of data and raw_frames for now's month and the next AHEAD_MONTHS."""
-        needed = {
-            (t, (m.year, m.month)) for m in _months_ahead(now, AHEAD_MONTHS) for t in ("data", "raw_frames")
-        }
+        needed = {(t, (m.year, m.month)) for m in _months_ahead(now, AHEAD_MONTHS) for t in ("data", "raw_frames")}
         async with self.pool.acquire() as conn:
             await self.partitions.ensure(conn, needed)
 

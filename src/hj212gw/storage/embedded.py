@@ -87,9 +87,7 @@ def _dsn(data_dir: Path, port: int, database: str) -> str:
 def _is_running(data_dir: Path, user: str | None) -> bool:
     if not (data_dir / "postmaster.pid").exists():
         return False
-    status = subprocess.run(
-        [str(_bin_dir() / "pg_ctl"), "status", "-D", str(data_dir)], user=user, capture_output=True
-    )
+    status = subprocess.run([str(_bin_dir() / "pg_ctl"), "status", "-D", str(data_dir)], user=user, capture_output=True)
     return status.returncode == 0
 
 

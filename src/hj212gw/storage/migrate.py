@@ -68,18 +68,14 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         if match is None:
             raise MigrationError(f"migration file name {path.name!r} is not NNNN_name.sql")
         data = path.read_bytes()
-        found.append(
-            Migration(int(match[1]), match[2], data.decode("utf-8"), hashlib.sha256(data).hexdigest())
-        )
+        found.append(Migration(int(match[1]), match[2], data.decode("utf-8"), hashlib.sha256(data).hexdigest()))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration versions in {directory}")
     return found
 
 
-async def migrate(
-    conn: asyncpg.Connection, schema: str, migrations: list[Migration] | None = None
-) -> list[int]:
+async def migrate(conn: asyncpg.Connection, schema: str, migrations: list[Migration] | None = None) -> list[int]:
     """Apply pending migrations to `schema` over `conn`; return the versions applied now.
 
     Raises:
