@@ -1,0 +1,87 @@
+"""Every Prometheus metric of the gateway, defined once, in one registry per `Metrics` object.
+
+Names are `hj212gw_<thing>_<unit or total>`; labels take only bounded values (a CN outside the
+standard's tables becomes `other`; never a QN, a value or, by default, an MN).
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from hj212gw.protocol.constants import Cn
+
+_KNOWN_CNS = frozenset(c.value for c in Cn)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def cn_label(cn: str | None) -> str:
+    return cn if cn in _KNOWN_CNS else "other"
+
+
+class Metrics:
+    """The gateway's metrics. Hot-path children are cached per label value."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections_open = Gauge("hj212gw_connections_open", "DAS connections open now.", registry=r)
+        self.connections_total = Counter(
+            "hj212gw_connections_total", "DAS connections accepted or refused.", ["outcome"], registry=r
+        )
+        self.connections_closed = Counter(
+            "hj212gw_connections_closed_total", "DAS connections closed, by reason.", ["reason"], registry=r
+        )
+        self.frames = Counter("hj212gw_frames_total", "Frames received by CN, result.", ["cn", "result"], registry=r)
+        self.frames_rejected = Counter(
+            "hj212gw_frames_rejected_total", "Frames rejected, by reason.", ["reason"], registry=r
+        )
+        self.tolerances = Counter(
+            "hj212gw_tolerances_total", "Frames accepted with a named vendor quirk.", ["tolerance"], registry=r
+        )
+        self.bytes_received = Counter("hj212gw_received_bytes_total", "Bytes read from DAS sockets.", registry=r)
+        self.bytes_sent = Counter("hj212gw_sent_bytes_total", "Bytes written to DAS sockets.", registry=r)
+        self.replies = Counter("hj212gw_replies_total", "Replies and requests sent, by CN.", ["cn"], registry=r)
+        self.values_stored = Counter("hj212gw_values_stored_total", "Data rows committed.", registry=r)
+        self.batch_rows = Histogram(
+            "hj212gw_batch_rows",
+            "Rows per committed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
+            registry=r,
+        )
+        self.batch_commit = Histogram(
+            "hj212gw_batch_commit_seconds", "Time to write and commit one batch.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.ack_latency = Histogram(
+            "hj212gw_ack_latency_seconds",
+            "From a data packet's arrival to its 9014 (after commit).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_queue = Gauge("hj212gw_write_queue_items", "Packets waiting for their batch to commit.", registry=r)
+        self.dependency_up = Gauge("hj212gw_dependency_up", "1 when a dependency is reachable.", ["name"], registry=r)
+        self.paused_reading = Gauge(
+            "hj212gw_paused_connections", "Connections whose reading is paused by backpressure.", registry=r
+        )
+        self.requests = Counter(
+            "hj212gw_requests_total", "Platform requests by CN, outcome.", ["cn", "outcome"], registry=r
+        )
+        self.split_missing = Counter(
+            "hj212gw_split_parts_missing_total", "Split-packet parts that never arrived.", registry=r
+        )
+        self._frames_ok: dict[str, Counter] = {}
+
+    def frame_ok(self, cn: str) -> None:
+        child = self._frames_ok.get(cn)
+        if child is None:
+            child = self._frames_ok[cn] = self.frames.labels(cn=cn_label(cn), result="ok")  # type: ignore[assignment]
+        child.inc()  # type: ignore[union-attr]
+
+    # WriterObserver (hj212gw.ingest) --------------------------------------------------------
+
+    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None:
+        self.batch_rows.observe(rows)
+        self.batch_commit.observe(latency_s)
+
+    def queue_depth(self, items: int) -> None:
+        self.write_queue.set(items)
+
+    def database_up(self, up: bool) -> None:
+        self.dependency_up.labels(name="postgresql").set(1 if up else 0)

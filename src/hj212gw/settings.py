@@ -1,0 +1,149 @@
+"""Every knob of the gateway, in one pydantic-settings class. Nothing else reads the environment.
+
+Precedence: CLI flags > environment (`HJ212GW_*`, nested with `__`) > TOML file (`--config`,
+`HJ212GW_CONFIG`, or `./hj212gw.toml`) > defaults.
+"""
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[v6]:PORT`) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ConnectionSettings(BaseModel):
+    """Connection policies applied by the server shell."""
+
+    idle_timeout_s: float = Field(default=600.0, gt=0, description="Close a DAS silent this long.")
+    first_packet_timeout_s: float = Field(default=60.0, gt=0, description="Close if no valid packet by then.")
+    max_consecutive_rejects: int = Field(default=10, ge=1, description="Close after this many bad frames in a row.")
+    max_connections: int = Field(default=20000, ge=1, description="Refuse connections beyond this many.")
+    max_connections_per_ip: int = Field(default=2000, ge=1, description="Per source IP (DTU pools share NAT).")
+    write_buffer_high_bytes: int = Field(default=65536, ge=1024, description="Outgoing buffer limit per DAS.")
+
+
+class ProtocolSettings(BaseModel):
+    """How strictly HJ 212 is read."""
+
+    crc_policy: Literal["strict", "lenient"] = Field(default="strict", description="Reject or mark bad CRCs.")
+    crc_variants: list[Literal["modbus", "modbus_swapped"]] = Field(
+        default_factory=list, description="MODBUS CRC forms accepted from every device (labelled)."
+    )
+    max_segment_bytes: int = Field(default=4096, ge=1024, le=9999, description="Longest data segment accepted.")
+    max_buffer_bytes: int = Field(default=65536, ge=4096, description="Buffered bytes without a frame.")
+    heartbeat_reply: Literal["9013", "9014", "none"] = Field(default="9013", description="Reply to 9015 with A=1.")
+    mn_change: Literal["accept", "reject"] = Field(default="accept", description="A second MN on one connection.")
+    time_calibration: bool = Field(default=True, description="Answer 1013 with 9013 then 1012 (platform time).")
+    future_tolerance_s: float = Field(default=3600.0, description="DataTime further ahead is marked time_suspect.")
+    past_tolerance_days: float = Field(default=400.0, description="DataTime older than this is marked time_suspect.")
+
+
+class DeviceSettings(BaseModel):
+    """What to do with devices the registry does not know or whose PW is wrong."""
+
+    unknown_mn: Literal["accept", "quarantine", "reject"] = Field(
+        default="accept", description="accept: register and store; quarantine: raw archive only; reject: close."
+    )
+    wrong_pw: Literal["accept", "reject"] = Field(
+        default="reject", description="Only applies to devices with a PW in the registry."
+    )
+    refresh_s: float = Field(default=30.0, gt=0, description="Reload the device registry this often.")
+
+
+class WriterSettings(BaseModel):
+    """The batch writer between all connections and PostgreSQL."""
+
+    max_batch_rows: int = Field(default=4000, ge=1)
+    linger_ms: float = Field(default=5.0, ge=0, description="Wait this long for more rows before a commit.")
+    writers: int = Field(default=3, ge=1, description="Concurrent writer connections.")
+    max_pending_items: int = Field(default=50000, ge=1, description="Queued packets before sockets pause.")
+    pool_size: int = Field(default=8, ge=2)
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway; env HJ212GW_<NAME>, nested fields joined by __."""
+
+    model_config = SettingsConfigDict(env_prefix="HJ212GW_", env_nested_delimiter="__", extra="forbid")
+
+    listen: str = Field(default="0.0.0.0:9212", description="HOST:PORT the data loggers connect to.")
+    http: str = Field(default="127.0.0.1:9213", description="HOST:PORT of the admin HTTP server (metrics, API).")
+    database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset: embedded PostgreSQL.")
+    database_schema: str = Field(default="hj212gw", description="Schema holding hj212gw's tables.")
+    data_dir: Path = Field(default=Path("./hj212gw-data"), description="Embedded PostgreSQL and local state.")
+    device_timezone: str = Field(default="Asia/Shanghai", description="Zone of HJ 212 times (they carry none).")
+    gateway_id: str = Field(default_factory=socket.gethostname, description="This replica's name in the DB.")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a TTY.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    use_uvloop: bool = Field(default=True, description="uvloop when installed, else asyncio's loop.")
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="Time to flush and ack on SIGTERM.")
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
+    devices: DeviceSettings = Field(default_factory=DeviceSettings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
+
+    @field_validator("listen", "http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _config_file()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+_CONFIG_OVERRIDE: list[Path] = []
+
+
+def _config_file() -> Path | None:
+    if _CONFIG_OVERRIDE:
+        return _CONFIG_OVERRIDE[-1]
+    env = os.environ.get("HJ212GW_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("hj212gw.toml")
+    return default if default.exists() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (`overrides`, None values ignored), env, TOML and defaults.
+
+    Raises:
+        FileNotFoundError: an explicit config file does not exist.
+        pydantic.ValidationError: a value is invalid.
+    """
+    if config_file is not None and not config_file.exists():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    if config_file is not None:
+        _CONFIG_OVERRIDE.append(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        if config_file is not None:
+            _CONFIG_OVERRIDE.pop()
