@@ -4,9 +4,11 @@ Names are `hj212gw_<thing>_<unit or total>`; labels take only bounded values (a 
 standard's tables becomes `other`; never a QN, a value or, by default, an MN).
 """
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from hj212gw.protocol.constants import Cn
+
+disable_created_metrics()  # the *_created series double the exposition for no operator value
 
 _KNOWN_CNS = frozenset(c.value for c in Cn)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

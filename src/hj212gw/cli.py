@@ -1,0 +1,132 @@
+"""`hj212gw serve | migrate | check-config | check | replay | simulate`.
+
+Loads Settings once (flags > env > TOML > defaults) and hands plain objects down. Exit codes:
+0 success, 1 failure (invalid packet, unreachable database, unacked replay), 2 usage.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hj212gw import __version__
+from hj212gw.logs import configure_logging
+from hj212gw.settings import Settings, load_settings, split_host_port
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (also HJ212GW_CONFIG, ./hj212gw.toml)")
+    parser.add_argument("--listen", help="HOST:PORT for data loggers (default 0.0.0.0:9212)")
+    parser.add_argument("--http", help="HOST:PORT of the admin HTTP server (default 127.0.0.1:9213)")
+    parser.add_argument("--database-url", help="PostgreSQL DSN; omitted: embedded PostgreSQL in --data-dir")
+    parser.add_argument("--database-schema", help="schema for hj212gw's tables (default hj212gw)")
+    parser.add_argument("--data-dir", type=Path, help="local state and embedded PostgreSQL (default ./hj212gw-data)")
+    parser.add_argument("--device-timezone", help="zone of HJ 212 times (default Asia/Shanghai)")
+    parser.add_argument("--gateway-id", help="this replica's name (default: host name)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        listen=args.listen,
+        http=args.http,
+        database_url=args.database_url,
+        database_schema=args.database_schema,
+        data_dir=args.data_dir,
+        device_timezone=args.device_timezone,
+        gateway_id=args.gateway_id,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hj212gw", description="HJ 212 gateway for pollution-source data loggers.")
+    parser.add_argument("--version", action="version", version=f"hj212gw {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    _add_settings_flags(serve)
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    _add_settings_flags(migrate)
+    check_config = commands.add_parser("check-config", help="print the effective settings (secrets hidden)")
+    _add_settings_flags(check_config)
+    check = commands.add_parser("check", help="decode and explain HJ 212 packets", add_help=False)
+    check.add_argument("rest", nargs=argparse.REMAINDER)
+    replay = commands.add_parser("replay", help="re-send a capture file (one frame per line) to a gateway")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--target", required=True, help="HOST:PORT of the gateway")
+    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each 9014")
+    replay.add_argument("--json", action="store_true", help="machine-readable report")
+    simulate = commands.add_parser("simulate", help="simulated DAS fleet (see hj212gw simulate --help)", add_help=False)
+    simulate.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _redacted(settings: Settings) -> dict[str, Any]:
+    data = settings.model_dump(mode="json")
+    url = data.get("database_url")
+    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = url.split("//", 1)
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        data["database_url"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+    return data
+
+
+async def _migrate(settings: Settings) -> int:
+    from hj212gw.app import resolve_database_url
+    from hj212gw.storage.embedded import stop_embedded
+    from hj212gw.storage.migrate import migrate_dsn
+
+    dsn, embedded = await resolve_database_url(settings)
+    try:
+        applied = await migrate_dsn(dsn, settings.database_schema)
+    finally:
+        if embedded:
+            await asyncio.to_thread(stop_embedded, settings.data_dir / "postgres")
+    print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        from hj212gw.check import main as check_main
+
+        return check_main(args.rest)
+    if args.command == "simulate":
+        from hj212gw.simulator.cli import main as simulate_main
+
+        return simulate_main(args.rest)
+    if args.command == "replay":
+        from hj212gw.replay import print_report, replay
+
+        host, port = split_host_port(args.target)
+        report = asyncio.run(replay(args.file, host, port, timeout_s=args.timeout))
+        print_report(report, args.json)
+        return 0 if not report.unacked_qns else 1
+    try:
+        settings = _settings(args)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"hj212gw: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(_redacted(settings), indent=2, ensure_ascii=False))
+        return 0
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    from hj212gw.app import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

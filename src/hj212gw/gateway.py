@@ -1,0 +1,263 @@
+"""The Gateway: listening socket, shared writer/registry/metrics, timers, and the shutdown order.
+
+Connection policies that span connections live here: total and per-IP limits, a newer connection
+for the same MN replacing the older one, idle and first-packet deadlines, pausing every socket
+while the write queue is full. The `connections` table is written in the background in batches.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from hj212gw.api import LiveDevice
+from hj212gw.ingest import BatchWriter
+from hj212gw.metrics import Metrics
+from hj212gw.registry import DeviceRegistry
+from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
+from hj212gw.settings import Settings, split_host_port
+from hj212gw.storage.db import OUTAGE_ERRORS, Database
+
+_ID_BLOCK = 500
+_CONNECTION_LOG_LIMIT = 200_000
+
+
+class Gateway:
+    """Everything one gateway process serves; `start()` then `stop()`."""
+
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics or Metrics()
+        self.registry = DeviceRegistry(unknown_mn=settings.devices.unknown_mn, wrong_pw=settings.devices.wrong_pw)
+        w = settings.writer
+        self.writer = BatchWriter(
+            db,
+            max_batch_rows=w.max_batch_rows,
+            linger_s=w.linger_ms / 1000,
+            writers=w.writers,
+            max_pending_items=w.max_pending_items,
+            observer=self.metrics,
+        )
+        self.deps = Deps(
+            settings=settings,
+            writer=self.writer,
+            registry=self.registry,
+            metrics=self.metrics,
+            session_config=session_config_from(settings, self.registry),
+            time_policy=time_policy_from(settings),
+            gateway=self,
+        )
+        self.log = structlog.get_logger("hj212gw.gateway")
+        self.connections: set[DasConnection] = set()
+        self.by_mn: dict[str, DasConnection] = {}
+        self.per_ip: defaultdict[str, int] = defaultdict(int)
+        self.paused: set[DasConnection] = set()
+        self.server: asyncio.Server | None = None
+        self.port: int | None = None
+        self.db_up = True
+        self._ids: list[int] = []
+        self._opened: list[tuple[Any, ...]] = []
+        self._closed: list[tuple[Any, ...]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resuming = False
+        self._stopping = False
+
+    # -- start / stop --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.registry.refresh(self.db)
+        await self._refill_ids()
+        self.writer.start()
+        host, port = split_host_port(self.settings.listen)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: DasConnection(self.deps), host, port, reuse_address=True, backlog=4096
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.metrics.dependency_up.labels(name="postgresql").set(1)
+        self._tasks = [
+            asyncio.create_task(self._tick(), name="gateway-tick"),
+            asyncio.create_task(self._housekeeping(), name="gateway-housekeeping"),
+        ]
+        self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
+
+    async def stop(self) -> None:
+        """Stop accepting, flush pending batches (acks go out as they commit), close, record."""
+        self._stopping = True
+        if self.server is not None:
+            self.server.close()
+        pending = self.writer.pending
+        await self.writer.close(timeout_s=self.settings.shutdown_grace_s)
+        for conn in list(self.connections):
+            conn.close("shutdown")
+        await asyncio.sleep(0)  # let connection_lost run
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(*OUTAGE_ERRORS):  # best effort: the connection log is not data
+            await self._flush_connection_log()
+        self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)
+
+    # -- connection policy ---------------------------------------------------------------------
+
+    def admit_connection(self, conn: DasConnection) -> str | None:
+        """None to accept, or the refusal reason."""
+        limits = self.settings.connections
+        if self._stopping:
+            return "shutting_down"
+        if len(self.connections) >= limits.max_connections:
+            return "max_connections"
+        if self.per_ip[conn.ip] >= limits.max_connections_per_ip:
+            return "max_connections_per_ip"
+        self.connections.add(conn)
+        self.per_ip[conn.ip] += 1
+        if self.writer.full:
+            self.pause(conn)
+        return None
+
+    def forget(self, conn: DasConnection) -> bool:
+        if conn not in self.connections:
+            return False
+        self.connections.discard(conn)
+        self.paused.discard(conn)
+        self.per_ip[conn.ip] -= 1
+        if self.per_ip[conn.ip] <= 0:
+            del self.per_ip[conn.ip]
+        mn = conn.session.mn
+        if mn is not None and self.by_mn.get(mn) is conn:
+            del self.by_mn[mn]
+        return True
+
+    def bind_mn(self, conn: DasConnection, mn: str) -> None:
+        """The newest connection for an MN wins; the older one is closed (HJ 212-2017 §15)."""
+        for key, holder in list(self.by_mn.items()):
+            if holder is conn and key != mn:
+                del self.by_mn[key]
+        old = self.by_mn.get(mn)
+        self.by_mn[mn] = conn
+        if old is not None and old is not conn:
+            old.log.info("das_replaced", mn=mn, by=conn.peer)
+            old.close("replaced_by_newer_connection")
+
+    def pause(self, conn: DasConnection) -> None:
+        """Backpressure: stop reading this socket until the write queue has room."""
+        if conn.transport is None or conn in self.paused:
+            return
+        conn.transport.pause_reading()
+        self.paused.add(conn)
+        self.metrics.paused_reading.set(len(self.paused))
+        if not self._resuming:
+            self._resuming = True
+            asyncio.get_running_loop().create_task(self._resume_when_room())
+
+    async def _resume_when_room(self) -> None:
+        try:
+            await self.writer.wait_for_room()
+        finally:
+            self._resuming = False
+        paused, self.paused = self.paused, set()
+        for conn in paused:
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.resume_reading()
+        self.metrics.paused_reading.set(0)
+
+    def online(self) -> dict[str, LiveDevice]:
+        found = {}
+        for mn, conn in self.by_mn.items():
+            live = conn.live()
+            if live is not None:
+                found[mn] = live
+        return found
+
+    def ready(self) -> bool:
+        return self.server is not None and not self._stopping and self.writer.ready and self.db_up
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        limits = self.settings.connections
+        while True:
+            await asyncio.sleep(1.0)
+            now_mono = time.monotonic()
+            now = datetime.now(UTC)
+            for conn in list(self.connections):
+                silent = now_mono - conn.last_activity
+                if silent > limits.idle_timeout_s:
+                    conn.close("idle_timeout")
+                elif (
+                    conn.session.mn is None
+                    and (now - conn.connected_at).total_seconds() > limits.first_packet_timeout_s
+                ):
+                    conn.close("no_valid_packet")
+                else:
+                    conn.poll(now)
+
+    async def _housekeeping(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._flush_connection_log()
+                if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
+                    await self.registry.refresh(self.db)
+                    last_refresh = time.monotonic()
+                if len(self._ids) < _ID_BLOCK // 2:
+                    await self._refill_ids()
+                up = await self.db.ping()
+            except OUTAGE_ERRORS:
+                up = False
+            self.db_up = up
+
+    # -- the connections table -----------------------------------------------------------------
+
+    async def _refill_ids(self) -> None:
+        with contextlib.suppress(*OUTAGE_ERRORS):
+            async with self.db.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT nextval(pg_get_serial_sequence('connections', 'id')) AS id FROM generate_series(1, $1)",
+                    _ID_BLOCK,
+                )
+            self._ids.extend(r["id"] for r in rows)
+
+    def next_connection_id(self) -> int | None:
+        return self._ids.pop(0) if self._ids else None
+
+    def record_open(self, conn: DasConnection) -> None:
+        if conn.connection_id is not None and len(self._opened) < _CONNECTION_LOG_LIMIT:
+            self._opened.append((conn.connection_id, self.settings.gateway_id, conn.peer, conn.connected_at))
+
+    def record_close(self, conn: DasConnection, reason: str) -> None:
+        if conn.connection_id is not None and len(self._closed) < _CONNECTION_LOG_LIMIT:
+            self._closed.append(
+                (conn.connection_id, datetime.now(UTC), reason, conn.session.mn, conn.frames_ok, conn.frames_rejected)
+            )
+
+    async def _flush_connection_log(self) -> None:
+        if not self._opened and not self._closed:
+            return
+        opened, closed = self._opened, self._closed
+        self._opened, self._closed = [], []
+        try:
+            async with self.db.pool.acquire() as db_conn, db_conn.transaction():
+                if opened:
+                    await db_conn.executemany(
+                        "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        opened,
+                    )
+                if closed:
+                    await db_conn.executemany(
+                        "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
+                        " frames_ok = $5, frames_rejected = $6 WHERE id = $1",
+                        closed,
+                    )
+        except (*OUTAGE_ERRORS, asyncpg.PostgresError):
+            self._opened = opened + self._opened
+            self._closed = closed + self._closed
+            raise

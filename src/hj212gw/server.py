@@ -1,0 +1,337 @@
+"""The asyncio shell around the protocol core: accept DAS connections, feed their sessions, store
+what they send through the batch writer, ack after commit, and apply the connection policies.
+
+`DasConnection` moves bytes and applies policy for one socket; `Gateway` owns the listening
+socket, the shared writer, registry and metrics, the timers, and the shutdown order. The
+reject policy lives in one `match` in `DasConnection._on_event`.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, cast
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from hj212gw.api import LiveDevice
+from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, WriterClosed
+from hj212gw.logs import WIRE_LOGGER
+from hj212gw.metrics import Metrics, cn_label
+from hj212gw.protocol.builders import build_data_ack, build_request_reply
+from hj212gw.protocol.decoder import CrcPolicy
+from hj212gw.protocol.errors import Hj212Error, SessionError
+from hj212gw.protocol.framing import FrameLimits
+from hj212gw.protocol.models import Packet
+from hj212gw.protocol.session import (
+    DasSession,
+    FrameRejected,
+    MnBound,
+    MnChanged,
+    PacketReceived,
+    RequestAcknowledged,
+    RequestFailed,
+    RequestFinished,
+    Send,
+    SessionConfig,
+    SplitPartsMissing,
+    SplitReassembled,
+)
+from hj212gw.records import TimePolicy, data_rows, device_seen, frame_row
+from hj212gw.registry import DeviceRegistry
+from hj212gw.settings import Settings
+
+if TYPE_CHECKING:
+    from hj212gw.gateway import Gateway
+
+
+class RefusedByPolicy(SessionError):
+    """The device registry refuses this packet (unknown MN under `reject`, wrong PW, disabled)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refused by device policy: {reason}")
+        self.policy_reason = reason
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        return self.policy_reason
+
+
+_QN_RTN_FOR_POLICY = {"wrong_pw": 3, "unknown_mn": 4, "device_rejected": 2}
+
+
+@dataclass(slots=True)
+class Deps:
+    """What every connection shares."""
+
+    settings: Settings
+    writer: BatchWriter
+    registry: DeviceRegistry
+    metrics: Metrics
+    session_config: SessionConfig
+    time_policy: TimePolicy
+    gateway: "Gateway"
+
+
+class DasConnection(asyncio.Protocol):
+    """One DAS on one TCP connection: feeds bytes to its session, acks after commit."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.session = DasSession(deps.session_config)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.ip = "?"
+        self.connection_id: int | None = None
+        self.connected_at = datetime.now(UTC)
+        self.last_activity = time.monotonic()
+        self.frames_ok = 0
+        self.frames_rejected = 0
+        self.closing_reason: str | None = None
+        self.log = structlog.get_logger("hj212gw.server")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        gateway = self.deps.gateway
+        refusal = gateway.admit_connection(self)
+        self.log = self.log.bind(peer=self.peer)
+        if refusal is not None:
+            self.deps.metrics.connections_total.labels(outcome=refusal).inc()
+            self.log.warning("das_refused", reason=refusal)
+            self.closing_reason = refusal
+            self.transport.abort()
+            return
+        self.transport.set_write_buffer_limits(high=self.deps.settings.connections.write_buffer_high_bytes)
+        self.connection_id = gateway.next_connection_id()
+        self.log = self.log.bind(conn=self.connection_id)
+        self.deps.metrics.connections_total.labels(outcome="accepted").inc()
+        self.deps.metrics.connections_open.inc()
+        gateway.record_open(self)
+        self.log.info("das_connected")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gateway = self.deps.gateway
+        if not gateway.forget(self):
+            return  # refused at accept: never counted as open
+        events = self.session.end_of_stream(datetime.now(UTC))
+        self._handle(events, time.perf_counter())
+        reason = self.closing_reason or ("peer_error" if exc else "peer_closed")
+        self.deps.metrics.connections_open.dec()
+        self.deps.metrics.connections_closed.labels(reason=reason).inc()
+        self.log.info(
+            "das_disconnected",
+            reason=reason,
+            mn=self.session.mn,
+            frames_ok=self.frames_ok,
+            frames_rejected=self.frames_rejected,
+        )
+        gateway.record_close(self, reason)
+
+    def close(self, reason: str) -> None:
+        """Close by policy; the reason is what the disconnect line and metric say."""
+        if self.closing_reason is None:
+            self.closing_reason = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        self.deps.metrics.bytes_received.inc(len(data))
+        try:
+            events = self.session.receive_data(data, datetime.now(UTC))
+            self._handle(events, time.perf_counter())
+        except Exception:
+            # A bug, not bad input (the session turns all bad input into events): close only this one.
+            self.log.exception("connection_bug", mn=self.session.mn)
+            self.close("internal_error")
+            return
+        if self.session.should_close:
+            self.close(self.session.close_reason or "session")
+        elif self.deps.writer.full and self.transport is not None:
+            self.deps.gateway.pause(self)
+
+    def poll(self, now: datetime) -> None:
+        """Timers: request retries, split timeouts (called by the gateway's ticker)."""
+        self._handle(self.session.poll(now), time.perf_counter())
+
+    def _handle(self, events: list, arrived: float) -> None:  # type: ignore[type-arg]
+        for event in events:
+            self._on_event(event, arrived)
+
+    def _on_event(self, event: object, arrived: float) -> None:
+        metrics = self.deps.metrics
+        match event:
+            case PacketReceived(packet=packet, frame=frame, ack=ack, backfill=backfill, fragment=fragment):
+                self._on_packet(packet, frame, ack=ack, backfill=backfill, fragment=fragment, arrived=arrived)
+            case FrameRejected(error=error, raw_head=raw, packet=packet, frame=frame):
+                self._reject(error, raw, packet, frame)
+            case Send(data=data, cn=cn):
+                self._write(data)
+                metrics.replies.labels(cn=cn_label(cn)).inc()
+            case MnBound(mn=mn):
+                self.log = self.log.bind(mn=mn)
+                self.deps.gateway.bind_mn(self, mn)
+            case MnChanged(old=old, new=new):
+                self.log.warning("mn_changed", old=old, new=new)
+                self.deps.gateway.bind_mn(self, new)
+            case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
+                metrics.requests.labels(cn=cn_label(cn), outcome="acknowledged" if qn_rtn == 1 else "refused").inc()
+            case RequestFinished(cn=cn, exe_rtn=exe_rtn):
+                metrics.requests.labels(
+                    cn=cn_label(cn), outcome=f"exe_{exe_rtn}" if exe_rtn in (1, 100) else "failed"
+                ).inc()
+            case RequestFailed(qn=qn, cn=cn, reason=reason):
+                metrics.requests.labels(cn=cn_label(cn), outcome=reason).inc()
+                self.log.warning("request_failed", qn=qn, cn=cn, reason=reason)
+            case SplitPartsMissing(cn=cn, data_time=data_time, missing=missing):
+                metrics.split_missing.inc(len(missing))
+                self.log.warning("split_parts_missing", cn=cn, data_time=data_time, missing=list(missing))
+            case SplitReassembled(packet=packet, backfill=backfill):
+                self._store_reassembled(packet, backfill)
+
+    def _on_packet(self, packet: Packet, frame, *, ack: bool, backfill: bool, fragment: bool, arrived: float) -> None:  # type: ignore[no-untyped-def]
+        deps = self.deps
+        admission = deps.registry.admit(packet.mn, packet.pw)
+        if admission.action == "refuse":
+            self._reject(RefusedByPolicy(admission.reason or "refused"), frame.raw, packet, frame)
+            self.close(admission.reason or "refused")
+            return
+        self.frames_ok += 1
+        deps.metrics.frame_ok(packet.cn)
+        for tolerance in packet.tolerances:
+            deps.metrics.tolerances.labels(tolerance=tolerance).inc()
+        now = datetime.now(UTC)
+        rows = []
+        if admission.action == "store" and not fragment:
+            rows = data_rows(packet, now, deps.time_policy, resend=backfill)
+        seen = device_seen(packet, self.peer, now)
+        if seen is not None and admission.action == "store":
+            deps.registry.remember(seen.mn)
+        item = IngestItem(
+            data_rows=rows,
+            frame_rows=(
+                frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
+            ),
+            device_seen=seen,
+        )
+        on_commit = (lambda: self._ack(packet, arrived)) if ack else None
+        self._submit(item, on_commit, len(rows))
+
+    def _store_reassembled(self, packet: Packet, backfill: bool) -> None:
+        if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
+            return
+        rows = data_rows(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
+        self._submit(IngestItem(data_rows=rows), None, len(rows))
+
+    def _submit(self, item: IngestItem, on_commit, rows: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            future = self.deps.writer.submit(item, on_commit)
+        except WriterClosed:
+            return  # shutting down: no ack, the DAS sends it again
+        if rows:
+            future.add_done_callback(lambda f: self._committed(f, rows))
+
+    def _committed(self, future: "asyncio.Future[None]", rows: int) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self.deps.metrics.values_stored.inc(rows)
+        elif isinstance(error, ItemRejected):
+            self.log.warning("item_rejected_by_database", detail=str(error)[:200])
+
+    def _ack(self, packet: Packet, arrived: float) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._write(build_data_ack(packet))
+        self.deps.metrics.replies.labels(cn="9014").inc()
+        self.deps.metrics.ack_latency.observe(time.perf_counter() - arrived)
+
+    def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame) -> None:  # type: ignore[no-untyped-def]
+        """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
+        self.frames_rejected += 1
+        reason = error.reason
+        self.deps.metrics.frames_rejected.labels(reason=reason).inc()
+        self.deps.metrics.frames.labels(cn=cn_label(packet.cn if packet else None), result="rejected").inc()
+        self.log.warning(
+            "frame_rejected",
+            reason=reason,
+            detail=str(error)[:200],
+            mn=self.session.mn,
+            raw=raw[:120].decode("latin-1"),
+        )
+        if frame is not None or raw:
+            now = datetime.now(UTC)
+            row = frame_row(
+                frame,
+                now,
+                verdict=reason,
+                connection_id=self.connection_id,
+                peer=self.peer,
+                packet=packet,
+                raw=None if frame is not None else raw,
+            )
+            self._submit(IngestItem(frame_rows=(row,)), None, 0)
+        if packet is not None and packet.ack_requested and not packet.cn.startswith("9"):
+            qn_rtn = _QN_RTN_FOR_POLICY.get(reason) if isinstance(error, RefusedByPolicy) else int(error.qn_rtn)
+            self._write(build_request_reply(packet, qn_rtn or 100))  # type: ignore[arg-type]
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.deps.metrics.bytes_sent.inc(len(data))
+            wire = structlog.get_logger(WIRE_LOGGER)
+            if self.deps.settings.log_level == "DEBUG":
+                wire.debug("wire_out", hex=data.hex())
+
+    # -- view for the admin API ----------------------------------------------------------------
+
+    def live(self) -> LiveDevice | None:
+        mn = self.session.mn
+        if mn is None:
+            return None
+        last = self.session.last_packet_at
+        version = self.session.version
+        return LiveDevice(
+            mn=mn,
+            peer=self.peer,
+            connection_id=self.connection_id,
+            connected_at=self.connected_at,
+            last_packet_at=last,
+            protocol_version=version.label if version is not None else None,
+        )
+
+
+def session_config_from(settings: Settings, registry: DeviceRegistry) -> SessionConfig:
+    """Protocol policy from the settings; per-device overrides are live views of the registry."""
+    proto = settings.protocol
+    return SessionConfig(
+        limits=FrameLimits(max_segment_bytes=proto.max_segment_bytes, max_buffer_bytes=proto.max_buffer_bytes),
+        crc_policy=CrcPolicy(
+            mode=proto.crc_policy,
+            allowed_variants=frozenset(proto.crc_variants),
+            per_mn_variants=registry.crc_overrides,
+        ),
+        heartbeat_reply=proto.heartbeat_reply,
+        heartbeat_reply_per_mn=registry.heartbeat_overrides,
+        mn_change=proto.mn_change,
+        device_tz=ZoneInfo(settings.device_timezone),
+        send_time_after_1013=proto.time_calibration,
+        max_consecutive_rejects=settings.connections.max_consecutive_rejects,
+    )
+
+
+def time_policy_from(settings: Settings) -> TimePolicy:
+    return TimePolicy(
+        device_tz=ZoneInfo(settings.device_timezone),
+        future_tolerance=timedelta(seconds=settings.protocol.future_tolerance_s),
+        past_tolerance=timedelta(days=settings.protocol.past_tolerance_days),
+    )
