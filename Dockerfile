@@ -1,0 +1,21 @@
+# hj212gw gateway image: slim, non-root, health-checked.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN useradd --system --create-home --home-dir /var/lib/hj212gw hj212gw
+COPY --from=build /install /usr/local
+USER hj212gw
+WORKDIR /var/lib/hj212gw
+ENV HJ212GW_HTTP=0.0.0.0:9213 \
+    HJ212GW_DATA_DIR=/var/lib/hj212gw/data \
+    HJ212GW_LOG_FORMAT=json
+EXPOSE 9212 9213
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9213/healthz', timeout=2).status == 200 else 1)"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["hj212gw"]
+CMD ["serve"]
