@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from hj212gw.protocol.builders import (
     Target,
+    build_control,
     build_data_ack,
     build_execution_result,
     build_get_min_interval,
@@ -23,11 +24,10 @@ from hj212gw.protocol.builders import (
     build_set_rtd_interval,
     build_set_time,
     build_set_timeouts,
-    build_control,
 )
 from hj212gw.protocol.constants import Cn, ExeRtn, ProtocolVersion, QnRtn
-from hj212gw.protocol.framing import FrameBuffer
 from hj212gw.protocol.decoder import decode_frame
+from hj212gw.protocol.framing import FrameBuffer
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
 from tests.protocol.conftest import FIRST
@@ -96,7 +96,9 @@ def test_replies_follow_the_das_version() -> None:
     reply_2025 = parse_segment(build_notification_reply(parse_segment(base % 9))[6:-6])
     assert reply_2025.flag == 8 and reply_2025.st == "91" and reply_2025.qn == "20240601085857223"
     assert b"Flag=8;CP=&&&&" in build_data_ack(parse_segment(base % 9))
-    reply_2005 = build_request_reply(parse_segment(b"QN=20160801085857223;ST=32;CN=2011;PW=1;MN=LD1;Flag=1;CP=&&&&"), QnRtn.READY)
+    reply_2005 = build_request_reply(
+        parse_segment(b"QN=20160801085857223;ST=32;CN=2011;PW=1;MN=LD1;Flag=1;CP=&&&&"), QnRtn.READY
+    )
     assert b"Flag=0;CP=&&QN=20160801085857223;QnRtn=1&&" in reply_2005
     assert b";QN=" not in reply_2005.split(b"CP=")[0]
 

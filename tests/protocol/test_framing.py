@@ -32,7 +32,7 @@ def frames_of(data: bytes, *, eos: bool = True) -> list[Frame | Hj212Error]:
             out.append(error)
             continue
         if frame is None:
-            if eos and not buffer._eof:  # noqa: SLF001 - one more pass after end of stream
+            if eos and not buffer._eof:
                 buffer.end_of_stream()
                 continue
             return out

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hj212gw.protocol.errors import BadEncoding, BadFieldValue, MissingField
 from hj212gw.protocol.framing import FrameBuffer, Tolerance
@@ -80,9 +79,11 @@ def test_fields_after_cp_and_unclosed_cp() -> None:
 
 
 def test_gbk_text_is_tolerated() -> None:
-    segment = b"QN=1;ST=32;CN=3020;PW=1;MN=A;Flag=4;CP=&&DataTime=20240101000000;i11001-Info=//" + "清洗".encode(
-        "gbk"
-    ) + b"//&&"
+    segment = (
+        b"QN=1;ST=32;CN=3020;PW=1;MN=A;Flag=4;CP=&&DataTime=20240101000000;i11001-Info=//"
+        + "清洗".encode("gbk")
+        + b"//&&"
+    )
     packet = parse_segment(segment)
     assert Tolerance.GBK_TEXT in packet.tolerances
     assert "清洗" in packet.cp

@@ -196,11 +196,12 @@ class FrameBuffer:
                 raise TrailerError(f"no CRC and tail within {len(buf) + 2} bytes of a header")
             else:
                 return None
-        elif boundary < declared_end and not self._eof and not _looks_like_end(buf, boundary):
+        elif (
+            boundary < declared_end and not self._eof and not _looks_like_end(buf, boundary) and len(buf) < declared_end
+        ):
             # A newline inside the declared length that is not `&&XXXX\r\n` may be payload
             # (an SM4 ciphertext is binary): wait for the declared bytes first.
-            if len(buf) < declared_end:
-                return None
+            return None
         return self._cut_at(boundary, declared, length_text)
 
     def _cut_at(self, boundary: int, declared: int, length_text: bytes) -> Frame:

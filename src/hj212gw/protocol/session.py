@@ -226,11 +226,11 @@ class DasSession:
         try:
             packet = decode_frame(frame, self.config.crc_policy, self.config.keys)
         except SegmentError as error:
-            packet = self._fragment_or_none(frame)
-            if packet is None:
+            part = self._fragment_or_none(frame)
+            if part is None:
                 self._reject(events, error, frame.raw, frame=frame)
                 return
-            fragment = True
+            packet, fragment = part, True
         except Hj212Error as error:
             self._reject(events, error, frame.raw, frame=frame)
             return

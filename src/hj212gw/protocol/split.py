@@ -41,7 +41,7 @@ class SplitTracker:
         """Record a part; returns the joined packet when the last fragment of a group arrives."""
         pnum, pno = packet.pnum or 0, packet.pno or 0
         data_time = None if fragment else getattr(packet.data, "data_time", None)
-        key = (packet.mn, packet.cn, data_time, pnum)
+        key = self._key_for(packet.mn, packet.cn, data_time, pnum, pno)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(now, pnum)
@@ -56,6 +56,20 @@ class SplitTracker:
         del self._groups[key]
         return self._join(group) if group.fragments else None
 
+    def _key_for(self, mn: str | None, cn: str, data_time: str | None, pnum: int, pno: int) -> SplitKey:
+        """The open group a part belongs to: its own (MN, CN, DataTime, PNUM), or else one of the same
+        transfer that lacks this PNO where either side has no DataTime. A first part cut mid-group
+        still parses alone and carries DataTime, while the rest do not (a fragment), so both must
+        land in one group whatever the arrival order."""
+        key = (mn, cn, data_time, pnum)
+        if key in self._groups and pno not in self._groups[key].parts:
+            return key
+        for other, group in self._groups.items():
+            same_transfer = other[:2] == (mn, cn) and other[3] == pnum and pno not in group.parts
+            if same_transfer and (other[2] is None or data_time is None):
+                return other
+        return key
+
     def _join(self, group: _Group) -> Packet | None:
         ordered = [group.parts[pno] for pno in sorted(group.parts)]
         text = "".join(part.cp for part in ordered)
@@ -65,7 +79,8 @@ class SplitTracker:
         except Hj212Error:
             return None
         fields = tuple((k, v) for k, v in first.fields if k not in ("PNUM", "PNO"))
-        flag = None if first.flag is None else first.flag & ~PacketFlag.SPLIT
+        # int(): `~PacketFlag.SPLIT` stays inside the enum's two bits and would drop the version bits.
+        flag = None if first.flag is None else first.flag & ~int(PacketFlag.SPLIT)
         fields = tuple((k, str(flag) if k == "Flag" else v) for k, v in fields)
         return replace(first, fields=fields, cp=text, flag=flag, pnum=None, pno=None, data=data)
 
