@@ -89,6 +89,8 @@ class DasConnection(asyncio.Protocol):
         self.frames_ok = 0
         self.frames_rejected = 0
         self.closing_reason: str | None = None
+        self.eof = False
+        self._unconfirmed: set[asyncio.Future[None]] = set()
         self.log = structlog.get_logger("hj212gw.server")
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -119,8 +121,8 @@ class DasConnection(asyncio.Protocol):
         gateway = self.deps.gateway
         if not gateway.forget(self):
             return  # refused at accept: never counted as open
-        events = self.session.end_of_stream(datetime.now(UTC))
-        self._handle(events, time.perf_counter())
+        if not self.eof:
+            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
         reason = self.closing_reason or ("peer_error" if exc else "peer_closed")
         self.deps.metrics.connections_open.dec()
         self.deps.metrics.connections_closed.labels(reason=reason).inc()
@@ -132,6 +134,26 @@ class DasConnection(asyncio.Protocol):
             frames_rejected=self.frames_rejected,
         )
         gateway.record_close(self, reason)
+
+    def eof_received(self) -> bool:
+        """The DAS half-closed: take a last frame that lacks its tail, then close once its acks are out.
+
+        Returning True keeps our side open, so a DAS that shuts down writing after its last packet
+        (or whose last frame is delimited only by the end of the stream) still gets its 9014.
+        """
+        self.eof = True
+        try:
+            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
+        except Exception:
+            self.log.exception("connection_bug", mn=self.session.mn)
+            self.close("internal_error")
+            return True
+        self._close_when_confirmed()
+        return True
+
+    def _close_when_confirmed(self) -> None:
+        if self.eof and not self._unconfirmed:
+            self.close(self.closing_reason or "peer_closed")
 
     def close(self, reason: str) -> None:
         """Close by policy; the reason is what the disconnect line and metric say."""
@@ -236,15 +258,18 @@ class DasConnection(asyncio.Protocol):
             future = self.deps.writer.submit(item, on_commit)
         except WriterClosed:
             return  # shutting down: no ack, the DAS sends it again
-        if rows:
-            future.add_done_callback(lambda f: self._committed(f, rows))
+        self._unconfirmed.add(future)
+        future.add_done_callback(lambda f: self._committed(f, rows))
 
     def _committed(self, future: "asyncio.Future[None]", rows: int) -> None:
+        self._unconfirmed.discard(future)
+        self._close_when_confirmed()
         if future.cancelled():
             return
         error = future.exception()
         if error is None:
-            self.deps.metrics.values_stored.inc(rows)
+            if rows:
+                self.deps.metrics.values_stored.inc(rows)
         elif isinstance(error, ItemRejected):
             self.log.warning("item_rejected_by_database", detail=str(error)[:200])
 

@@ -1,0 +1,203 @@
+"""server.py end to end: the gateway on port 0, a plain asyncio DAS, real PostgreSQL.
+
+Each test starts its own gateway on a fresh schema, writes HJ 212 bytes, and checks the reply
+bytes, the rows in `data` and `raw_frames`, the metrics and the connection policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+
+from hj212gw import app
+from hj212gw.app import Running
+from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS
+from hj212gw.protocol.cp import DataCp, SiteInfoCp
+from hj212gw.protocol.decoder import decode_frame
+from hj212gw.protocol.framing import FrameBuffer
+from hj212gw.protocol.models import Packet, parse_hj_time
+from hj212gw.settings import Settings
+from tests.integration.das import MN, DasClient, Reply
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "packets"
+GOOD = sorted(FIXTURES.glob("good/**/*.hj212"))
+BAD = sorted(FIXTURES.glob("bad/*.hj212"))
+E1 = FIXTURES / "good/hj212-2017-std/2051-e1-minute-data.hj212"
+E1_ACK = b"##0087QN=20240315101000001;ST=91;CN=9014;PW=123456;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&5000\r\n"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+StartGateway = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
+    """Start gateways on port 0 against the test's schema; whatever is still running is stopped after."""
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        fields: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "http": "127.0.0.1:0",
+            "database_url": pg_dsn,
+            "database_schema": schema,
+            "gateway_id": "test",
+            "use_uvloop": False,
+            "writer": {"linger_ms": 2},
+        }
+        fields.update(overrides)
+        running = await app.start(Settings(**fields))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.gateway.server is not None and not running.gateway._stopping:
+            await running.stop()
+
+
+async def connect(running: Running) -> DasClient:
+    assert running.gateway.port is not None
+    return await DasClient.connect(running.gateway.port)
+
+
+def sample(running: Running, name: str, **labels: str) -> float:
+    return running.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Poll `check` until it is true (the rows of a packet nobody acks commit in the background)."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+def qns(start: int, count: int) -> list[str]:
+    return [f"20240315101{n:06d}" for n in range(start, start + count)]
+
+
+def minute(n: int) -> str:
+    return f"202403151{n // 60:01d}{n % 60:02d}00"
+
+
+# ---- the standard's worked example ------------------------------------------------------------
+
+
+async def test_e1_gets_the_standard_ack_bytes_only_once_its_rows_are_visible_to_others(
+    start_gateway: StartGateway, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await connect(running)
+    await das.send(E1.read_bytes())
+
+    ack = await das.reply()
+    visible_at_ack = await conn.fetchval("SELECT count(*) FROM data WHERE qn = '20240315101000001'")
+
+    assert ack.raw == E1_ACK
+    assert visible_at_ack == 4
+    rows = await conn.fetch("SELECT factor, cou, min, avg, max, flag, revisions, resend FROM data ORDER BY factor")
+    assert [tuple(r) for r in rows] == [
+        ("w00000", 10.5, 16.4, 17.5, 20.1, "N", 0, False),
+        ("w01001", None, 7.1, 7.5, 7.8, "N", 0, False),
+        ("w01018", 0.421, 38.2, 40.1, 41.3, "N", 0, False),
+        ("w21003", 0.012, 1.02, 1.10, 1.21, "N", 0, False),
+    ]
+    frames = await conn.fetch("SELECT verdict, mn, cn, qn, raw FROM raw_frames")
+    assert [tuple(f) for f in frames] == [("ok", MN, "2051", "20240315101000001", E1.read_bytes())]
+    await das.close()
+
+
+# ---- every captured packet --------------------------------------------------------------------
+
+
+def expected_reply(info: dict[str, Any]) -> list[str]:
+    """The CNs the gateway must answer a fixture with, in order (HJ 212-2017 §9.1, §15)."""
+    cn, flag = info["cn"], info["flag"]
+    wants = flag is not None and bool(flag & 1)
+    if cn in REPLY_CNS:
+        return []
+    if cn in HEARTBEAT_CNS:
+        return ["9013"] if wants else []
+    if cn == "1013":
+        return ["9013", "1012"] if info.get("mn") else ["9013"]  # then it sets the clock (§9.6)
+    if cn in NOTIFICATION_CNS:
+        return ["9013"] if wants else []
+    return ["9014"] if wants else []
+
+
+def fixture_packet(wire: bytes) -> Packet:
+    buffer = FrameBuffer()
+    buffer.feed(wire)
+    buffer.end_of_stream()
+    frame = buffer.next_frame()
+    assert frame is not None
+    return decode_frame(frame)
+
+
+async def send_and_half_close(running: Running, wire: bytes) -> list[Reply]:
+    """Send one capture, half-close like a DAS that is done, and collect every reply until the gateway closes."""
+    das = await connect(running)
+    await das.send(wire)
+    das.writer.write_eof()
+    replies = []
+    while True:
+        try:
+            replies.append(await das.reply(timeout_s=5.0))
+        except ConnectionError:
+            break
+    await das.close()
+    return replies
+
+
+async def stored_factors(conn: asyncpg.Connection, packet: Packet, data_time: str | None) -> set[str]:
+    at = parse_hj_time(data_time) if data_time else None
+    records = await conn.fetch(
+        "SELECT factor FROM data WHERE mn = $1 AND cn = $2 AND ($3::timestamptz IS NULL OR data_time = $3)"
+        " AND qn IS NOT DISTINCT FROM $4",
+        packet.mn,
+        packet.cn,
+        at.replace(tzinfo=SHANGHAI) if at else None,
+        packet.qn,
+    )
+    return {r["factor"] for r in records}
+
+
+async def test_every_good_fixture_is_stored_and_answered_as_its_flag_asks(
+    start_gateway: StartGateway, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway(writer={"linger_ms": 1})
+    problems = []
+    for path in GOOD:
+        info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        wire = path.read_bytes()
+        packet = fixture_packet(wire)
+        replies = await send_and_half_close(running, wire)
+        got = [r.packet.cn for r in replies]
+        if got != expected_reply(info):
+            problems.append(f"{path.parent.name}/{path.stem}: replies {got}, expected {expected_reply(info)}")
+        elif got and packet.qn is not None and f"QN={packet.qn}".encode() not in replies[0].raw:
+            problems.append(f"{path.parent.name}/{path.stem}: reply {replies[0].raw!r} does not echo the QN")
+        data = packet.data
+        codes = (
+            {r.code for r in data.readings}
+            if isinstance(data, DataCp)
+            else {i.code for i in data.infos}
+            if isinstance(data, SiteInfoCp)
+            else set()
+        )
+        if codes and packet.mn and not (packet.split and info.get("data_time") is None):
+            stored = await stored_factors(conn, packet, info.get("data_time"))
+            if not codes <= stored:
+                problems.append(f"{path.parent.name}/{path.stem}: stored {sorted(stored)}, expected {sorted(codes)}")
+    assert problems == []
+    verdicts = await conn.fetch("SELECT verdict, count(*) FROM raw_frames GROUP BY verdict")
+    assert {r["verdict"]: r["count"] for r in verdicts} == {"ok": len(GOOD)}
+    assert sample(running, "hj212gw_frames_rejected_total", reason="crc_mismatch") == 0
