@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import asyncpg
 import pytest
 
 from hj212gw import app
+from hj212gw.api import bound_port
 from hj212gw.app import Running
 from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.decoder import decode_frame
-from hj212gw.protocol.framing import FrameBuffer
+from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.settings import Settings
-from tests.integration.das import MN, DasClient, Reply
+from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +67,23 @@ async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]
             await running.stop()
 
 
-async def connect(running: Running) -> DasClient:
-    assert running.gateway.port is not None
-    return await DasClient.connect(running.gateway.port)
+Dial = Callable[[Running], Awaitable[DasClient]]
+
+
+@pytest.fixture
+async def dial(start_gateway: StartGateway) -> AsyncIterator[Dial]:
+    """Open DAS connections to a gateway; all are closed before the gateway stops."""
+    clients: list[DasClient] = []
+
+    async def connect(running: Running) -> DasClient:
+        assert running.gateway.port is not None
+        client = await DasClient.connect(running.gateway.port)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()
 
 
 def sample(running: Running, name: str, **labels: str) -> float:
@@ -92,10 +109,10 @@ def minute(n: int) -> str:
 
 
 async def test_e1_gets_the_standard_ack_bytes_only_once_its_rows_are_visible_to_others(
-    start_gateway: StartGateway, conn: asyncpg.Connection
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
 ) -> None:
     running = await start_gateway()
-    das = await connect(running)
+    das = await dial(running)
     await das.send(E1.read_bytes())
 
     ack = await das.reply()
@@ -112,7 +129,6 @@ async def test_e1_gets_the_standard_ack_bytes_only_once_its_rows_are_visible_to_
     ]
     frames = await conn.fetch("SELECT verdict, mn, cn, qn, raw FROM raw_frames")
     assert [tuple(f) for f in frames] == [("ok", MN, "2051", "20240315101000001", E1.read_bytes())]
-    await das.close()
 
 
 # ---- every captured packet --------------------------------------------------------------------
@@ -142,9 +158,9 @@ def fixture_packet(wire: bytes) -> Packet:
     return decode_frame(frame)
 
 
-async def send_and_half_close(running: Running, wire: bytes) -> list[Reply]:
+async def send_and_half_close(dial: Dial, running: Running, wire: bytes) -> list[Reply]:
     """Send one capture, half-close like a DAS that is done, and collect every reply until the gateway closes."""
-    das = await connect(running)
+    das = await dial(running)
     await das.send(wire)
     das.writer.write_eof()
     replies = []
@@ -153,7 +169,6 @@ async def send_and_half_close(running: Running, wire: bytes) -> list[Reply]:
             replies.append(await das.reply(timeout_s=5.0))
         except ConnectionError:
             break
-    await das.close()
     return replies
 
 
@@ -171,7 +186,7 @@ async def stored_factors(conn: asyncpg.Connection, packet: Packet, data_time: st
 
 
 async def test_every_good_fixture_is_stored_and_answered_as_its_flag_asks(
-    start_gateway: StartGateway, conn: asyncpg.Connection
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
 ) -> None:
     running = await start_gateway(writer={"linger_ms": 1})
     problems = []
@@ -179,7 +194,7 @@ async def test_every_good_fixture_is_stored_and_answered_as_its_flag_asks(
         info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         wire = path.read_bytes()
         packet = fixture_packet(wire)
-        replies = await send_and_half_close(running, wire)
+        replies = await send_and_half_close(dial, running, wire)
         got = [r.packet.cn for r in replies]
         if got != expected_reply(info):
             problems.append(f"{path.parent.name}/{path.stem}: replies {got}, expected {expected_reply(info)}")
@@ -201,3 +216,147 @@ async def test_every_good_fixture_is_stored_and_answered_as_its_flag_asks(
     verdicts = await conn.fetch("SELECT verdict, count(*) FROM raw_frames GROUP BY verdict")
     assert {r["verdict"]: r["count"] for r in verdicts} == {"ok": len(GOOD)}
     assert sample(running, "hj212gw_frames_rejected_total", reason="crc_mismatch") == 0
+
+
+async def test_every_bad_fixture_is_archived_with_its_reason_counted_and_never_answered(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    answered = {}
+    for path in BAD:
+        replies = await send_and_half_close(dial, running, path.read_bytes())
+        if replies:
+            answered[path.stem] = [r.raw for r in replies]
+    assert answered == {}
+
+    reasons = Counter(path.name.split("-", 1)[0] for path in BAD)
+    verdicts = await conn.fetch("SELECT verdict, count(*) FROM raw_frames GROUP BY verdict")
+    assert {r["verdict"]: r["count"] for r in verdicts} == reasons
+    assert await conn.fetchval("SELECT count(*) FROM data") == 0
+    archived = {bytes(r["raw"]) for r in await conn.fetch("SELECT raw FROM raw_frames")}
+    assert all(any(path.read_bytes().startswith(raw) for raw in archived) for path in BAD)
+    for reason, count in reasons.items():
+        assert sample(running, "hj212gw_frames_rejected_total", reason=reason) == count
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{bound_port(running.http_runner)}/metrics") as resp,  # type: ignore[arg-type]
+    ):
+        exposition = await resp.text()
+    assert f'hj212gw_frames_rejected_total{{reason="crc_mismatch"}} {reasons["crc_mismatch"]}.0' in exposition
+
+
+# ---- chunking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delivery", ["one_write_each", "byte_by_byte", "coalesced"])
+async def test_how_the_bytes_are_cut_does_not_change_acks_or_rows(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection, delivery: str
+) -> None:
+    running = await start_gateway()
+    sent = qns(1, 10)
+    packets = [
+        data_packet(qn, data_time=minute(n), values={"w01018": f"{n}.5", "w21003": "1.10"}) for n, qn in enumerate(sent)
+    ]
+    das = await dial(running)
+    if delivery == "coalesced":
+        await das.send(b"".join(packets))
+    elif delivery == "byte_by_byte":
+        await das.send_slowly(b"".join(packets), chunk=1)
+    else:
+        for packet in packets:
+            await das.send(packet)
+
+    acks = await das.replies(10)
+
+    assert [a.packet.cn for a in acks] == ["9014"] * 10
+    assert sorted(a.packet.qn for a in acks) == sent
+    rows = await conn.fetch("SELECT qn, factor, avg FROM data ORDER BY qn, factor")
+    assert [tuple(r) for r in rows] == [
+        (qn, factor, value) for n, qn in enumerate(sent) for factor, value in (("w01018", n + 0.5), ("w21003", 1.1))
+    ]
+    assert await das.nothing_within(0.2)
+
+
+# ---- resends ----------------------------------------------------------------------------------
+
+
+async def test_the_same_packet_twice_is_stored_once_and_acked_twice(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    wire = E1.read_bytes()
+    await das.send(wire)
+    await das.send(wire)
+
+    acks = await das.replies(2)
+
+    assert [a.raw for a in acks] == [E1_ACK, E1_ACK]
+    rows = await conn.fetch("SELECT factor, revisions, resend FROM data ORDER BY factor")
+    assert [tuple(r) for r in rows] == [(f, 0, False) for f in ("w00000", "w01001", "w01018", "w21003")]
+    assert await conn.fetchval("SELECT count(*) FROM raw_frames WHERE verdict = 'ok'") == 2
+
+
+async def test_a_2025_rf_resend_with_a_changed_value_revises_the_row(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    await das.send(data_packet("20240601080000001", flag=9, values={"a21026": "18.5"}))
+    first = await das.reply()
+    await das.send(data_packet("20240601090000001", flag=9, values={"a21026": "19.0"}, rf=True))
+    second = await das.reply()
+
+    assert (first.packet.cn, first.packet.flag, second.packet.cn, second.packet.flag) == ("9014", 8, "9014", 8)
+    assert second.packet.qn == "20240601090000001"
+    row = await conn.fetchrow("SELECT avg, qn, revisions, resend, received_at, first_received_at FROM data")
+    assert (row["avg"], row["qn"], row["revisions"], row["resend"]) == (19.0, "20240601090000001", 1, True)
+    assert row["first_received_at"] < row["received_at"]
+
+
+# ---- heartbeats and notifications -------------------------------------------------------------
+
+
+async def test_a_2025_heartbeat_asking_for_a_reply_gets_9013_with_flag_8(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    await das.send(empty_packet("20240601085857223", "9015", flag=9))
+
+    reply = await das.reply()
+
+    assert reply.raw == encode_frame(f"QN=20240601085857223;ST=91;CN=9013;PW={PW};MN={MN};Flag=8;CP=&&&&".encode())
+    await eventually(lambda: _exists(conn, "SELECT 1 FROM devices WHERE mn = $1 AND protocol_version = 2", MN))
+
+
+async def test_1013_gets_9013_then_the_platform_sets_the_time_with_1012(
+    start_gateway: StartGateway, dial: Dial
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    await das.send(FIXTURES.joinpath("good/hj212-2017-std/1013-e4-time-calibration-request.hj212").read_bytes())
+
+    notification, request = await das.replies(2)
+
+    assert notification.raw == (
+        b"##0087QN=20240315120000456;ST=91;CN=9013;PW=123456;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&21C0\r\n"
+    )
+    assert (request.packet.cn, request.packet.flag, request.packet.mn, request.packet.pw) == ("1012", 5, MN, PW)
+    system_time = request.packet.cp.removeprefix("SystemTime=")
+    assert len(system_time) == 14 and system_time.isdigit()
+    qn = request.packet.qn
+    assert qn is not None
+    await das.send(empty_packet(qn, "9011", flag=4, cp="QnRtn=1"))
+    await das.send(empty_packet(qn, "9012", flag=4, cp="ExeRtn=1"))
+    await eventually(
+        lambda: _true(sample(running, "hj212gw_requests_total", cn="1012", outcome="exe_1") == 1),
+    )
+
+
+async def _exists(conn: asyncpg.Connection, query: str, *args: object) -> bool:
+    return await conn.fetchval(query, *args) is not None
+
+
+async def _true(value: bool) -> bool:
+    return value
