@@ -17,9 +17,14 @@ Items = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class CpData:
-    """Every `name=value` item of the CP, in order. The base of all CP models."""
+    """The CP content as sent; the base of all CP models. `items` tokenizes it on demand."""
 
-    items: Items
+    text: str
+
+    @property
+    def items(self) -> Items:
+        """Every `name=value` item, in order (computed from `text`; not on the hot path)."""
+        return tokenize_cp(self.text)
 
     def get(self, name: str) -> str | None:
         for key, value in self.items:
@@ -36,11 +41,27 @@ class GenericCp(CpData):
 @dataclass(frozen=True, slots=True)
 class DataCp(CpData):
     """Uploads with per-factor values: 2011, 2013, 2021, 2031, 2041, 2051, 2052, 2061, 2062,
-    2111, 2005's 2072/2073 and 8013. `extras` are the non-factor items besides DataTime."""
+    2111, 2005's 2072/2073 and 8013.
+
+    `fields` maps every item's full name (`a21026-Avg`, `DataTime`) to its text: built with a
+    handful of C-level string operations, it is all the hot path needs. `readings` groups it per
+    factor and `extras` lists the non-factor items besides DataTime; both are computed on access.
+    """
 
     data_time: str | None
-    readings: tuple[Reading, ...]
-    extras: Items = ()
+    fields: dict[str, str]
+
+    def value(self, code: str, suffix: str) -> str | None:
+        """The text of one field, e.g. `value("a21026", "Avg")`."""
+        return self.fields.get(f"{code}-{suffix}")
+
+    @property
+    def readings(self) -> tuple[Reading, ...]:
+        return _readings_of(self.fields)
+
+    @property
+    def extras(self) -> Items:
+        return tuple((k, v) for k, v in self.fields.items() if "-" not in k and k != "DataTime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,48 +265,76 @@ def parse_cp(cn: str, text: str) -> CpData:
     Raises:
         BadCpItem: an item is not `name=value`.
     """
-    items = tokenize_cp(text)
-    get = CpData(items).get
-    if ("BeginTime" in text or "EndTime" in text) and "DataTime" not in text:
-        return HistoryRequestCp(items, get("BeginTime"), get("EndTime"), get("PolId"))
     if cn in _DATA_CNS or cn in _DATA_CNS_2005:
-        data_time, readings, extras = group_readings(items)
-        return DataCp(items, data_time, readings, extras)
+        fields = _fields_fast(text)
+        if fields is None:
+            fields = dict(tokenize_cp(text))
+        if "DataTime" in fields or not ("BeginTime" in fields or "EndTime" in fields):
+            return DataCp(text, fields.get("DataTime"), fields)
+    items = tokenize_cp(text)
+    named = dict(items)
+    get = named.get
+    if ("BeginTime" in named or "EndTime" in named) and "DataTime" not in named:
+        return HistoryRequestCp(text, get("BeginTime"), get("EndTime"), get("PolId"))
     if cn in _INFO_CNS:
         data_time, infos, _ = group_readings(items)
-        return SiteInfoCp(items, data_time, get("PolId"), get("InfoId"), infos)
-    return _parse_command_cp(cn, items, get)
+        return SiteInfoCp(text, data_time, get("PolId"), get("InfoId"), infos)
+    return _parse_command_cp(cn, text, items, get)
 
 
-def _parse_command_cp(cn: str, items: Items, get: Callable[[str], str | None]) -> CpData:
+def _fields_fast(text: str) -> dict[str, str] | None:
+    """`dict(tokenize_cp(text))` with C-level string operations when every token is exactly
+    `name=value` with no empty token; None otherwise (log text, stray separators): use the slow path."""
+    if "//" in text or not text:
+        return None
+    flat = text.replace(",", ";").replace("=", ";").split(";")
+    if len(flat) != 2 * text.count("="):
+        return None
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def _readings_of(fields: dict[str, str]) -> tuple[Reading, ...]:
+    groups: dict[str, dict[str, str]] = {}
+    for name, value in fields.items():
+        code, dash, suffix = name.partition("-")
+        if dash:
+            values = groups.get(code)
+            if values is None:
+                values = groups[code] = {}
+            values[suffix] = value
+    mapping = CODE_2005_TO_2017
+    return tuple([Reading(code, values, mapping.get(code)) for code, values in groups.items()])
+
+
+def _parse_command_cp(cn: str, text: str, items: Items, get: Callable[[str], str | None]) -> CpData:
     match cn:
         case "2081":
-            return RestartCp(items, get("DataTime"), get("RestartTime"))
+            return RestartCp(text, get("DataTime"), get("RestartTime"))
         case "9011":
-            return RequestReplyCp(items, _int(get("QnRtn")), get("QN"))
+            return RequestReplyCp(text, _int(get("QnRtn")), get("QN"))
         case "9012":
-            return ExecutionResultCp(items, _int(get("ExeRtn")), get("QN"))
+            return ExecutionResultCp(text, _int(get("ExeRtn")), get("QN"))
         case "1011" | "1012":
-            return SystemTimeCp(items, get("PolId"), get("SystemTime"))
+            return SystemTimeCp(text, get("PolId"), get("SystemTime"))
         case "1000":
-            return TimeoutsCp(items, _int(get("OverTime")), _int(get("ReCount")))
+            return TimeoutsCp(text, _int(get("OverTime")), _int(get("ReCount")))
         case "1061" | "1062" | "1063" | "1064" if items:
-            return IntervalCp(items, _int(get("RtdInterval")), _int(get("MinInterval")))
+            return IntervalCp(text, _int(get("RtdInterval")), _int(get("MinInterval")))
         case "1072":
-            return NewPasswordCp(items, get("NewPW"))
+            return NewPasswordCp(text, get("NewPW"))
         case "1001" if get("i23005-Info") is not None or get("i23006-Info") is not None:
             return HardwareSerialCp(
-                items, get("i23005-Info"), get("i23006-Info"), get("i23007-Info"), get("i23008-Info")
+                text, get("i23005-Info"), get("i23006-Info"), get("i23007-Info"), get("i23008-Info")
             )
         case "1002":
-            return SetMnCp(items, get("i23005-Info"))
+            return SetMnCp(text, get("i23005-Info"))
         case "1014":
-            return KeyExchangeCp(items, get("SKCreateTime"), get("NewSK"))
+            return KeyExchangeCp(text, get("SKCreateTime"), get("NewSK"))
     if cn in _POLID_CNS:
-        return PolIdCommandCp(items, get("PolId"), get("CalibrationType"), get("VaseNo"), get("DataTime"))
+        return PolIdCommandCp(text, get("PolId"), get("CalibrationType"), get("VaseNo"), get("DataTime"))
     if cn in _EMPTY_CNS or not items:
-        return EmptyCp(items, get("QN"))
-    return GenericCp(items)
+        return EmptyCp(text, get("QN"))
+    return GenericCp(text)
 
 
 def encode_items(items: Items, separators: str = ";") -> str:

@@ -35,7 +35,6 @@ def _powers_of_high_byte_map() -> tuple[tuple[int, ...], ...]:
 
 
 _P: Final = _powers_of_high_byte_map()
-_LANE_MASK: Final = 0xFF
 
 
 def crc16_reference(segment: bytes) -> int:
@@ -53,36 +52,52 @@ def crc16_reference(segment: bytes) -> int:
     return crc
 
 
+def _fold_plan(size: int) -> tuple[tuple[int, int], ...]:
+    """(shift, mask) pairs that fold `size` bytes (8 * 2**m) down to 8 by XORing halves."""
+    plan = []
+    half = size * 4
+    while half >= 64:
+        plan.append((half, (1 << half) - 1))
+        half >>= 1
+    return tuple(plan)
+
+
+_FOLD_PLANS: Final = {8 << m: _fold_plan(8 << m) for m in range(16)}
+# The crc from the high byte after the last byte: crc = T[H^-1(h)] and H^-1 = H^7 (H has order 8).
+_FINAL: Final = tuple(_T[_P[7][h]] for h in range(256))
+_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7 = _P
+
+
 def crc16(segment: bytes | bytearray | memoryview) -> int:
     """CRC of a data segment, HJ 212-2017 Appendix A; equal to `crc16_reference` for all input.
 
-    With h the register's high byte, each byte b does h <- H(h ^ b), and the last byte gives
-    T[h ^ b]. H is linear with H^8 = id, so after k bytes h = H^k(0xFF) ^ XOR_r H^r(lane_r),
-    where lane_r is the XOR of the bytes whose distance from the end is r mod 8. The lanes come
-    from XOR-folding the bytes as one big integer: no Python loop per byte.
+    With h the register's high byte, each byte b does h <- H(h ^ b) and the CRC is T[h_{n-1} ^
+    b_{n-1}] = T[H^-1(h_n)]. H is linear over GF(2) with H^8 = id, so h_n = H^n(0xFF) ^
+    XOR_r H^r(lane_r), where lane_r is the XOR of the bytes whose distance from the end is
+    r mod 8. The lanes come from XOR-folding the bytes as one big integer: no Python loop per byte.
     """
     n = len(segment)
     if n == 0:
         return 0xFFFF
-    k = n - 1
-    if k == 0:
-        return _T[0xFF ^ segment[0]]
-    # Left-pad the first k bytes with zeros to 8 * 2**m bytes so that the lane of a byte is its
-    # position mod 8, then fold halves together until eight bytes remain.
-    words = max(1, (k + 7) >> 3)
-    size = 8 << (words - 1).bit_length()
-    value = int.from_bytes(segment[:k], "big")  # big-endian: padding goes on the left for free
-    half = size * 4  # bits in half of `size` bytes
-    while half >= 64:
-        value = (value >> half) ^ (value & ((1 << half) - 1))
-        half >>= 1
-    # Byte q of the folded 64-bit word, counted from the right (q = 0 is the last byte of the
-    # prefix), collects the bytes at distance q + 1 from position k; the step count is 8j + q + 1.
-    h = _P[k & 7][0xFF]
-    p = _P
-    for q in range(8):
-        h ^= p[(q + 1) & 7][(value >> (8 * q)) & _LANE_MASK]
-    return _T[h ^ segment[k]]
+    size = 8 << ((n + 7) // 8 - 1).bit_length()
+    value = int.from_bytes(segment, "big")  # big-endian: the zero padding goes on the left for free
+    for shift, mask in _FOLD_PLANS[size]:
+        value = (value >> shift) ^ (value & mask)
+    # Byte q of the folded word, counted from the right, holds the bytes at distance q + 1 (mod 8)
+    # from the end, which went through H^(q+1).
+    lanes = value.to_bytes(8, "little")
+    h = (
+        _P[n & 7][0xFF]
+        ^ _P1[lanes[0]]
+        ^ _P2[lanes[1]]
+        ^ _P3[lanes[2]]
+        ^ _P4[lanes[3]]
+        ^ _P5[lanes[4]]
+        ^ _P6[lanes[5]]
+        ^ _P7[lanes[6]]
+        ^ _P0[lanes[7]]
+    )
+    return _FINAL[h]
 
 
 def crc16_modbus(segment: bytes | bytearray | memoryview) -> int:

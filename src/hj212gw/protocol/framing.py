@@ -11,7 +11,7 @@ policy, decided by `decoder`. Imports nothing outside the protocol package.
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from hj212gw.protocol.constants import MAX_SEGMENT_BYTES
 from hj212gw.protocol.crc import crc16, crc16_modbus, swap_bytes
@@ -70,9 +70,14 @@ class FrameLimits:
     max_junk_report_bytes: int = 120
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One framed packet as received: the segment, the CRC verdict, the quirks it needed."""
+_DEFAULT_LIMITS: Final = FrameLimits()
+
+
+class Frame(NamedTuple):
+    """One framed packet as received: the segment, the CRC verdict, the quirks it needed.
+
+    Immutable; a named tuple because one is built per packet.
+    """
 
     segment: bytes
     declared_length: int
@@ -119,7 +124,7 @@ class FrameBuffer:
     __slots__ = ("_buf", "_eof", "limits")
 
     def __init__(self, limits: FrameLimits | None = None) -> None:
-        self.limits = limits or FrameLimits()
+        self.limits = limits or _DEFAULT_LIMITS
         self._buf = bytearray()
         self._eof = False
 

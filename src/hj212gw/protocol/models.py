@@ -5,7 +5,6 @@ value keeps the digits that were sent. Typed views (`packet.data`, `reading.avg`
 from that text. Built once by the parser; nothing on the per-packet path validates twice.
 """
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -73,12 +72,13 @@ class Reading(NamedTuple):
         return self.values.get("Info")
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One data segment: `QN=…;ST=…;CN=…;PW=…;MN=…;Flag=…;[PNUM;PNO;][RF;]CP=&&…&&`.
 
     `fields` holds every header field in the order sent (unknown keys included); the named
-    attributes are views of it. `cp` is the CP content between `CP=&&` and `&&`.
+    attributes are views of it. `cp` is the CP content between `CP=&&` and `&&`. Immutable; a
+    named tuple because one is built per packet and that is several times cheaper than a frozen
+    dataclass.
     """
 
     fields: tuple[tuple[str, str], ...]
@@ -96,7 +96,7 @@ class Packet:
     fields_after_cp: tuple[tuple[str, str], ...] = ()
     tolerances: tuple[str, ...] = ()
     encrypted: bool = False
-    data: "CpData | None" = field(default=None, compare=False)
+    data: "CpData | None" = None
 
     @property
     def version(self) -> ProtocolVersion:

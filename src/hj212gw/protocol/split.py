@@ -7,7 +7,7 @@ order once all arrived. Memory is bounded by group count and bytes; stale groups
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from hj212gw.protocol.constants import PacketFlag
@@ -82,7 +82,7 @@ class SplitTracker:
         # int(): `~PacketFlag.SPLIT` stays inside the enum's two bits and would drop the version bits.
         flag = None if first.flag is None else first.flag & ~int(PacketFlag.SPLIT)
         fields = tuple((k, str(flag) if k == "Flag" else v) for k, v in fields)
-        return replace(first, fields=fields, cp=text, flag=flag, pnum=None, pno=None, data=data)
+        return first._replace(fields=fields, cp=text, flag=flag, pnum=None, pno=None, data=data)
 
     def _bound(self) -> None:
         while len(self._groups) > self.max_groups:
