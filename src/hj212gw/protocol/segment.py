@@ -44,6 +44,10 @@ def parse_header(header: str) -> tuple[tuple[str, str], ...]:
     Raises:
         BadFieldValue: a header item without `=`.
     """
+    flat = header.replace("=", ";").split(";")
+    if not flat[-1] and len(flat) == 2 * header.count("=") + 1 and header.count(";") == header.count("="):
+        # The usual shape `K=V;K=V;`: pair the pieces with C-level slicing.
+        return tuple(zip(flat[0:-1:2], flat[1::2], strict=True))
     fields = []
     for item in header.split(";"):
         if not item:
@@ -74,7 +78,7 @@ def decode_cp_text(content: bytes) -> tuple[str, tuple[str, ...]]:
 def _int_field(name: str, text: str | None, digits: int) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or len(text) > digits:
+    if len(text) > digits or not text.isdigit():
         raise BadFieldValue(name, text, f"up to {digits} digits")
     return int(text)
 
@@ -110,11 +114,14 @@ def parse_segment(
     qn = named.get("QN")
     if qn is None:
         found.append(Tolerance.MISSING_QN)
-    flag = _int_field("Flag", named.get("Flag"), 3)
-    if flag is None:
+    flag_text = named.get("Flag")
+    if flag_text is None:
+        flag = None
         found.append(Tolerance.MISSING_FLAG)
-    elif flag > 255:
-        raise BadFieldValue("Flag", str(flag), "0-255")
+    else:
+        flag = _int_field("Flag", flag_text, 3)
+        if flag is not None and flag > 255:
+            raise BadFieldValue("Flag", str(flag), "0-255")
     if cp_text is None:
         cp_text, text_tolerances = decode_cp_text(content)
         found.extend(text_tolerances)
@@ -140,9 +147,9 @@ def parse_segment(
         pw=named.get("PW"),
         mn=named.get("MN"),
         flag=flag,
-        pnum=_int_field("PNUM", named.get("PNUM"), 4),
-        pno=_int_field("PNO", named.get("PNO"), 4),
-        rf=named.get("RF", "0") not in ("0", ""),
+        pnum=_int_field("PNUM", named["PNUM"], 4) if "PNUM" in named else None,
+        pno=_int_field("PNO", named["PNO"], 4) if "PNO" in named else None,
+        rf="RF" in named and named["RF"] not in ("0", ""),
         cp_closed=closed,
         fields_after_cp=fields_after,
         tolerances=tuple(found),
