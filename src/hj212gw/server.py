@@ -293,18 +293,19 @@ class DasConnection(asyncio.Protocol):
             mn=self.session.mn,
             raw=raw[:120].decode("latin-1"),
         )
-        if frame is not None or raw:
-            now = datetime.now(UTC)
-            row = frame_row(
-                frame,
-                now,
-                verdict=reason,
-                connection_id=self.connection_id,
-                peer=self.peer,
-                packet=packet,
-                raw=None if frame is not None else raw,
-            )
-            self._submit(IngestItem(frame_rows=(row,)), None, 0)
+        # Every reject is archived, so raw_frames agrees with the metric. A framing defect
+        # (declared length over the limit, bad length field) consumes only the `##`: its row has
+        # no bytes, and the bytes after it arrive as the next `garbage` row.
+        row = frame_row(
+            frame,
+            datetime.now(UTC),
+            verdict=reason,
+            connection_id=self.connection_id,
+            peer=self.peer,
+            packet=packet,
+            raw=None if frame is not None else raw,
+        )
+        self._submit(IngestItem(frame_rows=(row,)), None, 0)
         if packet is not None and packet.ack_requested and not packet.cn.startswith("9"):
             qn_rtn = _QN_RTN_FOR_POLICY.get(reason) if isinstance(error, RefusedByPolicy) else int(error.qn_rtn)
             self._write(build_request_reply(packet, qn_rtn or 100))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ bytes, the rows in `data` and `raw_frames`, the metrics and the connection polic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from hj212gw import app
 from hj212gw.api import bound_port
@@ -27,6 +29,7 @@ from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.settings import Settings
+from hj212gw.storage.db import Database
 from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
 
 pytestmark = pytest.mark.integration
@@ -233,8 +236,9 @@ async def test_every_bad_fixture_is_archived_with_its_reason_counted_and_never_a
     verdicts = await conn.fetch("SELECT verdict, count(*) FROM raw_frames GROUP BY verdict")
     assert {r["verdict"]: r["count"] for r in verdicts} == reasons
     assert await conn.fetchval("SELECT count(*) FROM data") == 0
-    archived = {bytes(r["raw"]) for r in await conn.fetch("SELECT raw FROM raw_frames")}
-    assert all(any(path.read_bytes().startswith(raw) for raw in archived) for path in BAD)
+    archived = [bytes(r["raw"]) for r in await conn.fetch("SELECT raw FROM raw_frames")]
+    wires = [path.read_bytes() for path in BAD]
+    assert all(raw and any(wire.startswith(raw) for wire in wires) for raw in archived)
     for reason, count in reasons.items():
         assert sample(running, "hj212gw_frames_rejected_total", reason=reason) == count
     async with (
@@ -360,3 +364,176 @@ async def _exists(conn: asyncpg.Connection, query: str, *args: object) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# ---- connection policies ----------------------------------------------------------------------
+
+
+async def test_an_unknown_mn_under_the_reject_policy_is_refused_and_closed(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway(devices={"unknown_mn": "reject"})
+    das = await dial(running)
+    await das.send(E1.read_bytes())
+
+    refusal = await das.reply()
+
+    assert (refusal.packet.cn, refusal.packet.qn, refusal.packet.cp) == ("9011", "20240315101000001", "QnRtn=4")
+    assert await das.closed_by_gateway()
+    assert await conn.fetchval("SELECT count(*) FROM data") == 0
+    await eventually(lambda: _exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'unknown_mn'"))
+    assert sample(running, "hj212gw_frames_rejected_total", reason="unknown_mn") == 1
+    await eventually(
+        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="unknown_mn") == 1),
+    )
+
+
+async def test_a_wrong_pw_is_rejected_with_9011_qnrtn_3_when_a_reply_is_asked_for(
+    start_gateway: StartGateway, dial: Dial, db: Database, conn: asyncpg.Connection
+) -> None:
+    await db.pool.execute("INSERT INTO devices (mn, pw) VALUES ($1, $2)", MN, "654321")
+    running = await start_gateway()
+
+    asked = await dial(running)
+    await asked.send(data_packet("20240315101000001", pw="123456", flag=5))
+    refusal = await asked.reply()
+    assert refusal.raw == encode_frame(
+        f"QN=20240315101000001;ST=91;CN=9011;PW=123456;MN={MN};Flag=4;CP=&&QnRtn=3&&".encode()
+    )
+    assert await asked.closed_by_gateway()
+
+    silent = await dial(running)
+    await silent.send(data_packet("20240315101000002", pw="123456", flag=4))
+    assert await silent.closed_by_gateway()
+    assert silent.frames.buffered == 0
+
+    right = await dial(running)
+    await right.send(data_packet("20240315101000003", pw="654321", flag=5))
+    ack = await right.reply()
+    assert (ack.packet.cn, ack.packet.qn) == ("9014", "20240315101000003")
+
+    assert [r["qn"] for r in await conn.fetch("SELECT qn FROM data")] == ["20240315101000003"]
+    await eventually(lambda: _true(sample(running, "hj212gw_frames_rejected_total", reason="wrong_pw") == 2))
+    verdicts = await conn.fetch("SELECT qn, verdict FROM raw_frames ORDER BY qn")
+    assert [tuple(v) for v in verdicts] == [
+        ("20240315101000001", "wrong_pw"),
+        ("20240315101000002", "wrong_pw"),
+        ("20240315101000003", "ok"),
+    ]
+
+
+async def test_a_garbage_stream_is_closed_after_consecutive_rejects_while_others_are_served(
+    start_gateway: StartGateway, dial: Dial
+) -> None:
+    running = await start_gateway(connections={"max_consecutive_rejects": 3})
+    good = await dial(running)
+    bad = await dial(running)
+    with capture_logs() as logs:
+        await bad.send(b"\x00\xffjunk ##0010abcdefghijFFFF\r\n" * 5)
+        assert await bad.closed_by_gateway()
+    assert bad.frames.buffered == 0  # not a byte of reply
+
+    await good.send(E1.read_bytes())
+    assert (await good.reply()).raw == E1_ACK
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert {e["event"] for e in warnings} == {"frame_rejected"}
+    assert len(warnings) >= 3
+    assert all(e["raw"] for e in warnings)
+    await eventually(
+        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="too_many_rejects") == 1),
+    )
+
+
+async def test_an_oversized_declared_length_is_rejected_and_the_next_frame_still_acked(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    await das.send(b"##9999QN=20240315101000000;ST=32;CN=2051" + b"x" * 200 + b"\r\n" + E1.read_bytes())
+
+    assert (await das.reply()).raw == E1_ACK
+    assert sample(running, "hj212gw_frames_rejected_total", reason="frame_too_long") == 1
+    assert await conn.fetchval("SELECT count(*) FROM data") == 4
+    await eventually(lambda: _exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'frame_too_long'"))
+    garbage = await conn.fetchval("SELECT raw FROM raw_frames WHERE verdict = 'garbage'")
+    assert garbage.startswith(b"9999QN=20240315101000000;ST=32;CN=2051")  # the rest, after the `##`
+
+
+@pytest.mark.slow
+async def test_a_slow_sender_is_served_and_not_taken_for_idle(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway(connections={"idle_timeout_s": 1.5})
+    das = await dial(running)
+    wire = encode_frame(
+        b"QN=20240315101000001;ST=32;CN=2051;PW=1;MN=M1;Flag=5;CP=&&DataTime=20240315100000;w01018-Avg=1&&"
+    )
+    await das.send_slowly(wire, delay_s=0.05)  # about 5 s for the frame, 50 ms between bytes
+
+    ack = await das.reply()
+
+    assert (ack.packet.cn, ack.packet.qn) == ("9014", "20240315101000001")
+    assert await conn.fetchval("SELECT avg FROM data WHERE mn = 'M1'") == 1.0
+
+
+async def test_an_idle_connection_is_closed(start_gateway: StartGateway, dial: Dial) -> None:
+    running = await start_gateway(connections={"idle_timeout_s": 1.0})
+    das = await dial(running)
+    await das.send(E1.read_bytes())
+    assert (await das.reply()).raw == E1_ACK
+
+    assert await das.closed_by_gateway(timeout_s=4.0)
+    await eventually(lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="idle_timeout") == 1))
+
+
+async def test_a_connection_without_a_valid_packet_is_closed_after_the_first_packet_timeout(
+    start_gateway: StartGateway, dial: Dial
+) -> None:
+    running = await start_gateway(connections={"first_packet_timeout_s": 1.0, "idle_timeout_s": 30.0})
+    das = await dial(running)
+    # Busy but never complete: E1 at 10 bytes a second keeps the idle timer fresh for 40 s.
+    trickle = asyncio.create_task(das.send_slowly(E1.read_bytes(), delay_s=0.1))
+    try:
+        assert await das.closed_by_gateway(timeout_s=4.0)
+    finally:
+        trickle.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await trickle
+    await eventually(
+        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="no_valid_packet") == 1),
+    )
+
+
+async def test_connections_beyond_max_per_ip_are_refused(start_gateway: StartGateway, dial: Dial) -> None:
+    running = await start_gateway(connections={"max_connections_per_ip": 2})
+    first, second = await dial(running), await dial(running)
+    third = await dial(running)
+
+    assert await third.closed_by_gateway()
+    for n, das in enumerate((first, second), start=1):
+        await das.send(data_packet(f"2024031510100000{n}", mn=f"MN{n}"))
+        assert (await das.reply()).packet.qn == f"2024031510100000{n}"
+    assert sample(running, "hj212gw_connections_total", outcome="max_connections_per_ip") == 1
+
+    await first.close()
+    await eventually(lambda: _true(sample(running, "hj212gw_connections_open") == 1))
+    fourth = await dial(running)
+    await fourth.send(data_packet("20240315101000004", mn="MN4"))
+    assert (await fourth.reply()).packet.qn == "20240315101000004"
+
+
+async def test_a_newer_connection_for_the_same_mn_closes_the_older_one(start_gateway: StartGateway, dial: Dial) -> None:
+    running = await start_gateway()
+    older = await dial(running)
+    await older.send(data_packet("20240315101000001"))
+    assert (await older.reply()).packet.qn == "20240315101000001"
+
+    newer = await dial(running)
+    await newer.send(data_packet("20240315101000002", data_time=minute(1)))
+
+    assert (await newer.reply()).packet.qn == "20240315101000002"
+    assert await older.closed_by_gateway()
+    await newer.send(data_packet("20240315101000003", data_time=minute(2)))
+    assert (await newer.reply()).packet.qn == "20240315101000003"
+    assert sample(running, "hj212gw_connections_closed_total", reason="replaced_by_newer_connection") == 1
+    assert set(running.gateway.online()) == {MN}
