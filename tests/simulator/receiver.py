@@ -60,7 +60,12 @@ class ReferenceReceiver:
         self.links[packet.mn].write(build_history_request(target, cn, qn, begin, end))
 
     def packets(self, mn: str | None = None, cn: str | None = None) -> list[Packet]:
-        return [r.packet for r in self.received if (mn is None or r.packet.mn == mn) and (cn is None or r.packet.cn == cn)]
+        return [
+            r.packet for r in self.received if (mn is None or r.packet.mn == mn) and (cn is None or r.packet.cn == cn)
+        ]
+
+    def received_packets(self) -> list[Packet]:
+        return [r.packet for r in self.received]
 
     def acked_keys(self) -> list[tuple[str | None, str, str | None, int]]:
         return [(*r.key, r.packet.pno or 0) for r in self.received if r.acked]

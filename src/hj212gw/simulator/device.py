@@ -77,7 +77,9 @@ class SimDevice:
         }
         restart = format_hj_time(local)
         # Sent live on the first connect, whatever happened before: it announces the boot (CN 2081).
-        self.delivery.fresh.append(Outgoing(Cn.RESTART_TIME, restart, f"DataTime={restart};RestartTime={restart}"))
+        self.delivery.fresh.append(
+            Outgoing(Cn.RESTART_TIME, restart, f"DataTime={restart};RestartTime={restart}", ack=spec.ack)
+        )
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class SimDevice:
                 self._next[cn] += timedelta(seconds=step)
                 if self._next[cn] < local - timedelta(days=1):
                     self._next[cn] = _floor(local, step) + timedelta(seconds=step)  # clock jumped
-                if not silent:
+                if not self.scenarios.silent(self.sim_of(start)):  # measured nothing in that period
                     self._record(cn, start, step)
 
     def _record(self, cn: str, start: datetime, step: int) -> None:

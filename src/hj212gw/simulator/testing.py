@@ -109,7 +109,9 @@ class SteppedDevice:
 
     def ack(self, packets: Iterable[Packet]) -> list[Packet]:
         """Answer every packet that asked for it with 9014."""
-        return self.feed(b"".join(build_data_ack(p) for p in packets if p.ack_requested and p.cn.startswith(("2", "3"))))
+        return self.feed(
+            b"".join(build_data_ack(p) for p in packets if p.ack_requested and p.cn.startswith(("2", "3")))
+        )
 
     def _flush(self) -> list[Packet]:
         frames = self.device.frames_due(self.clock.sim_now(), self.clock.real_now())
