@@ -1,7 +1,8 @@
 """A plain asyncio DAS for the end-to-end tests: writes HJ 212 bytes, reads the gateway's reply frames.
 
 Nothing here knows the gateway's internals; replies are framed and decoded with the protocol
-library (tested on its own in tests/protocol), everything else is sockets.
+library (tested on its own in tests/protocol), everything else is sockets. `settings_for` gives
+the Settings of an in-process gateway on port 0.
 """
 
 from __future__ import annotations
@@ -10,13 +11,30 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet
+from hj212gw.settings import Settings
 
 MN = "010000A8900016F000169DC0"
 PW = "123456"
+
+
+def settings_for(dsn: str, schema: str, **overrides: Any) -> Settings:
+    """An in-process gateway on free loopback ports, committing quickly (2 ms linger)."""
+    fields: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "http": "127.0.0.1:0",
+        "database_url": dsn,
+        "database_schema": schema,
+        "gateway_id": "test",
+        "use_uvloop": False,
+        "writer": {"linger_ms": 2},
+    }
+    fields.update(overrides)
+    return Settings(**fields)
 
 
 def data_packet(

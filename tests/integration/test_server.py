@@ -11,6 +11,7 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,9 +29,8 @@ from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
-from hj212gw.settings import Settings
 from hj212gw.storage.db import Database
-from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
+from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,7 @@ BAD = sorted(FIXTURES.glob("bad/*.hj212"))
 E1 = FIXTURES / "good/hj212-2017-std/2051-e1-minute-data.hj212"
 E1_ACK = b"##0087QN=20240315101000001;ST=91;CN=9014;PW=123456;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&5000\r\n"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+T0 = datetime(2024, 3, 15, 10, 0)
 
 StartGateway = Callable[..., Awaitable[Running]]
 
@@ -50,17 +51,7 @@ async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]
     started: list[Running] = []
 
     async def start(**overrides: Any) -> Running:
-        fields: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "http": "127.0.0.1:0",
-            "database_url": pg_dsn,
-            "database_schema": schema,
-            "gateway_id": "test",
-            "use_uvloop": False,
-            "writer": {"linger_ms": 2},
-        }
-        fields.update(overrides)
-        running = await app.start(Settings(**fields))
+        running = await app.start(settings_for(pg_dsn, schema, **overrides))
         started.append(running)
         return running
 
@@ -105,7 +96,8 @@ def qns(start: int, count: int) -> list[str]:
 
 
 def minute(n: int) -> str:
-    return f"202403151{n // 60:01d}{n % 60:02d}00"
+    """DataTime of the n-th minute after 2024-03-15 10:00."""
+    return (T0 + timedelta(minutes=n)).strftime("%Y%m%d%H%M%S")
 
 
 # ---- the standard's worked example ------------------------------------------------------------
@@ -537,3 +529,52 @@ async def test_a_newer_connection_for_the_same_mn_closes_the_older_one(start_gat
     assert (await newer.reply()).packet.qn == "20240315101000003"
     assert sample(running, "hj212gw_connections_closed_total", reason="replaced_by_newer_connection") == 1
     assert set(running.gateway.online()) == {MN}
+
+
+# ---- shutdown ---------------------------------------------------------------------------------
+
+
+async def pump(das: DasClient, mn: str, acked: set[str], sent: list[str]) -> None:
+    """Send uploads back to back (never waiting for an ack) until the gateway goes away."""
+    reader = asyncio.create_task(collect_acks(das, acked))
+    try:
+        for n in range(100_000):
+            qn = f"2024031510{n:07d}"
+            sent.append(qn)
+            await das.send(data_packet(qn, mn=mn, data_time=minute(n), values={"w01018": str(n)}))
+            await asyncio.sleep(0)
+    except ConnectionError:
+        pass
+    await reader
+
+
+async def collect_acks(das: DasClient, acked: set[str]) -> None:
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        while True:
+            reply = await das.reply(timeout_s=30.0)
+            assert reply.packet.cn == "9014" and reply.packet.qn is not None
+            acked.add(reply.packet.qn)
+
+
+async def test_stop_with_packets_in_flight_acks_only_what_was_committed(
+    start_gateway: StartGateway, dial: Dial, pg_dsn: str, schema: str
+) -> None:
+    running = await start_gateway()
+    acked: dict[str, set[str]] = {f"MN{n}": set() for n in range(4)}
+    sent: dict[str, list[str]] = {mn: [] for mn in acked}
+    clients = [await dial(running) for _ in acked]
+    pumps = [asyncio.create_task(pump(das, mn, acked[mn], sent[mn])) for das, mn in zip(clients, acked, strict=True)]
+    await asyncio.sleep(0.5)
+
+    await running.stop()
+    await asyncio.wait_for(asyncio.gather(*pumps), 10)
+
+    check = await asyncpg.connect(pg_dsn, server_settings={"search_path": schema})
+    try:
+        for mn, qns_acked in acked.items():
+            stored = {r["qn"] for r in await check.fetch("SELECT qn FROM data WHERE mn = $1", mn)}
+            assert qns_acked, f"{mn}: nothing acked before the stop"
+            assert qns_acked <= stored, f"{mn}: acked but not stored: {sorted(qns_acked - stored)[:5]}"
+    finally:
+        await check.close()
+    assert sum(len(s) for s in sent.values()) > sum(len(a) for a in acked.values())  # the stop cut real traffic

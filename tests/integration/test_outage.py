@@ -1,0 +1,143 @@
+"""The gateway during a PostgreSQL outage: no acks while down, not ready, nothing acked is lost.
+
+The gateway reaches PostgreSQL through a TCP proxy that the test cuts and restores; the DAS is
+a plain asyncio client, and what is stored is checked on a direct connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from hj212gw import app
+from hj212gw.api import bound_port
+from hj212gw.app import Running
+from tests.integration.das import DasClient, data_packet, settings_for
+from tests.integration.proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
+    server = TcpProxy.for_dsn(pg_dsn)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def running(pg_dsn: str, schema: str, proxy: TcpProxy) -> AsyncIterator[Running]:
+    """A gateway whose every database connection goes through the proxy."""
+    started = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema))
+    yield started
+    proxy.restore()
+    await started.stop()
+
+
+@pytest.fixture
+async def das(running: Running) -> AsyncIterator[DasClient]:
+    assert running.gateway.port is not None
+    client = await DasClient.connect(running.gateway.port)
+    yield client
+    await client.close()
+
+
+def packet(n: int) -> bytes:
+    return data_packet(f"20240315101{n:06d}", data_time=f"2024031510{n:02d}00", values={"w01018": f"{n}.0"})
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def readyz(running: Running) -> int:
+    url = f"http://127.0.0.1:{bound_port(running.http_runner)}/readyz"  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status
+
+
+async def stored_qns(conn: asyncpg.Connection) -> list[str]:
+    return [r["qn"] for r in await conn.fetch("SELECT qn FROM data ORDER BY qn")]
+
+
+async def test_a_cut_holds_every_ack_and_after_restore_the_pending_ones_arrive(
+    running: Running, das: DasClient, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    gateway = running.gateway
+    await das.send(packet(1))
+    assert (await das.reply()).packet.qn == "20240315101000001"
+
+    with capture_logs() as logs:
+        proxy.cut()
+        for n in range(2, 7):
+            await das.send(packet(n))
+        assert await das.nothing_within(1.5)
+        await until(lambda: not gateway.ready())
+        assert not gateway.writer.ready
+        assert await readyz(running) == 503
+        assert gateway.metrics.registry.get_sample_value("hj212gw_dependency_up", {"name": "postgresql"}) == 0
+        assert await stored_qns(conn) == ["20240315101000001"]
+
+        proxy.restore()
+        acks = await das.replies(5, timeout_s=15.0)
+        await until(gateway.ready)
+
+    assert sorted(a.packet.qn for a in acks) == [f"20240315101{n:06d}" for n in range(2, 7)]
+    assert await stored_qns(conn) == [f"20240315101{n:06d}" for n in range(1, 7)]
+    assert await readyz(running) == 200
+    outage = [(e["event"], e["log_level"]) for e in logs if e["event"] in ("database_down", "database_up")]
+    assert outage == [("database_down", "warning"), ("database_up", "info")]
+
+
+async def test_a_das_that_gives_up_during_the_outage_resends_and_is_stored_once(
+    running: Running, das: DasClient, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    proxy.cut()
+    for n in range(1, 4):
+        await das.send(packet(n))
+    assert await das.nothing_within(1.0)
+    await das.close()  # the DAS keeps the data and will send it again
+
+    proxy.restore()
+    assert running.gateway.port is not None
+    again = await DasClient.connect(running.gateway.port)
+    try:
+        for n in range(1, 4):
+            await again.send(packet(n))
+        acks = await again.replies(3, timeout_s=15.0)
+    finally:
+        await again.close()
+
+    assert [a.packet.qn for a in acks] == [f"20240315101{n:06d}" for n in range(1, 4)]
+    rows = await conn.fetch("SELECT qn, avg, revisions FROM data ORDER BY qn")
+    assert [tuple(r) for r in rows] == [(f"20240315101{n:06d}", float(n), 0) for n in range(1, 4)]
+
+
+async def test_acks_never_run_ahead_of_the_database_across_repeated_cuts(
+    running: Running, das: DasClient, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    acked: set[str] = set()
+
+    async def read_acks() -> None:
+        while len(acked) < 40:
+            acked.add(str((await das.reply(timeout_s=20.0)).packet.qn))
+
+    reader = asyncio.create_task(read_acks())
+    for n in range(1, 41):
+        await das.send(packet(n))
+        if n % 10 == 5:
+            proxy.cut()
+            await asyncio.sleep(0.3)
+            assert acked <= set(await stored_qns(conn))
+            proxy.restore()
+        await asyncio.sleep(0.02)
+    await asyncio.wait_for(reader, 30)
+    assert acked == set(await stored_qns(conn)) == {f"20240315101{n:06d}" for n in range(1, 41)}
