@@ -43,10 +43,11 @@ class IngestItem:
     data_rows: Sequence[DataRow] = ()
     frame_rows: Sequence[FrameRow] = ()
     device_seen: DeviceSeen | None = None
+    data_records: Sequence[Sequence[object]] = ()  # COPY-ready, in storage.batch.STAGE_COLUMNS order
 
     @property
     def row_count(self) -> int:
-        return len(self.data_rows) + len(self.frame_rows) + 1
+        return len(self.data_rows) + len(self.data_records) + len(self.frame_rows) + 1
 
 
 class WriterObserver(Protocol):
@@ -238,10 +239,11 @@ class BatchWriter:
         """Save entries in one transaction; on a row error split to isolate the bad item."""
         started = time.monotonic()
         data = [r for e in entries for r in e.item.data_rows]
+        records = [r for e in entries for r in e.item.data_records]
         frames = [r for e in entries for r in e.item.frame_rows]
         seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
         try:
-            await self.db.save_batch(data, frames, seen)
+            await self.db.save_batch(data, frames, seen, data_records=records)
         except _ROW_ERRORS as err:
             if len(entries) == 1:
                 self._reject(entries[0], err)
@@ -251,7 +253,7 @@ class BatchWriter:
             await self._commit(entries[half:])
             return
         self.observer.batch_committed(
-            items=len(entries), rows=len(data) + len(frames), latency_s=time.monotonic() - started
+            items=len(entries), rows=len(data) + len(records) + len(frames), latency_s=time.monotonic() - started
         )
         for entry in entries:
             self._resolve(entry)

@@ -1,31 +1,26 @@
-"""Packet -> storage rows: one `DataRow` per factor, with its flags, the raw `FrameRow`, the sighting.
+"""Packet -> storage rows: one data record per factor, with its flags, the raw `FrameRow`, the sighting.
 
 Pure apart from the zone arithmetic: HJ 212 times carry no zone, so DataTime is read in the
 device's zone and stored as an aware UTC moment. A DataTime implausibly far from the receive
 time is stored and marked `time_suspect`, never dropped.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
+from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.framing import Frame
-from hj212gw.protocol.models import Packet, Reading, parse_hj_time
-from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+from hj212gw.protocol.models import Packet, parse_hj_time
+from hj212gw.storage.rows import DeviceSeen, FrameRow
 
-# Per-factor suffixes that have their own column; everything else goes to `extra`.
-_NUMBER_COLUMNS = {
-    "Rtd": "rtd",
-    "Min": "min",
-    "Avg": "avg",
-    "Max": "max",
-    "Cou": "cou",
-    "ZsRtd": "zs_rtd",
-    "ZsMin": "zs_min",
-    "ZsAvg": "zs_avg",
-    "ZsMax": "zs_max",
-}
+# Per-factor suffixes with a float column: their index in a data record (storage.batch.STAGE_COLUMNS).
+_NUMBER_SLOTS = {"Rtd": 5, "Min": 6, "Avg": 7, "Max": 8, "Cou": 9, "ZsRtd": 10, "ZsMin": 11, "ZsAvg": 12, "ZsMax": 13}
 _TEXT_COLUMNS = frozenset({"Flag", "EFlag", "SampleTime"})
+_SAMPLE_TIME_SLOT = 16
+_EXTRA_SLOT = 17
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,59 +40,57 @@ def device_time(text: str | None, tz: tzinfo) -> datetime | None:
     return None if naive is None else naive.replace(tzinfo=tz)
 
 
-def _reading_row(reading: Reading, base: dict[str, object], policy: TimePolicy) -> DataRow:
-    numbers: dict[str, float] = {}
-    extra: dict[str, str] = {}
-    for suffix, text in reading.values.items():
-        column = _NUMBER_COLUMNS.get(suffix)
-        if column is not None:
+def _record(code: str, values: dict[str, str], head: list[object], tail: list[object], tz: tzinfo) -> list[object]:
+    """One data record (the columns of storage.batch.STAGE_COLUMNS) for one factor's fields."""
+    flag = values.get("Flag")
+    row = [*head, code, CODE_2005_TO_2017.get(code), None, None, None, None, None, None, None, None, None,
+           flag, values.get("EFlag"), None, None, _dumps(values), *tail]  # fmt: skip
+    extra = None
+    for suffix, text in values.items():
+        slot = _NUMBER_SLOTS.get(suffix)
+        if slot is not None:
             try:
-                numbers[column] = float(text)
+                row[slot] = float(text)
+                continue
             except ValueError:
-                extra[suffix] = text  # a condition mark or vendor text where a number belongs
-        elif suffix not in _TEXT_COLUMNS:
-            extra[suffix] = text
-    values = reading.values
-    return DataRow(
-        factor=reading.code,
-        values_text=values,
-        factor_2017=reading.code_2017,
-        flag=values.get("Flag"),
-        eflag=values.get("EFlag"),
-        sample_time=device_time(values.get("SampleTime"), policy.device_tz),
-        extra=extra or None,
-        **numbers,  # type: ignore[arg-type]
-        **base,  # type: ignore[arg-type]
-    )
+                pass  # a condition mark or vendor text where a number belongs: kept in `extra`
+        elif suffix in _TEXT_COLUMNS:
+            continue
+        if extra is None:
+            extra = {}
+        extra[suffix] = text
+    if extra is not None:
+        row[_EXTRA_SLOT] = _dumps(extra)
+    if "SampleTime" in values:
+        row[_SAMPLE_TIME_SLOT] = device_time(values["SampleTime"], tz)
+    return row
 
 
-def data_rows(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> list[DataRow]:
-    """One row per factor of a data upload (or 3020 info item); [] for packets without data."""
+def data_records(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> list[list[object]]:
+    """One COPY-ready record per factor of a data upload (or 3020 info item); [] for packets without data.
+
+    Built straight from the packet's flat fields, with no intermediate objects: this runs for
+    every value the gateway stores.
+    """
     data = packet.data
     if isinstance(data, DataCp):
-        readings, data_time_text = data.readings, data.data_time
+        groups, data_time_text = data.groups(), data.data_time
     elif isinstance(data, SiteInfoCp):
-        readings, data_time_text = data.infos, data.data_time
+        groups, data_time_text = {r.code: r.values for r in data.infos}, data.data_time
     else:
         return []
-    if not readings or not packet.mn:
+    if not groups or not packet.mn:
         return []
-    data_time = device_time(data_time_text, policy.device_tz)
+    tz = policy.device_tz
+    data_time = device_time(data_time_text, tz)
     suspect = data_time is None
     if data_time is None:
         data_time = received_at
     elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
         suspect = True
-    base: dict[str, object] = {
-        "mn": packet.mn,
-        "cn": packet.cn,
-        "data_time": data_time,
-        "received_at": received_at,
-        "qn": packet.qn,
-        "resend": resend,
-        "time_suspect": suspect,
-    }
-    return [_reading_row(reading, base, policy) for reading in readings]
+    head: list[object] = [packet.mn, packet.cn, data_time]
+    tail: list[object] = [packet.qn, received_at, resend, suspect]
+    return [_record(code, values, head, tail, tz) for code, values in groups.items()]
 
 
 def frame_row(

@@ -38,7 +38,7 @@ from hj212gw.protocol.session import (
     SplitPartsMissing,
     SplitReassembled,
 )
-from hj212gw.records import TimePolicy, data_rows, device_seen, frame_row
+from hj212gw.records import TimePolicy, data_records, device_seen, frame_row
 from hj212gw.registry import DeviceRegistry
 from hj212gw.settings import Settings
 
@@ -233,12 +233,12 @@ class DasConnection(asyncio.Protocol):
         now = datetime.now(UTC)
         rows = []
         if admission.action == "store" and not fragment:
-            rows = data_rows(packet, now, deps.time_policy, resend=backfill)
+            rows = data_records(packet, now, deps.time_policy, resend=backfill)
         seen = device_seen(packet, self.peer, now)
         if seen is not None and admission.action == "store":
             deps.registry.remember(seen.mn)
         item = IngestItem(
-            data_rows=rows,
+            data_records=rows,
             frame_rows=(
                 frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
             ),
@@ -250,8 +250,8 @@ class DasConnection(asyncio.Protocol):
     def _store_reassembled(self, packet: Packet, backfill: bool) -> None:
         if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
             return
-        rows = data_rows(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
-        self._submit(IngestItem(data_rows=rows), None, len(rows))
+        rows = data_records(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
+        self._submit(IngestItem(data_records=rows), None, len(rows))
 
     def _submit(self, item: IngestItem, on_commit, rows: int) -> None:  # type: ignore[no-untyped-def]
         try:

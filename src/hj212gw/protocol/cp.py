@@ -57,7 +57,20 @@ class DataCp(CpData):
 
     @property
     def readings(self) -> tuple[Reading, ...]:
-        return _readings_of(self.fields)
+        mapping = CODE_2005_TO_2017
+        return tuple([Reading(code, values, mapping.get(code)) for code, values in self.groups().items()])
+
+    def groups(self) -> dict[str, dict[str, str]]:
+        """Factor code -> {suffix: text}, in the order sent (one pass over `fields`)."""
+        groups: dict[str, dict[str, str]] = {}
+        for name, value in self.fields.items():
+            code, dash, suffix = name.partition("-")
+            if dash:
+                values = groups.get(code)
+                if values is None:
+                    values = groups[code] = {}
+                values[suffix] = value
+        return groups
 
     @property
     def extras(self) -> Items:
@@ -291,19 +304,6 @@ def _fields_fast(text: str) -> dict[str, str] | None:
     if len(flat) != 2 * text.count("="):
         return None
     return dict(zip(flat[0::2], flat[1::2], strict=True))
-
-
-def _readings_of(fields: dict[str, str]) -> tuple[Reading, ...]:
-    groups: dict[str, dict[str, str]] = {}
-    for name, value in fields.items():
-        code, dash, suffix = name.partition("-")
-        if dash:
-            values = groups.get(code)
-            if values is None:
-                values = groups[code] = {}
-            values[suffix] = value
-    mapping = CODE_2005_TO_2017
-    return tuple([Reading(code, values, mapping.get(code)) for code, values in groups.items()])
 
 
 def _parse_command_cp(cn: str, text: str, items: Items, get: Callable[[str], str | None]) -> CpData:

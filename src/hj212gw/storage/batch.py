@@ -17,23 +17,23 @@ from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
 
 STAGE_TABLE = "data_stage"
 STAGE_COLUMNS = (
-    "seq", "mn", "cn", "data_time", "factor", "factor_2017",
+    "mn", "cn", "data_time", "factor", "factor_2017",
     "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
     "flag", "eflag", "sample_time", "extra", "values_text", "qn", "received_at", "resend", "time_suspect",
 )  # fmt: skip
-_VALUE_COLUMNS = STAGE_COLUMNS[5:21]  # factor_2017 .. qn: replaced on a changed resend
+_VALUE_COLUMNS = STAGE_COLUMNS[4:20]  # factor_2017 .. qn: replaced on a changed resend
 _COMPARED = ("values_text", "flag", "eflag", "sample_time", "extra", "factor_2017")
 
 CREATE_STAGE_SQL = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
-    seq integer NOT NULL, mn text, cn text, data_time timestamptz, factor text, factor_2017 text,
+    mn text, cn text, data_time timestamptz, factor text, factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
     flag text, eflag text, sample_time timestamptz, extra jsonb, values_text jsonb, qn text,
     received_at timestamptz, resend boolean, time_suspect boolean
 ) ON COMMIT DELETE ROWS"""
 
-_cols = ", ".join(STAGE_COLUMNS[1:])
+_cols = ", ".join(STAGE_COLUMNS)
 _updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
 _old = ", ".join(f"d.{c}" for c in _COMPARED)
 _new = ", ".join(f"excluded.{c}" for c in _COMPARED)
@@ -41,7 +41,7 @@ UPSERT_DATA_SQL = f"""
 INSERT INTO data AS d ({_cols}, first_received_at, revisions)
 SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, received_at, 0
 FROM {STAGE_TABLE}
-ORDER BY mn, cn, data_time, factor, seq DESC
+ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last submitted wins
 ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
 SET {_updates}, revisions = d.revisions + 1
 WHERE ({_old}) IS DISTINCT FROM ({_new})"""
@@ -67,9 +67,14 @@ def month_of(moment: datetime) -> tuple[int, int]:
     return utc.year, utc.month
 
 
-def months_needed(data_rows: Sequence[DataRow], frame_rows: Sequence[FrameRow]) -> set[tuple[str, tuple[int, int]]]:
+def months_needed(
+    data_rows: Sequence[DataRow],
+    frame_rows: Sequence[FrameRow],
+    data_records: Sequence[Sequence[object]] = (),
+) -> set[tuple[str, tuple[int, int]]]:
     """Every (parent table, month) the batch writes into."""
-    needed = {("data", month_of(r.data_time)) for r in data_rows}
+    times = {r.data_time for r in data_rows} | {r[2] for r in data_records}
+    needed = {("data", month_of(t)) for t in times}  # type: ignore[arg-type]
     needed |= {("raw_frames", month_of(r.received_at)) for r in frame_rows}
     return needed
 
@@ -99,9 +104,9 @@ class PartitionCache:
         self._known.update(todo)
 
 
-def _data_record(seq: int, r: DataRow) -> tuple[object, ...]:
+def _data_record(r: DataRow) -> tuple[object, ...]:
     return (
-        seq, r.mn, r.cn, r.data_time, r.factor, r.factor_2017,
+        r.mn, r.cn, r.data_time, r.factor, r.factor_2017,
         r.rtd, r.min, r.avg, r.max, r.cou, r.zs_rtd, r.zs_min, r.zs_avg, r.zs_max,
         r.flag, r.eflag, r.sample_time,
         None if r.extra is None else dict(r.extra), dict(r.values_text),
@@ -134,13 +139,15 @@ async def write_batch(
     data_rows: Sequence[DataRow],
     frame_rows: Sequence[FrameRow],
     devices_seen: Sequence[DeviceSeen],
+    data_records: Sequence[Sequence[object]] = (),
 ) -> int:
     """Write everything in ONE transaction; return the number of data rows inserted or changed."""
     changed = 0
     async with conn.transaction():
-        if data_rows:
+        if data_rows or data_records:
             await conn.execute(CREATE_STAGE_SQL)
-            records = [_data_record(i, r) for i, r in enumerate(data_rows)]
+            records = [_data_record(r) for r in data_rows]
+            records.extend(data_records)  # type: ignore[arg-type]
             await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS, schema_name="pg_temp")
             status = await conn.execute(UPSERT_DATA_SQL)
             changed = int(status.rsplit(" ", 1)[-1])

@@ -55,7 +55,11 @@ def _months_ahead(now: datetime, count: int) -> list[datetime]:
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, ensure_ascii=False).encode()  # binary jsonb: version byte 1
+    # Binary jsonb: version byte 1, then JSON text. A str is JSON text already (the hot path
+    # builds it with json.dumps once per row); anything else is encoded here.
+    if isinstance(value, str):
+        return b"\x01" + value.encode()
+    return b"\x01" + json.dumps(value, ensure_ascii=False).encode()
 
 
 def _decode_jsonb(data: bytes) -> Any:
@@ -150,6 +154,8 @@ class Database:
         data_rows: Sequence[DataRow],
         frame_rows: Sequence[FrameRow] = (),
         devices_seen: Sequence[DeviceSeen] = (),
+        *,
+        data_records: Sequence[Sequence[object]] = (),
     ) -> int:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
@@ -158,8 +164,8 @@ class Database:
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
-            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows))
-            return await write_batch(conn, data_rows, frame_rows, devices_seen)
+            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, data_records))
+            return await write_batch(conn, data_rows, frame_rows, devices_seen, data_records)
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""

@@ -75,12 +75,12 @@ CREATE TABLE data (
     resend            boolean NOT NULL DEFAULT false,
     revisions         integer NOT NULL DEFAULT 0,
     time_suspect      boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (mn, cn, data_time, factor)
+    -- Key order (mn, data_time, ...) also serves "latest per device": no second B-tree to maintain.
+    PRIMARY KEY (mn, data_time, cn, factor)
 ) PARTITION BY RANGE (data_time);
 -- Safety net only: ensure_month_partition() creates the real month before any insert.
 CREATE TABLE data_default PARTITION OF data DEFAULT;
 CREATE INDEX data_data_time_brin ON data USING brin (data_time);
-CREATE INDEX data_mn_data_time ON data (mn, data_time DESC);
 
 -- Creates the month partition of `parent` (data or raw_frames) holding `at`, if missing.
 -- Serialised by a transaction advisory lock so replicas racing on the same month are safe.
