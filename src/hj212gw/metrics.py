@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from hj212gw.protocol.constants import Cn
 
-disable_created_metrics()  # the *_created series double the exposition for no operator value
+disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]  # the *_created series double the exposition for no operator value
 
 _KNOWN_CNS = frozenset(c.value for c in Cn)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -73,8 +73,8 @@ class Metrics:
     def frame_ok(self, cn: str) -> None:
         child = self._frames_ok.get(cn)
         if child is None:
-            child = self._frames_ok[cn] = self.frames.labels(cn=cn_label(cn), result="ok")  # type: ignore[assignment]
-        child.inc()  # type: ignore[union-attr]
+            child = self._frames_ok[cn] = self.frames.labels(cn=cn_label(cn), result="ok")
+        child.inc()
 
     # WriterObserver (hj212gw.ingest) --------------------------------------------------------
 
