@@ -44,9 +44,7 @@ async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
     await server.stop()
 
 
-async def test_futures_resolve_only_after_rows_are_visible_to_others(
-    db: Database, conn: asyncpg.Connection
-) -> None:
+async def test_futures_resolve_only_after_rows_are_visible_to_others(db: Database, conn: asyncpg.Connection) -> None:
     writer = BatchWriter(db, linger_s=0.01, max_batch_rows=50)
     writer.start()
     seen_at_ack: list[int] = []

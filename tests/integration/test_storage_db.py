@@ -65,9 +65,7 @@ async def test_identical_resend_changes_nothing(db: Database, conn: asyncpg.Conn
     assert await stored(conn) == before
 
 
-async def test_changed_resend_replaces_values_and_counts_a_revision(
-    db: Database, conn: asyncpg.Connection
-) -> None:
+async def test_changed_resend_replaces_values_and_counts_a_revision(db: Database, conn: asyncpg.Connection) -> None:
     await db.save_batch([row()])
     later = RECEIVED + timedelta(hours=1)
     fixed = row(avg=99.0, values_text={"Avg": "99.0", "Flag": "C"}, flag="C", received_at=later, resend=True)
@@ -127,9 +125,7 @@ async def test_fetch_data_pages_return_every_row_exactly_once(db: Database) -> N
 
 async def test_devices_keep_first_seen_and_advance_last_seen(db: Database) -> None:
     early, late = RECEIVED, RECEIVED + timedelta(minutes=5)
-    await db.save_batch(
-        [], [], [DeviceSeen(MN, 2017, "32", "a:1", late), DeviceSeen(MN, 2017, "32", "b:2", early)]
-    )
+    await db.save_batch([], [], [DeviceSeen(MN, 2017, "32", "a:1", late), DeviceSeen(MN, 2017, "32", "b:2", early)])
     await db.save_batch([], [], [DeviceSeen(MN, 2005, "31", "c:3", early - timedelta(days=1))])
     (device,) = await db.fetch_devices()
     assert device["first_seen"] == early - timedelta(days=1) and device["last_seen"] == late

@@ -33,9 +33,7 @@ async def test_migrations_apply_once_and_rerun_is_a_no_op(pg_dsn: str, schema: s
         await conn.close()
 
 
-async def test_concurrent_migrate_from_several_connections_applies_each_file_once(
-    pg_dsn: str, schema: str
-) -> None:
+async def test_concurrent_migrate_from_several_connections_applies_each_file_once(pg_dsn: str, schema: str) -> None:
     conns = [await _connect(pg_dsn) for _ in range(4)]
     try:
         results = await asyncio.gather(*(migrate(c, schema) for c in conns))
@@ -52,9 +50,7 @@ async def test_an_edited_applied_migration_is_refused(pg_dsn: str, schema: str) 
     conn = await _connect(pg_dsn)
     try:
         await migrate(conn, schema)
-        edited = [
-            dataclasses.replace(m, sql=m.sql + "\n-- edited", checksum="0" * 64) for m in load_migrations()
-        ]
+        edited = [dataclasses.replace(m, sql=m.sql + "\n-- edited", checksum="0" * 64) for m in load_migrations()]
         with pytest.raises(ChecksumMismatch) as info:
             await migrate(conn, schema, edited)
         assert info.value.version == 1
