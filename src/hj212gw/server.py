@@ -199,11 +199,11 @@ class DasConnection(asyncio.Protocol):
                 self._write(data)
                 metrics.replies.labels(cn=cn_label(cn)).inc()
             case MnBound(mn=mn):
+                # The gateway learns the MN only once a packet passes the registry (_on_packet):
+                # a wrong PW must not close the device's live connection as "replaced".
                 self.log = self.log.bind(mn=mn)
-                self.deps.gateway.bind_mn(self, mn)
             case MnChanged(old=old, new=new):
                 self.log.warning("mn_changed", old=old, new=new)
-                self.deps.gateway.bind_mn(self, new)
             case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
                 metrics.requests.labels(cn=cn_label(cn), outcome="acknowledged" if qn_rtn == 1 else "refused").inc()
             case RequestFinished(cn=cn, exe_rtn=exe_rtn):
@@ -226,6 +226,9 @@ class DasConnection(asyncio.Protocol):
             self._reject(RefusedByPolicy(admission.reason or "refused"), frame.raw, packet, frame)
             self.close(admission.reason or "refused")
             return
+        mn = self.session.mn
+        if mn is not None and deps.gateway.by_mn.get(mn) is not self:
+            deps.gateway.bind_mn(self, mn)
         self.frames_ok += 1
         deps.metrics.frame_ok(packet.cn)
         for tolerance in packet.tolerances:

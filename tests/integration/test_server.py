@@ -578,3 +578,23 @@ async def test_stop_with_packets_in_flight_acks_only_what_was_committed(
     finally:
         await check.close()
     assert sum(len(s) for s in sent.values()) > sum(len(a) for a in acked.values())  # the stop cut real traffic
+
+
+async def test_a_packet_with_a_wrong_pw_does_not_replace_the_devices_live_connection(
+    start_gateway: StartGateway, dial: Dial, db: Database
+) -> None:
+    await db.pool.execute("INSERT INTO devices (mn, pw) VALUES ($1, $2)", MN, "654321")
+    running = await start_gateway()
+    device = await dial(running)
+    await device.send(data_packet("20240315101000001", pw="654321"))
+    assert (await device.reply()).packet.qn == "20240315101000001"
+
+    impostor = await dial(running)
+    await impostor.send(data_packet("20240315101000002", pw="000000", data_time=minute(1)))
+    assert (await impostor.reply()).packet.cp == "QnRtn=3"
+    assert await impostor.closed_by_gateway()
+
+    await device.send(data_packet("20240315101000003", pw="654321", data_time=minute(2)))
+    assert (await device.reply()).packet.qn == "20240315101000003"
+    assert sample(running, "hj212gw_connections_closed_total", reason="replaced_by_newer_connection") == 0
+    assert running.gateway.online()[MN].connection_id == running.gateway.by_mn[MN].connection_id
