@@ -141,3 +141,29 @@ async def test_acks_never_run_ahead_of_the_database_across_repeated_cuts(
         await asyncio.sleep(0.02)
     await asyncio.wait_for(reader, 30)
     assert acked == set(await stored_qns(conn)) == {f"20240315101{n:06d}" for n in range(1, 41)}
+
+
+async def test_a_full_write_queue_pauses_reading_until_the_database_is_back(
+    pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 3}))
+    assert running.gateway.port is not None
+    das = await DasClient.connect(running.gateway.port)
+    paused = running.gateway.metrics.registry
+    try:
+        proxy.cut()
+        for n in range(1, 11):
+            await das.send(packet(n))
+            await asyncio.sleep(0.05)
+        assert paused.get_sample_value("hj212gw_paused_connections") == 1
+        assert running.gateway.writer.pending == 3  # the other 7 wait in the socket, not in memory
+        assert await das.nothing_within(0.5)
+
+        proxy.restore()
+        acks = await das.replies(10, timeout_s=15.0)
+        await until(lambda: paused.get_sample_value("hj212gw_paused_connections") == 0)
+    finally:
+        await das.close()
+        await running.stop()
+    assert sorted(a.packet.qn for a in acks) == [f"20240315101{n:06d}" for n in range(1, 11)]
+    assert await stored_qns(conn) == [f"20240315101{n:06d}" for n in range(1, 11)]

@@ -575,6 +575,8 @@ async def test_stop_with_packets_in_flight_acks_only_what_was_committed(
             stored = {r["qn"] for r in await check.fetch("SELECT qn FROM data WHERE mn = $1", mn)}
             assert qns_acked, f"{mn}: nothing acked before the stop"
             assert qns_acked <= stored, f"{mn}: acked but not stored: {sorted(qns_acked - stored)[:5]}"
+        closed = await check.fetch("SELECT mn, close_reason FROM connections ORDER BY mn")
+        assert [tuple(c) for c in closed] == [(mn, "shutdown") for mn in acked]
     finally:
         await check.close()
     assert sum(len(s) for s in sent.values()) > sum(len(a) for a in acked.values())  # the stop cut real traffic
