@@ -91,6 +91,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
             await asyncio.sleep(0.02)
 
 
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll a cheap in-process condition (a metric) until it holds."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
 def qns(start: int, count: int) -> list[str]:
     return [f"20240315101{n:06d}" for n in range(start, start + count)]
 
@@ -345,17 +352,11 @@ async def test_1013_gets_9013_then_the_platform_sets_the_time_with_1012(
     assert qn is not None
     await das.send(empty_packet(qn, "9011", flag=4, cp="QnRtn=1"))
     await das.send(empty_packet(qn, "9012", flag=4, cp="ExeRtn=1"))
-    await eventually(
-        lambda: _true(sample(running, "hj212gw_requests_total", cn="1012", outcome="exe_1") == 1),
-    )
+    await until(lambda: sample(running, "hj212gw_requests_total", cn="1012", outcome="exe_1") == 1)
 
 
 async def _exists(conn: asyncpg.Connection, query: str, *args: object) -> bool:
     return await conn.fetchval(query, *args) is not None
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 # ---- connection policies ----------------------------------------------------------------------
@@ -375,9 +376,7 @@ async def test_an_unknown_mn_under_the_reject_policy_is_refused_and_closed(
     assert await conn.fetchval("SELECT count(*) FROM data") == 0
     await eventually(lambda: _exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'unknown_mn'"))
     assert sample(running, "hj212gw_frames_rejected_total", reason="unknown_mn") == 1
-    await eventually(
-        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="unknown_mn") == 1),
-    )
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="unknown_mn") == 1)
 
 
 async def test_a_wrong_pw_is_rejected_with_9011_qnrtn_3_when_a_reply_is_asked_for(
@@ -405,7 +404,7 @@ async def test_a_wrong_pw_is_rejected_with_9011_qnrtn_3_when_a_reply_is_asked_fo
     assert (ack.packet.cn, ack.packet.qn) == ("9014", "20240315101000003")
 
     assert [r["qn"] for r in await conn.fetch("SELECT qn FROM data")] == ["20240315101000003"]
-    await eventually(lambda: _true(sample(running, "hj212gw_frames_rejected_total", reason="wrong_pw") == 2))
+    await until(lambda: sample(running, "hj212gw_frames_rejected_total", reason="wrong_pw") == 2)
     verdicts = await conn.fetch("SELECT qn, verdict FROM raw_frames ORDER BY qn")
     assert [tuple(v) for v in verdicts] == [
         ("20240315101000001", "wrong_pw"),
@@ -431,9 +430,7 @@ async def test_a_garbage_stream_is_closed_after_consecutive_rejects_while_others
     assert {e["event"] for e in warnings} == {"frame_rejected"}
     assert len(warnings) >= 3
     assert all(e["raw"] for e in warnings)
-    await eventually(
-        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="too_many_rejects") == 1),
-    )
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="too_many_rejects") == 1)
 
 
 async def test_an_oversized_declared_length_is_rejected_and_the_next_frame_still_acked(
@@ -475,7 +472,7 @@ async def test_an_idle_connection_is_closed(start_gateway: StartGateway, dial: D
     assert (await das.reply()).raw == E1_ACK
 
     assert await das.closed_by_gateway(timeout_s=4.0)
-    await eventually(lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="idle_timeout") == 1))
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="idle_timeout") == 1)
 
 
 async def test_a_connection_without_a_valid_packet_is_closed_after_the_first_packet_timeout(
@@ -491,9 +488,7 @@ async def test_a_connection_without_a_valid_packet_is_closed_after_the_first_pac
         trickle.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await trickle
-    await eventually(
-        lambda: _true(sample(running, "hj212gw_connections_closed_total", reason="no_valid_packet") == 1),
-    )
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="no_valid_packet") == 1)
 
 
 async def test_connections_beyond_max_per_ip_are_refused(start_gateway: StartGateway, dial: Dial) -> None:
@@ -508,7 +503,7 @@ async def test_connections_beyond_max_per_ip_are_refused(start_gateway: StartGat
     assert sample(running, "hj212gw_connections_total", outcome="max_connections_per_ip") == 1
 
     await first.close()
-    await eventually(lambda: _true(sample(running, "hj212gw_connections_open") == 1))
+    await until(lambda: sample(running, "hj212gw_connections_open") == 1)
     fourth = await dial(running)
     await fourth.send(data_packet("20240315101000004", mn="MN4"))
     assert (await fourth.reply()).packet.qn == "20240315101000004"
