@@ -1,0 +1,442 @@
+"""End-to-end gateway benchmark: the real `hj212gw serve` as a subprocess on a fresh schema, driven
+by bench/loadgen.py (closed loop and fixed offered rates) and bench/idle.py (idle connections).
+
+    .venv/bin/python -m bench.bench_gateway [--quick] [--database-url DSN] [--repeat 3]
+
+The database is `--database-url`, else HJ212GW_BENCH_DATABASE_URL, else HJ212GW_TEST_DATABASE_URL,
+else an embedded PostgreSQL in a temporary directory. The schema is dropped afterwards.
+Reports sustained packets/s and values/s (closed loop) at 100 / 1,000 / 10,000 connections, ack
+latency p50/p99 at fixed offered rates over 1,000 connections, gateway and PostgreSQL CPU µs per
+packet over each steady window (gateway: /proc/<pid>/stat; PostgreSQL: the postmaster and all its
+children, so other clients of the same server count too), and gateway RSS per idle connection.
+Each point is the median of --repeat runs. Writes bench/results/gateway-<label>-<time>.json and
+docs/bench_gateway.png (throughput and p99 against offered load; --compare overlays an earlier
+result file). The generator shares the machine's cores with the gateway and PostgreSQL.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.idle import raise_fd_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PLOT = ROOT / "docs" / "bench_gateway.png"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+IDLE_PER_PROCESS = 5000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_of(ppid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Postgres:
+    """The server under test: a DSN, the postmaster pid, CPU of all its processes, and of the
+    backends serving the gateway (found by application_name in pg_stat_activity)."""
+
+    def __init__(self, dsn: str, postmaster: int, application_name: str) -> None:
+        self.dsn = dsn
+        self.postmaster = postmaster
+        self.application_name = application_name
+
+    def cpu(self) -> dict[int, float]:
+        pids = [self.postmaster, *children_of(self.postmaster)]
+        return {pid: cpu_s(pid) for pid in pids}
+
+    def gateway_backends(self) -> list[int]:
+        return asyncio.run(self._backends())
+
+    async def _backends(self) -> list[int]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            sql = "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            rows = await conn.fetch(sql, self.application_name)
+        finally:
+            await conn.close()
+        return [r["pid"] for r in rows]
+
+    @staticmethod
+    async def find_postmaster(dsn: str) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        finally:
+            await conn.close()
+
+
+def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    # Backends that exited in the window lose their time; the pool keeps its connections, so rare.
+    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+
+
+class GatewayProcess:
+    """`hj212gw serve` on free ports, logging to a file; stop() sends SIGTERM."""
+
+    def __init__(self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.http = free_port()
+        self.log_path = log_dir / f"gateway-{self.port}.log"
+        environ = {
+            **os.environ,
+            "HJ212GW_CONNECTIONS__MAX_CONNECTIONS": "30000",
+            "HJ212GW_CONNECTIONS__MAX_CONNECTIONS_PER_IP": "30000",
+            "HJ212GW_LOG_FORMAT": "json",
+            **env,
+        }
+        if src is not None:
+            environ["PYTHONPATH"] = str(src)
+        cmd = [sys.executable, "-m", "hj212gw.cli", "serve", "--listen", f"127.0.0.1:{self.port}"]
+        cmd += ["--http", f"127.0.0.1:{self.http}", "--database-url", dsn, "--database-schema", schema]
+        self.log_file = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, env=environ, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited; see {self.log_path}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=1) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"gateway not ready after {timeout_s}s; see {self.log_path}")
+
+    def counters(self) -> dict[str, float]:
+        """Acks sent (9014) and the batch histograms' sums and counts, from /metrics."""
+        wanted = {
+            'hj212gw_replies_total{cn="9014"}': "acks",
+            "hj212gw_batch_rows_sum": "batch_rows",
+            "hj212gw_batch_rows_count": "batches",
+            "hj212gw_batch_commit_seconds_sum": "commit_s",
+        }
+        found = dict.fromkeys(wanted.values(), 0.0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                name, _, value = line.rpartition(" ")
+                if name in wanted:
+                    found[wanted[name]] = float(value)
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_s: float, window: int,
+                rate: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """One loadgen run, with CPU per packet measured over the middle of its steady window."""
+    connect_rate = 2000.0
+    cmd = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{gw.port}", "--connections",
+           str(connections), "--duration", str(duration_s), "--window", str(window), "--rate", str(rate),
+           "--connect-rate", str(connect_rate)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    connect_s = connections / connect_rate
+    margin = min(2.0, duration_s / 5)
+    time.sleep(connect_s + margin)
+    backends = pg.gateway_backends()
+    gw0, pg0, m0, t0 = cpu_s(gw.pid), pg.cpu(), gw.counters(), time.monotonic()
+    time.sleep(max(1.0, duration_s - 2 * margin))
+    gw1, pg1, m1, t1 = cpu_s(gw.pid), pg.cpu(), gw.counters(), time.monotonic()
+    out, _ = proc.communicate(timeout=duration_s + connect_s + 120)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    packets = max(1.0, m1["acks"] - m0["acks"])
+    batches = max(1.0, m1["batches"] - m0["batches"])
+    own = sum(pg1.get(pid, 0.0) - pg0.get(pid, 0.0) for pid in backends)
+    result.update(
+        window=window,
+        cpu_window_s=round(t1 - t0, 2),
+        cpu_window_acks_per_s=round(packets / (t1 - t0), 1),
+        gateway_cpu_us_per_packet=round((gw1 - gw0) / packets * 1e6, 1),
+        postgres_cpu_us_per_packet=round(own / packets * 1e6, 1),
+        postgres_all_cpu_us_per_packet=round(pg_cpu_delta(pg0, pg1) / packets * 1e6, 1),
+        gateway_cpu_util=round((gw1 - gw0) / (t1 - t0), 2),
+        postgres_cpu_util=round(own / (t1 - t0), 2),
+        postgres_all_cpu_util=round(pg_cpu_delta(pg0, pg1) / (t1 - t0), 2),
+        batch_rows_mean=round((m1["batch_rows"] - m0["batch_rows"]) / batches, 1),
+        batch_commit_ms_mean=round((m1["commit_s"] - m0["commit_s"]) / batches * 1000, 2),
+    )
+    return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every numeric field over repeated runs; the samples are kept under `runs`."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        numbers = [r[key] for r in runs if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
+        out[key] = round(statistics.median(numbers), 2) if len(numbers) == len(runs) else value
+    out["runs"] = runs
+    return out
+
+
+def closed_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
+    points = []
+    for connections in args.closed_connections:
+        window = max(1, args.in_flight // connections)
+        runs = [
+            run_loadgen(gw, pg, connections=connections, duration_s=args.duration, window=window)
+            for _ in range(args.repeat)
+        ]
+        points.append(median_of(runs))
+        log(f"closed loop {connections} conns x window {window}: {points[-1]['acked_per_s']} packets/s, "
+            f"p99 {points[-1]['ack_p99_ms']} ms, gateway {points[-1]['gateway_cpu_us_per_packet']} µs/packet, "
+            f"postgres {points[-1]['postgres_cpu_us_per_packet']} µs/packet "
+            f"(server-wide {points[-1]['postgres_all_cpu_us_per_packet']}), "
+            f"batch {points[-1]['batch_rows_mean']} rows in {points[-1]['batch_commit_ms_mean']} ms")  # fmt: skip
+    return points
+
+
+def open_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
+    points = []
+    for rate in args.rates:
+        runs = [
+            run_loadgen(gw, pg, connections=args.open_connections, duration_s=args.duration, window=8, rate=rate)
+            for _ in range(args.repeat)
+        ]
+        points.append(median_of(runs))
+        p = points[-1]
+        log(f"offered {rate:.0f}/s over {args.open_connections} conns: {p['acked_per_s']} acked/s, "
+            f"p50 {p['ack_p50_ms']} ms, p99 {p['ack_p99_ms']} ms")  # fmt: skip
+    return points
+
+
+def idle_connections(gw: GatewayProcess, steps: list[int]) -> list[dict[str, Any]]:
+    """Gateway RSS as idle connections (each bound to an MN by one acked packet) accumulate."""
+    openers: list[subprocess.Popen[str]] = []
+    points = [{"connections": 0, "acked": 0, "rss_mb": round(rss_kb(gw.pid) / 1024, 1)}]
+    opened = acked = 0
+    run_id = int(time.time()) & 0xFFFFFF
+    try:
+        for target in steps:
+            while opened < target:
+                count = min(IDLE_PER_PROCESS, target - opened)
+                cmd = [sys.executable, "-m", "bench.idle", "--target", f"127.0.0.1:{gw.port}", "--connections",
+                       str(count), "--first-index", str(opened), "--run-id", str(run_id)]  # fmt: skip
+                opener = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                openers.append(opener)
+                report = json.loads(opener.stdout.readline())  # type: ignore[union-attr]
+                opened += count
+                acked += report["acked"]
+            time.sleep(3.0)  # let the writer settle
+            rss = rss_kb(gw.pid) / 1024
+            per_conn = (rss - points[0]["rss_mb"]) * 1024 / target if target else 0.0
+            points.append({"connections": target, "acked": acked, "rss_mb": round(rss, 1),
+                           "kb_per_connection": round(per_conn, 2)})  # fmt: skip
+            log(f"idle {target}: {acked} acked, gateway RSS {rss:.1f} MB ({per_conn:.2f} KB per connection)")
+    finally:
+        for opener in openers:
+            opener.stdin.close()  # type: ignore[union-attr]
+        for opener in openers:
+            opener.wait(60)
+    return points
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")  # fmt: skip
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "kernel": platform.release()}
+
+
+def plot(result: dict[str, Any], compare: dict[str, Any] | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = [(compare, "--", "before"), (result, "-", "after")] if compare else [(result, "-", result["label"])]
+    top = 0.0
+    for data, style, name in series:
+        if data is None or not data.get("open_loop"):
+            continue
+        rates = [p["offered_rate"] for p in data["open_loop"]]
+        top = max(top, *rates)
+        ax1.plot(rates, [p["acked_per_s"] for p in data["open_loop"]], style, marker="o", label=f"acked/s ({name})")
+        ax2.plot(rates, [p["ack_p99_ms"] for p in data["open_loop"]], style, marker="o", label=f"p99 ({name})")
+        ax2.plot(rates, [p["ack_p50_ms"] for p in data["open_loop"]], style, marker=".", alpha=0.5,
+                 label=f"p50 ({name})")  # fmt: skip
+        closed = [p for p in data.get("closed_loop", []) if p["connections"] == 1000]
+        if closed:
+            ax1.axhline(closed[0]["acked_per_s"], linestyle=style, color="grey", label=f"closed-loop max ({name})")
+    ax1.plot([0, top], [0, top], ":", color="black", linewidth=0.8, label="offered")
+    ax1.set(xlabel="offered packets/s (1,000 connections)", ylabel="acked packets/s", title="Throughput")
+    ax2.axhline(30, color="red", linewidth=0.8, label="target p99 30 ms")
+    ax2.set(xlabel="offered packets/s (1,000 connections)", ylabel="ack latency, ms", title="Ack latency",
+            yscale="log")  # fmt: skip
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"hj212gw, {result['machine']['nproc']} cores, {result['date'][:10]} (10 values per packet)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs, fewer points, 3,000 idle connections")
+    parser.add_argument("--database-url", default=os.environ.get("HJ212GW_BENCH_DATABASE_URL")
+                        or os.environ.get("HJ212GW_TEST_DATABASE_URL"))  # fmt: skip
+    parser.add_argument("--phases", default="closed,open,idle", help="comma-separated subset of closed,open,idle")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per point (median reported)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run")
+    parser.add_argument("--closed-connections", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--in-flight", type=int, default=2000, help="closed loop: window = in_flight / connections")
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
+    parser.add_argument("--open-connections", type=int, default=1000)
+    parser.add_argument("--idle-steps", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
+    parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument("--label", default="current")
+    parser.add_argument("--compare", type=Path, help="earlier result JSON to overlay in the plot")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    quick = args.quick
+    args.repeat = args.repeat or (1 if quick else 3)
+    args.duration = args.duration or (8.0 if quick else 15.0)
+    args.closed_connections = args.closed_connections or ([100, 1000] if quick else [100, 1000, 10000])
+    args.rates = args.rates or ([1000.0, 5000.0] if quick else [1000.0, 2000.0, 5000.0, 8000.0, 10000.0])
+    args.idle_steps = args.idle_steps or ([1000, 3000] if quick else [1000, 5000, 10000, 19000])
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    phases = set(args.phases.split(","))
+    fd_limit = raise_fd_limit()  # inherited by the gateway and the generators
+    workdir = Path(tempfile.mkdtemp(prefix="hj212gw-bench-"))
+    embedded = None
+    dsn = args.database_url
+    if not dsn:
+        from hj212gw.storage.embedded import start_embedded
+
+        embedded = workdir / "pg"
+        dsn = start_embedded(embedded).dsn
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    env = dict(item.split("=", 1) for item in args.gateway_env)
+    result: dict[str, Any] = {
+        "label": args.label,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "fd_limit": fd_limit,
+        "gateway_env": env,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("compare", "gateway_src")},
+    }
+    gw = None
+    try:
+        app_name = f"hj212gw-{schema}"
+        pg = Postgres(dsn, asyncio.run(Postgres.find_postmaster(dsn)), app_name)
+        gw_dsn = f"{dsn}{'&' if '?' in dsn else '?'}application_name={app_name}"
+        result["postgres"] = asyncio.run(_server_version(dsn))
+        if phases & {"closed", "open"}:
+            gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
+            gw.wait_ready()
+            if "closed" in phases:
+                result["closed_loop"] = closed_loop(gw, pg, args)
+            if "open" in phases:
+                result["open_loop"] = open_loop(gw, pg, args)
+            gw.stop()
+        if "idle" in phases:
+            if args.idle_steps[-1] + 100 > fd_limit:
+                log(f"RLIMIT_NOFILE is {fd_limit}: idle connections capped below it")
+                args.idle_steps = [s for s in args.idle_steps if s + 100 <= fd_limit] or [fd_limit - 100]
+            gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)  # fresh process: RSS from zero load
+            gw.wait_ready()
+            result["idle"] = idle_connections(gw, args.idle_steps)
+            gw.stop()
+    finally:
+        if gw is not None:
+            gw.stop()
+        asyncio.run(_drop_schema(dsn, schema))
+        if embedded is not None:
+            from hj212gw.storage.embedded import stop_embedded
+
+            stop_embedded(embedded)
+        shutil.rmtree(workdir, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"gateway-{args.label}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    log(f"results: {out.relative_to(ROOT)}")
+    if not args.no_plot and result.get("open_loop"):
+        compare = json.loads(args.compare.read_text()) if args.compare else None
+        plot(result, compare, PLOT)
+        log(f"plot: {PLOT.relative_to(ROOT)}")
+
+
+async def _server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    main()
