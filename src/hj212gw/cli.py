@@ -95,16 +95,18 @@ async def _migrate(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "check":
+    # `check` and `simulate` parse their own flags: argparse.REMAINDER drops a leading `--flag`
+    # ("unrecognized arguments"), so they get everything after their name untouched.
+    if argv and argv[0] == "check":
         from hj212gw.check import main as check_main
 
-        return check_main(args.rest)
-    if args.command == "simulate":
+        return check_main(argv[1:])
+    if argv and argv[0] == "simulate":
         from hj212gw.simulator.cli import main as simulate_main
 
-        return simulate_main(args.rest)
+        return simulate_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "replay":
         from hj212gw.replay import print_report, replay
 

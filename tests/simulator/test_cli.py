@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
 
+from hj212gw.cli import main as hj212gw_main
 from hj212gw.simulator.cli import main, run_simulation
 from hj212gw.simulator.config import SimConfig, make_mn
 from hj212gw.simulator.scenarios import Scenario
@@ -130,6 +132,17 @@ async def test_virtual_clock_produces_a_day_of_minute_data_in_seconds(receiver: 
         assert _minutes(receiver, make_mn(1, index)) == _expected_minutes(1440)
 
 
+async def test_an_overloaded_run_stops_within_a_small_margin_of_its_duration(receiver: ReferenceReceiver) -> None:
+    # 200 devices x 61 periods per real second is far more than one process can generate.
+    config = _config(receiver, count=200, speed=3600, duration_s=2.0, drain_s=0.5)
+    began = time.monotonic()
+    summary = await run_simulation(config)
+    wall_s = time.monotonic() - began
+    assert wall_s < 2.0 + 0.5 + 1.0 and summary.duration_s <= wall_s
+    assert summary.sim_duration_s == pytest.approx(7200, abs=10)
+    assert summary.sent > 200 and summary.acked > 0
+
+
 async def test_main_prints_a_json_summary(receiver: ReferenceReceiver, capsys: pytest.CaptureFixture[str]) -> None:
     port = receiver.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     cut = "cut:devices=1,start_s=5,duration_s=5"
@@ -143,3 +156,8 @@ async def test_main_prints_a_json_summary(receiver: ReferenceReceiver, capsys: p
 
 def test_main_rejects_a_bad_target() -> None:
     assert main(["--target", "nowhere", "--quiet"]) == 2
+
+
+def test_hj212gw_simulate_hands_every_flag_to_the_simulator() -> None:
+    # Returned, not argparse's SystemExit: `--target` reached the simulator's own parser.
+    assert hj212gw_main(["simulate", "--target", "nowhere", "--quiet"]) == 2

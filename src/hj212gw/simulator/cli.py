@@ -7,11 +7,10 @@ summary (text or `--json`) to stdout. Exit code 0, or 2 for bad arguments.
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from hj212gw.simulator.clock import VirtualClock
@@ -38,12 +37,21 @@ def build_devices(config: SimConfig, clock: VirtualClock, counters: Counters) ->
 
 
 async def run_simulation(config: SimConfig, *, progress: bool = False) -> Summary:
-    """Run the simulation until its duration (real or simulated) is over, then drain and summarise."""
+    """Run the simulation until its duration (real or simulated) is over, then drain and summarise.
+
+    The duration is enforced hard: data is generated up to the simulated end, outstanding acks
+    are awaited for at most `drain_s`, then every device task is cancelled. An overloaded run
+    (more devices or speed than this process can generate) ends on time with the data it made.
+    """
     host, port = config.host_port()
     start = datetime.fromisoformat(config.start) if config.start else None
     clock = VirtualClock(speed=config.speed, start=start)
     counters = Counters()
     devices = build_devices(config, clock, counters)
+    run_s = run_seconds(config)
+    began, sim_began = time.monotonic(), clock.sim_now()
+    sim_end = None if run_s is None else sim_began + timedelta(seconds=run_s * config.speed)
+    hard_stop_s = None if run_s is None else began + run_s + config.drain_s
     runners = [
         DeviceRunner(
             device,
@@ -53,39 +61,43 @@ async def run_simulation(config: SimConfig, *, progress: bool = False) -> Summar
             start_delay_s=device.spec.index / config.ramp if config.ramp > 0 else 0.0,
             reconnect_min_s=config.reconnect_min_s,
             reconnect_max_s=config.reconnect_max_s,
+            generate_until=sim_end,
+            stop_at_s=hard_stop_s,
         )
         for device in devices
     ]
-    began, sim_began = time.monotonic(), clock.sim_now()
     tasks = [asyncio.create_task(r.run()) for r in runners]
     reporter = asyncio.create_task(_report(runners, counters, clock, began, config.progress_s)) if progress else None
-    limits = [d for d in (config.duration_s, config.sim_duration_s and config.sim_duration_s / config.speed) if d]
     try:
-        if limits:
-            await asyncio.sleep(min(limits))
-        else:
+        if run_s is None or hard_stop_s is None:
             await asyncio.Event().wait()
-        for runner in runners:
-            runner.generating = False
-        deadline = time.monotonic() + config.drain_s
-        while time.monotonic() < deadline and any(r.device.delivery.in_flight for r in runners if r.connected):
-            await asyncio.sleep(0.05)
+        else:
+            await asyncio.sleep(run_s)
+            await _drain(runners, hard_stop_s)
     finally:
-        sim_elapsed = (clock.sim_now() - sim_began).total_seconds()
-        for runner in runners:
-            runner.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if reporter is not None:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # cancelled just above
-                await reporter
+        sim_now = clock.sim_now() if sim_end is None else min(clock.sim_now(), sim_end)
+        for task in [*tasks, *([reporter] if reporter else [])]:
+            task.cancel()
+        await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
     return summarize(
         counters,
         devices=len(devices),
         unacked=sum(d.unacked for d in devices),
         duration_s=time.monotonic() - began,
-        sim_duration_s=sim_elapsed,
+        sim_duration_s=(sim_now - sim_began).total_seconds(),
     )
+
+
+def run_seconds(config: SimConfig) -> float | None:
+    """Real seconds of data generation: the shorter of `duration_s` and `sim_duration_s / speed`."""
+    limits = [d for d in (config.duration_s, config.sim_duration_s and config.sim_duration_s / config.speed) if d]
+    return min(limits) if limits else None
+
+
+async def _drain(runners: list[DeviceRunner], hard_stop_s: float) -> None:
+    """Wait until every device has generated up to the end and has no acks outstanding, or the hard stop."""
+    while time.monotonic() < hard_stop_s and not all(r.settled(time.monotonic()) for r in runners):
+        await asyncio.sleep(0.05)
 
 
 async def _report(
@@ -188,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     else:
-        runner = uvloop.run  # type: ignore[assignment]
+        runner = uvloop.run
     try:
         summary = runner(run_simulation(config, progress=not args.quiet))
     except KeyboardInterrupt:

@@ -125,7 +125,7 @@ def _pick(weights: Mapping[str, float], index: int, count: int) -> str:
         cumulative += weight
         if position < cumulative:
             return key
-    return next(reversed(weights.keys()))
+    return list(weights)[-1]
 
 
 def device_specs(config: SimConfig) -> list[DeviceSpec]:
@@ -184,5 +184,5 @@ def load_file(path: Path) -> tuple[dict[str, Any], tuple[Scenario, ...]]:
 
 def with_overrides(config: SimConfig, **changes: Any) -> SimConfig:
     """`config` with the given fields changed; list values become tuples."""
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    clean: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     return replace(config, **clean)

@@ -8,7 +8,7 @@ injects garbage or bad CRCs at the scenario's rate. All protocol decisions live 
 
 import asyncio
 import random
-from datetime import datetime
+from datetime import UTC, datetime
 
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.errors import Hj212Error
@@ -17,6 +17,7 @@ from hj212gw.simulator.clock import VirtualClock
 from hj212gw.simulator.device import SimDevice
 
 _MAX_SLEEP_S = 0.5  # re-check scenarios at least this often
+_CATCH_UP_RECORDS = 1  # periods produced per step before yielding (one costs ~1 ms of CPU)
 _CONNECT_TIMEOUT_S = 5.0
 
 
@@ -51,7 +52,12 @@ class _Link(asyncio.Protocol):
 
 
 class DeviceRunner:
-    """Runs one SimDevice against HOST:PORT until `stop()`; `finish()` stops new data first."""
+    """Runs one SimDevice against HOST:PORT until `stop()`, cancellation or `stop_at_s`.
+
+    It generates data up to simulated `generate_until` (then `generating` turns False) and not
+    after real `stop_at_s`. A device that fell behind catches up one period per step and yields
+    in between, so an overloaded process stays responsive and its deadlines hold.
+    """
 
     def __init__(
         self,
@@ -63,6 +69,8 @@ class DeviceRunner:
         start_delay_s: float = 0.0,
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 30.0,
+        generate_until: datetime | None = None,
+        stop_at_s: float | None = None,
     ) -> None:
         self.device = device
         self.clock = clock
@@ -72,6 +80,8 @@ class DeviceRunner:
         self.reconnect_max_s = reconnect_max_s
         self.link: _Link | None = None
         self.generating = True
+        self.generate_until = generate_until or datetime.max.replace(tzinfo=UTC)
+        self.stop_at_s = stop_at_s if stop_at_s is not None else float("inf")
         self.running = True
         self._backoff_s = reconnect_min_s
         self._connect_at = clock.real_now() + start_delay_s
@@ -82,6 +92,14 @@ class DeviceRunner:
     @property
     def connected(self) -> bool:
         return self.link is not None
+
+    def settled(self, now_s: float) -> bool:
+        """Done generating and, if connected, nothing left to send or waiting for its 9014."""
+        if self.generating:
+            return False
+        d = self.device.delivery
+        ready_store = bool(d.store) and d.store[0].not_before_s <= now_s
+        return self.link is None or not (d.in_flight or d.fresh or d.lane or d.lane_waiting or ready_store)
 
     def kick(self) -> None:
         self._event.set()
@@ -107,8 +125,9 @@ class DeviceRunner:
         try:
             while self.running:
                 sim, now_s = self.clock.sim_now(), self.clock.real_now()
-                if self.generating:
-                    self.device.tick(sim)
+                if now_s >= self.stop_at_s:
+                    break
+                behind = self.generating and self._generate(sim)
                 down_until = self.device.scenarios.network_down(sim)
                 if self.link is not None and down_until is not None:
                     self._drop()
@@ -117,14 +136,24 @@ class DeviceRunner:
                     continue
                 if self.link is not None:
                     self._write(sim, now_s)
+                if behind:
+                    await asyncio.sleep(0)  # let the other devices, acks and the stop timer run
+                    continue
                 await self._sleep(loop, self._delay(sim, now_s, down_until))
         finally:
             self._drop()
 
+    def _generate(self, sim: datetime) -> bool:
+        """One catch-up step; True if the device is still behind the clock."""
+        behind = self.device.tick(min(sim, self.generate_until), max_records=_CATCH_UP_RECORDS)
+        if not behind and sim >= self.generate_until:
+            self.generating = False
+        return behind
+
     def _delay(self, sim: datetime, now_s: float, down_until: datetime | None) -> float:
         delays = [_MAX_SLEEP_S]
         if self.generating:
-            delays.append(self.clock.real_delay_until(self.device.next_sim_due()))
+            delays.append(self.clock.real_delay_until(min(self.device.next_sim_due(), self.generate_until)))
         if self.link is not None:
             real_due = self.device.next_real_due()
             if real_due is not None:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from hj212gw.protocol.models import format_hj_time
 from hj212gw.simulator.profiles import FactorProfile
-from hj212gw.simulator.scenarios import DeviceScenarios
+from hj212gw.simulator.scenarios import VALUE_KINDS, DeviceScenarios
 
 _MASK = (1 << 64) - 1
 _EPOCH = datetime(2000, 1, 1)
@@ -58,6 +58,8 @@ class ContentModel:
         self.scenarios = scenarios
         self.sim_of = sim_of
         self.episode_rate = episode_rate_per_hour
+        # Most devices have no value or flag scenario: skip the per-sample lookups (the hot path).
+        self._effects = any(s.kind in VALUE_KINDS or s.kind == "fault" for s in scenarios.items)
         self._flow = next((i for i, f in enumerate(factors) if f.kind == "flow"), None)
         self._o2 = next((i for i, f in enumerate(factors) if f.code == "a19001"), None)
 
@@ -68,7 +70,7 @@ class ContentModel:
 
     def value(self, index: int, local: datetime) -> float:
         f = self.factors[index]
-        effect = self.scenarios.value_effect(f.code, self.sim_of(local))
+        effect = self.scenarios.value_effect(f.code, self.sim_of(local)) if self._effects else None
         if effect == "zero":
             return 0.0
         if effect == "negative":
@@ -86,7 +88,7 @@ class ContentModel:
 
     def flag(self, index: int, local: datetime) -> str:
         f = self.factors[index]
-        forced = self.scenarios.flag_effect(f.code, self.sim_of(local))
+        forced = self.scenarios.flag_effect(f.code, self.sim_of(local)) if self._effects else None
         if forced:
             return forced
         t = _seconds(local)

@@ -113,8 +113,13 @@ class SimDevice:
 
     # -- generation -----------------------------------------------------------------------------
 
-    def tick(self, sim: datetime) -> None:
-        """Produce every record that became due by simulated time `sim`."""
+    def tick(self, sim: datetime, *, max_records: int | None = None) -> bool:
+        """Produce the records that became due by simulated time `sim`.
+
+        `max_records` caps the minute/hour/day periods produced in this call, so a device that
+        fell behind (an overloaded process, a fast virtual clock) catches up in small steps and
+        its shell can yield in between. Returns True if periods due by `sim` are still left.
+        """
         local = self.local(sim)
         silent = self.scenarios.silent(sim)
         if local >= self._next_rtd:
@@ -124,14 +129,20 @@ class SimDevice:
                 self._enqueue(
                     Outgoing(Cn.REALTIME_DATA, format_hj_time(moment), self.content.rtd_cp(moment), keep=False)
                 )
+        budget = max_records
         for cn, step in ((Cn.MINUTE_DATA, self.min_interval_min * 60), (Cn.HOUR_DATA, 3600), (Cn.DAY_DATA, 86400)):
             while local >= self._next[cn]:
+                if budget is not None:
+                    if budget <= 0:
+                        return True
+                    budget -= 1
                 start = self._next[cn] - timedelta(seconds=step)
                 self._next[cn] += timedelta(seconds=step)
                 if self._next[cn] < local - timedelta(days=1):
                     self._next[cn] = _floor(local, step) + timedelta(seconds=step)  # clock jumped
                 if not self.scenarios.silent(self.sim_of(start)):  # measured nothing in that period
                     self._record(cn, start, step)
+        return False
 
     def _record(self, cn: str, start: datetime, step: int) -> None:
         history = self.recorded[cn]
