@@ -56,6 +56,7 @@ class Gateway:
         self.log = structlog.get_logger("hj212gw.gateway")
         self.connections: set[DasConnection] = set()
         self.by_mn: dict[str, DasConnection] = {}
+        self._mn_of: dict[DasConnection, str] = {}
         self.per_ip: defaultdict[str, int] = defaultdict(int)
         self.paused: set[DasConnection] = set()
         self.server: asyncio.Server | None = None
@@ -129,16 +130,17 @@ class Gateway:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
-        mn = conn.session.mn
-        if mn is not None and self.by_mn.get(mn) is conn:
-            del self.by_mn[mn]
+        for mn in (conn.session.mn, self._mn_of.pop(conn, None)):
+            if mn is not None and self.by_mn.get(mn) is conn:
+                del self.by_mn[mn]
         return True
 
     def bind_mn(self, conn: DasConnection, mn: str) -> None:
         """The newest connection for an MN wins; the older one is closed (HJ 212-2017 §15)."""
-        for key, holder in list(self.by_mn.items()):
-            if holder is conn and key != mn:
-                del self.by_mn[key]
+        previous = self._mn_of.get(conn)  # a connection holds one MN: no scan of every binding
+        if previous is not None and previous != mn and self.by_mn.get(previous) is conn:
+            del self.by_mn[previous]
+        self._mn_of[conn] = mn
         old = self.by_mn.get(mn)
         self.by_mn[mn] = conn
         if old is not None and old is not conn:

@@ -69,6 +69,7 @@ class Metrics:
             "hj212gw_split_parts_missing_total", "Split-packet parts that never arrived.", registry=r
         )
         self._frames_ok: dict[str, Counter] = {}
+        self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 
     def frame_ok(self, cn: str) -> None:
         child = self._frames_ok.get(cn)

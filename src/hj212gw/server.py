@@ -280,8 +280,9 @@ class DasConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self._write(build_data_ack(packet))
-        self.deps.metrics.replies.labels(cn="9014").inc()
-        self.deps.metrics.ack_latency.observe(time.perf_counter() - arrived)
+        metrics = self.deps.metrics
+        metrics.data_acks.inc()
+        metrics.ack_latency.observe(time.perf_counter() - arrived)
 
     def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame) -> None:  # type: ignore[no-untyped-def]
         """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
@@ -317,9 +318,8 @@ class DasConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
             self.deps.metrics.bytes_sent.inc(len(data))
-            wire = structlog.get_logger(WIRE_LOGGER)
             if self.deps.settings.log_level == "DEBUG":
-                wire.debug("wire_out", hex=data.hex())
+                structlog.get_logger(WIRE_LOGGER).debug("wire_out", hex=data.hex())
 
     # -- view for the admin API ----------------------------------------------------------------
 

@@ -19,6 +19,9 @@ _REPLY_FLAG = {
 }
 
 
+_DATA_REPLY = f"{Cn.DATA_REPLY}"  # the text build_reply writes for it
+
+
 def version_bits(version: ProtocolVersion) -> int:
     return int(version) << 2
 
@@ -47,8 +50,16 @@ def build_reply(answered: Packet, cn: str, cp_items: Items = ()) -> bytes:
 
 
 def build_data_ack(packet: Packet) -> bytes:
-    """9014 data reply: sent only after the packet's data is committed."""
-    return build_reply(packet, Cn.DATA_REPLY)
+    """9014 data reply: sent only after the packet's data is committed.
+
+    One per data packet, so the usual 2017/2025 form is one format string; byte-identical to
+    `build_reply(packet, Cn.DATA_REPLY)`, which the 2005 form (QN inside CP) still takes.
+    """
+    version = packet.version
+    if packet.qn is None or version is ProtocolVersion.HJT212_2005:
+        return build_reply(packet, Cn.DATA_REPLY)
+    segment = f"QN={packet.qn};ST=91;CN={_DATA_REPLY};PW={packet.pw or ''};MN={packet.mn or ''};"
+    return encode_frame(f"{segment}Flag={_REPLY_FLAG[version]};CP=&&&&".encode())
 
 
 def build_notification_reply(packet: Packet) -> bytes:

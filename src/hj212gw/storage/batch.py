@@ -8,6 +8,7 @@ resend leaves the row untouched. Within one batch the last submitted row for a k
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -29,17 +30,22 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
     mn text, cn text, data_time timestamptz, factor text, factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
-    flag text, eflag text, sample_time timestamptz, extra jsonb, values_text jsonb, qn text,
+    flag text, eflag text, sample_time timestamptz, extra text, values_text text, qn text,
     received_at timestamptz, resend boolean, time_suspect boolean
 ) ON COMMIT DELETE ROWS"""
+# extra and values_text arrive as JSON text (records.py encodes them) and are staged as text: COPY
+# then encodes them in C instead of calling the Python jsonb codec per row. PostgreSQL parses
+# them into jsonb in the upsert either way, so its cost is the same.
+_JSON_COLUMNS = ("extra", "values_text")
 
 _cols = ", ".join(STAGE_COLUMNS)
+_select = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in STAGE_COLUMNS)
 _updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
 _old = ", ".join(f"d.{c}" for c in _COMPARED)
 _new = ", ".join(f"excluded.{c}" for c in _COMPARED)
 UPSERT_DATA_SQL = f"""
 INSERT INTO data AS d ({_cols}, first_received_at, revisions)
-SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, received_at, 0
+SELECT DISTINCT ON (mn, cn, data_time, factor) {_select}, received_at, 0
 FROM {STAGE_TABLE}
 ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last submitted wins
 ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
@@ -109,9 +115,13 @@ def _data_record(r: DataRow) -> tuple[object, ...]:
         r.mn, r.cn, r.data_time, r.factor, r.factor_2017,
         r.rtd, r.min, r.avg, r.max, r.cou, r.zs_rtd, r.zs_min, r.zs_avg, r.zs_max,
         r.flag, r.eflag, r.sample_time,
-        None if r.extra is None else dict(r.extra), dict(r.values_text),
+        None if r.extra is None else _json(r.extra), _json(r.values_text),
         r.qn, r.received_at, r.resend, r.time_suspect,
     )  # fmt: skip
+
+
+def _json(mapping: object) -> str:
+    return json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":"))  # type: ignore[call-overload]
 
 
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
