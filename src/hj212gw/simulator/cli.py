@@ -23,31 +23,34 @@ from hj212gw.simulator.config import (
     with_overrides,
 )
 from hj212gw.simulator.connection import DeviceRunner
-from hj212gw.simulator.device import SimDevice
+from hj212gw.simulator.device import AckHook, SimDevice
 from hj212gw.simulator.scenarios import for_device, parse_scenario
 from hj212gw.simulator.stats import Counters, Summary, progress_line, summarize
 
 
-def build_devices(config: SimConfig, clock: VirtualClock, counters: Counters) -> list[SimDevice]:
+def build_devices(
+    config: SimConfig, clock: VirtualClock, counters: Counters, on_ack: AckHook | None = None
+) -> list[SimDevice]:
     started = clock.sim_now()
     return [
-        SimDevice(spec, for_device(config.scenarios, spec.index, started), counters, started)
+        SimDevice(spec, for_device(config.scenarios, spec.index, started), counters, started, on_ack=on_ack)
         for spec in device_specs(config)
     ]
 
 
-async def run_simulation(config: SimConfig, *, progress: bool = False) -> Summary:
+async def run_simulation(config: SimConfig, *, progress: bool = False, on_ack: AckHook | None = None) -> Summary:
     """Run the simulation until its duration (real or simulated) is over, then drain and summarise.
 
     The duration is enforced hard: data is generated up to the simulated end, outstanding acks
     are awaited for at most `drain_s`, then every device task is cancelled. An overloaded run
     (more devices or speed than this process can generate) ends on time with the data it made.
+    `on_ack(mn, packet)` is called for every data packet the platform acknowledged.
     """
     host, port = config.host_port()
     start = datetime.fromisoformat(config.start) if config.start else None
     clock = VirtualClock(speed=config.speed, start=start)
     counters = Counters()
-    devices = build_devices(config, clock, counters)
+    devices = build_devices(config, clock, counters, on_ack)
     run_s = run_seconds(config)
     began, sim_began = time.monotonic(), clock.sim_now()
     sim_end = None if run_s is None else sim_began + timedelta(seconds=run_s * config.speed)

@@ -29,13 +29,16 @@ def _qn_of(packet: Packet) -> str | None:
 
 def handle_packet(device: SimDevice, packet: Packet, sim: datetime, now_s: float) -> None:
     cn = packet.cn
-    if cn == Cn.DATA_REPLY:
+    if cn in (Cn.DATA_REPLY, Cn.NOTIFICATION_REPLY):
         qn = _qn_of(packet)
-        if qn is not None:
+        if qn is not None and qn == device.heartbeat_qn:
+            device.heartbeat_qn = None
+            device.counters.heartbeats_answered += 1  # a platform may answer a heartbeat with 9013 or 9014
+        elif qn is not None and cn == Cn.DATA_REPLY:
             device.delivery.acknowledge(qn, now_s)
         return
-    if cn in (Cn.NOTIFICATION_REPLY, Cn.REQUEST_REPLY, Cn.EXECUTION_RESULT):
-        return  # 9013 answers our heartbeat; never reply to a reply
+    if cn in (Cn.REQUEST_REPLY, Cn.EXECUTION_RESULT):
+        return  # never reply to a reply
     lane = device.delivery.push_lane
     if packet.pw is not None and packet.pw != device.pw:
         lane(build_request_reply(packet, QnRtn.PW_ERROR))

@@ -148,6 +148,7 @@ class DeviceRunner:
         behind = self.device.tick(min(sim, self.generate_until), max_records=_CATCH_UP_RECORDS)
         if not behind and sim >= self.generate_until:
             self.generating = False
+            self.device.delivery.retry_store_now()  # the run is draining: no point waiting RetryAfter
         return behind
 
     def _delay(self, sim: datetime, now_s: float, down_until: datetime | None) -> float:

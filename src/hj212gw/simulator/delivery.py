@@ -57,6 +57,7 @@ class Delivery:
     in_flight: dict[str, Outgoing] = field(default_factory=dict)
     lane_waiting: Outgoing | None = None
     connected: bool = False
+    on_ack: Callable[[Outgoing], None] | None = None  # told of every acknowledged packet
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -81,10 +82,16 @@ class Delivery:
             return False
         self.counters.acked += 1
         self.counters.add_latency((now_s - item.first_sent_s) * 1000)
+        if self.on_ack is not None:
+            self.on_ack(item)
         return True
 
     def link_up(self) -> None:
         self.connected = True
+        self.retry_store_now()
+
+    def retry_store_now(self) -> None:
+        """Re-upload the whole store as soon as the window allows (on connect, and when a run drains)."""
         for item in self.store:
             item.not_before_s = 0.0
 

@@ -8,7 +8,9 @@ network seconds for resends and heartbeats. It never touches a socket or reads a
 """
 
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from hj212gw.protocol.builders import version_bits
 from hj212gw.protocol.constants import MAX_CP_BYTES, Cn, PacketFlag, ProtocolVersion
@@ -20,6 +22,7 @@ from hj212gw.simulator.delivery import Delivery, Outgoing
 from hj212gw.simulator.scenarios import DeviceScenarios
 from hj212gw.simulator.stats import Counters
 
+AckHook = Callable[[str, Outgoing], None]  # (MN, the acknowledged packet): for tests and tools
 PERIOD_CNS = {Cn.MINUTE_DATA: "minute", Cn.HOUR_DATA: "hour", Cn.DAY_DATA: "day"}
 _MS = timedelta(milliseconds=1)
 
@@ -34,7 +37,15 @@ def _floor(moment: datetime, step_s: int) -> datetime:
 class SimDevice:
     """One DAS. Drive it with `tick`, `frames_due`, `receive`, `link_up` and `link_down`."""
 
-    def __init__(self, spec: DeviceSpec, scenarios: DeviceScenarios, counters: Counters, boot: datetime) -> None:
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        scenarios: DeviceScenarios,
+        counters: Counters,
+        boot: datetime,
+        *,
+        on_ack: AckHook | None = None,
+    ) -> None:
         self.spec = spec
         self.scenarios = scenarios
         self.counters = counters
@@ -61,13 +72,14 @@ class SimDevice:
             over_time_s=spec.over_time_s,
             re_count=spec.re_count,
             max_unacked=spec.max_unacked,
+            on_ack=None if on_ack is None else partial(on_ack, spec.mn),
         )
         keep = timedelta(days=spec.history_days)
         self.recorded: dict[str, deque[tuple[datetime, int]]] = {cn: deque() for cn in PERIOD_CNS}
         self._keep = keep
         self._last_qn = datetime.min
         self._last_send_s = 0.0
-        self._heartbeat_qn: str | None = None
+        self.heartbeat_qn: str | None = None  # the heartbeat still waiting for its reply
         local = self.local(self.boot)
         self._next_rtd = _floor(local, self.rtd_interval_s) + timedelta(seconds=self.rtd_interval_s)
         self._next = {
@@ -227,7 +239,7 @@ class SimDevice:
             self._last_send_s = now_s
         elif self._heartbeat_due(now_s):
             qn = self.new_qn(sim)
-            self._heartbeat_qn = qn
+            self.heartbeat_qn = qn
             self._last_send_s = now_s
             self.counters.heartbeats += 1
             frames = [encode_frame(self.segment(qn, Cn.HEARTBEAT, "", ack=True))]

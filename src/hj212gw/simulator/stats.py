@@ -23,6 +23,7 @@ class Counters:
     history_packets: int = 0
     commands: int = 0  # platform commands answered (1000, 1011, 1012, 106x, 2012, …)
     heartbeats: int = 0
+    heartbeats_answered: int = 0  # 9013 (or 9014) with the heartbeat's QN
     connects: int = 0
     reconnects: int = 0
     connect_failures: int = 0
@@ -73,6 +74,7 @@ class Summary:
     history_packets: int
     commands: int
     heartbeats: int
+    heartbeats_answered: int
     connects: int
     reconnects: int
     connect_failures: int
@@ -105,7 +107,7 @@ class Summary:
                 f"sent {self.sent}  acked {self.acked}  resent {self.resent}  re-uploaded {self.reuploaded}  "
                 f"unacked {self.unacked}  dropped {self.dropped}  ({self.packets_per_s:.0f} packets/s)",
                 f"history requests answered {self.history_requests} ({self.history_packets} packets)  "
-                f"commands {self.commands}  heartbeats {self.heartbeats}",
+                f"commands {self.commands}  heartbeats {self.heartbeats} ({self.heartbeats_answered} answered)",
                 f"connects {self.connects}  reconnects {self.reconnects}  connect failures {self.connect_failures}",
                 f"ack latency ms  p50 {ms('p50')}  p90 {ms('p90')}  p99 {ms('p99')}  max {ms('max')}",
             ]
@@ -135,6 +137,7 @@ def summarize(counters: Counters, *, devices: int, unacked: int, duration_s: flo
         history_packets=counters.history_packets,
         commands=counters.commands,
         heartbeats=counters.heartbeats,
+        heartbeats_answered=counters.heartbeats_answered,
         connects=counters.connects,
         reconnects=counters.reconnects,
         connect_failures=counters.connect_failures,
