@@ -14,6 +14,7 @@ Prints one JSON object.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -85,9 +86,13 @@ class Device:
             while loop.time() < stop_at:
                 if tokens is not None:
                     await tokens.get()
-                while len(self.in_flight) >= self.window:
+                while len(self.in_flight) >= self.window and loop.time() < stop_at:
                     self.room.clear()
-                    await self.room.wait()
+                    # An ack may never come (connection lost, gateway stopped): look at the clock.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.room.wait(), max(0.01, stop_at - loop.time()))
+                if loop.time() >= stop_at:
+                    break
                 qn, frame = self.next_frame()
                 self.in_flight[qn] = time.perf_counter()
                 writer.write(frame)
