@@ -357,6 +357,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--label", default="current")
     parser.add_argument("--compare", type=Path, help="earlier result JSON to overlay in the plot")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--plot-only", type=Path, help="only render the plot of this result JSON")
     args = parser.parse_args()
     quick = args.quick
     args.repeat = args.repeat or (1 if quick else 3)
@@ -369,6 +370,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.plot_only:
+        compare = json.loads(args.compare.read_text()) if args.compare else None
+        plot(json.loads(args.plot_only.read_text()), compare, PLOT)
+        return
     phases = set(args.phases.split(","))
     fd_limit = raise_fd_limit()  # inherited by the gateway and the generators
     workdir = Path(tempfile.mkdtemp(prefix="hj212gw-bench-"))

@@ -85,7 +85,10 @@ class Device:
         try:
             while loop.time() < stop_at:
                 if tokens is not None:
-                    await tokens.get()
+                    try:  # the pacer stops at stop_at: do not wait for a token that never comes
+                        await asyncio.wait_for(tokens.get(), max(0.01, stop_at - loop.time()))
+                    except TimeoutError:
+                        break
                 while len(self.in_flight) >= self.window and loop.time() < stop_at:
                     self.room.clear()
                     # An ack may never come (connection lost, gateway stopped): look at the clock.
