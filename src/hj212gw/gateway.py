@@ -136,7 +136,8 @@ class Gateway:
         return True
 
     def bind_mn(self, conn: DasConnection, mn: str) -> None:
-        """The newest connection for an MN wins; the older one is closed (HJ 212-2017 §15)."""
+        """The newest connection for an MN wins; the older one stops reading, sends the acks of what
+        it already queued, and closes within `replace_grace_s` (HJ 212-2017 §15)."""
         previous = self._mn_of.get(conn)  # a connection holds one MN: no scan of every binding
         if previous is not None and previous != mn and self.by_mn.get(previous) is conn:
             del self.by_mn[previous]
@@ -145,7 +146,7 @@ class Gateway:
         self.by_mn[mn] = conn
         if old is not None and old is not conn:
             old.log.info("das_replaced", mn=mn, by=conn.peer)
-            old.close("replaced_by_newer_connection")
+            old.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
 
     def pause(self, conn: DasConnection) -> None:
         """Backpressure: stop reading this socket until the write queue has room."""

@@ -128,8 +128,9 @@ def frame_row(
     )
 
 
-def device_seen(packet: Packet, peer: str, seen_at: datetime) -> DeviceSeen | None:
+def device_seen(packet: Packet, peer: str, seen_at: datetime, *, status: str = "accepted") -> DeviceSeen | None:
+    """The sighting of the packet's device; `status` applies only if the device is new to the registry."""
     if not packet.mn:
         return None
     st = packet.st if packet.st and packet.st != "91" and packet.st.isprintable() else None
-    return DeviceSeen(packet.mn, int(packet.version), st, peer, seen_at)
+    return DeviceSeen(packet.mn, int(packet.version), st, peer, seen_at, status)

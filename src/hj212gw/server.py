@@ -7,6 +7,7 @@ reject policy lives in one `match` in `DasConnection._on_event`.
 """
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,14 @@ class RefusedByPolicy(SessionError):
         return self.policy_reason
 
 
+_PW_FIELD = re.compile(rb"PW=[^;&]*")
+
+
+def mask_pw(raw: bytes) -> bytes:
+    """The bytes with the access password replaced by `***`: a PW is a secret and never logged."""
+    return _PW_FIELD.sub(b"PW=***", raw)
+
+
 _QN_RTN_FOR_POLICY = {"wrong_pw": 3, "unknown_mn": 4, "device_rejected": 2}
 
 
@@ -91,6 +100,7 @@ class DasConnection(asyncio.Protocol):
         self.closing_reason: str | None = None
         self.eof = False
         self._unconfirmed: set[asyncio.Future[None]] = set()
+        self.retiring = False
         self.log = structlog.get_logger("hj212gw.server")
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -152,8 +162,22 @@ class DasConnection(asyncio.Protocol):
         return True
 
     def _close_when_confirmed(self) -> None:
-        if self.eof and not self._unconfirmed:
+        if (self.eof or self.retiring) and not self._unconfirmed:
             self.close(self.closing_reason or "peer_closed")
+
+    def retire(self, reason: str, grace_s: float) -> None:
+        """Stop reading, send the acks of what is already queued, then close (at most `grace_s`).
+
+        Used when a newer connection takes over this MN (HJ 212-2017 §15): the old socket's
+        pending acks still go out, so the DAS need not resend data that was stored.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.retiring = True
+        self.closing_reason = self.closing_reason or reason
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(grace_s, self.close, reason)
+        self._close_when_confirmed()
 
     def close(self, reason: str) -> None:
         """Close by policy; the reason is what the disconnect line and metric say."""
@@ -237,7 +261,9 @@ class DasConnection(asyncio.Protocol):
         rows = []
         if admission.action == "store" and not fragment:
             rows = data_records(packet, now, deps.time_policy, resend=backfill)
-        seen = device_seen(packet, self.peer, now)
+        seen = device_seen(
+            packet, self.peer, now, status="quarantined" if admission.reason == "quarantined" else "accepted"
+        )
         if seen is not None and admission.action == "store":
             deps.registry.remember(seen.mn)
         item = IngestItem(
@@ -295,7 +321,7 @@ class DasConnection(asyncio.Protocol):
             reason=reason,
             detail=str(error)[:200],
             mn=self.session.mn,
-            raw=raw[:120].decode("latin-1"),
+            raw=mask_pw(raw[:120]).decode("latin-1"),
         )
         # Every reject is archived, so raw_frames agrees with the metric. A framing defect
         # (declared length over the limit, bad length field) consumes only the `##`: its row has
@@ -319,7 +345,7 @@ class DasConnection(asyncio.Protocol):
             self.transport.write(data)
             self.deps.metrics.bytes_sent.inc(len(data))
             if self.deps.settings.log_level == "DEBUG":
-                structlog.get_logger(WIRE_LOGGER).debug("wire_out", hex=data.hex())
+                structlog.get_logger(WIRE_LOGGER).debug("wire_out", hex=mask_pw(data).hex())
 
     # -- view for the admin API ----------------------------------------------------------------
 

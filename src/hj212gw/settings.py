@@ -34,6 +34,9 @@ class ConnectionSettings(BaseModel):
     max_consecutive_rejects: int = Field(default=10, ge=1, description="Close after this many bad frames in a row.")
     max_connections: int = Field(default=20000, ge=1, description="Refuse connections beyond this many.")
     max_connections_per_ip: int = Field(default=2000, ge=1, description="Per source IP (DTU pools share NAT).")
+    replace_grace_s: float = Field(
+        default=2.0, ge=0, description="A replaced connection's time to send its pending acks before closing."
+    )
     write_buffer_high_bytes: int = Field(default=65536, ge=1024, description="Outgoing buffer limit per DAS.")
 
 

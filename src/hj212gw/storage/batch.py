@@ -55,9 +55,9 @@ WHERE ({_old}) IS DISTINCT FROM ({_new})"""
 FRAME_COLUMNS = ("received_at", "connection_id", "peer", "mn", "cn", "qn", "verdict", "tolerances", "raw")
 
 UPSERT_DEVICES_SQL = """
-INSERT INTO devices AS v (mn, protocol_version, st, last_peer, first_seen, last_seen)
-SELECT * , s.seen FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::timestamptz[])
-    AS s(mn, protocol_version, st, last_peer, seen)
+INSERT INTO devices AS v (mn, protocol_version, st, last_peer, first_seen, status, last_seen)
+SELECT * , s.seen FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+    AS s(mn, protocol_version, st, last_peer, seen, status)
 ORDER BY mn
 ON CONFLICT (mn) DO UPDATE
 SET protocol_version = coalesce(excluded.protocol_version, v.protocol_version),
@@ -141,6 +141,7 @@ def _device_arrays(devices: Sequence[DeviceSeen]) -> list[list[object]]:
         [d.st for d in ordered],
         [d.peer for d in ordered],
         [d.seen_at for d in ordered],
+        [d.status for d in ordered],
     ]
 
 

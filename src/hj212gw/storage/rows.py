@@ -68,10 +68,15 @@ class FrameRow:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSeen:
-    """A valid packet from `mn` arrived at `seen_at` from `peer`: refreshes `devices`."""
+    """A valid packet from `mn` arrived at `seen_at` from `peer`: refreshes `devices`.
+
+    `status` is written only when the sighting registers a new device (the quarantine policy
+    registers unknown devices as `quarantined`); an existing device keeps its status.
+    """
 
     mn: str
     protocol_version: int | None
     st: str | None
     peer: str | None
     seen_at: datetime
+    status: str = "accepted"  # registry status if this sighting registers the device

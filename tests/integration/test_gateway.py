@@ -1,0 +1,86 @@
+"""gateway.py policies that span connections, and secrets in logs: quarantine, graceful replacement
+of a connection by a newer one for the same MN, and the PW never reaching a log line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from hj212gw import app
+from hj212gw.app import Running
+from hj212gw.protocol.framing import encode_frame
+from tests.integration.das import MN, DasClient, data_packet, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def gateways(pg_dsn: str, schema: str) -> AsyncIterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for running in started:
+        await running.stop()
+
+
+async def start(started: list[Running], pg_dsn: str, schema: str, **overrides: object) -> Running:
+    running = await app.start(settings_for(pg_dsn, schema, **overrides))
+    started.append(running)
+    return running
+
+
+async def connect(running: Running) -> DasClient:
+    assert running.gateway.port is not None
+    return await DasClient.connect(running.gateway.port)
+
+
+async def test_quarantine_registers_the_device_archives_and_acks_but_stores_no_data(
+    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    running = await start(gateways, pg_dsn, schema, devices={"unknown_mn": "quarantine"})
+    das = await connect(running)
+    await das.send(data_packet("20240315101000001"))
+    reply = await das.reply()
+    assert (reply.packet.cn, reply.packet.qn) == ("9014", "20240315101000001")  # the raw frame is stored
+    assert await conn.fetchval("SELECT status FROM devices WHERE mn = $1", MN) == "quarantined"
+    assert await conn.fetchval("SELECT count(*) FROM raw_frames WHERE mn = $1 AND verdict = 'ok'", MN) == 1
+    assert await conn.fetchval("SELECT count(*) FROM data") == 0
+    await das.close()
+    # After the registry refresh the device stays quarantined: its status is not overwritten.
+    await running.gateway.registry.refresh(running.db)
+    assert running.gateway.registry.admit(MN, None).action == "archive"
+
+
+async def test_a_replaced_connection_still_gets_the_acks_of_what_it_already_sent(
+    gateways: list[Running], pg_dsn: str, schema: str
+) -> None:
+    # A long linger keeps the older connection's packet uncommitted when the newer one binds.
+    running = await start(gateways, pg_dsn, schema, writer={"linger_ms": 400})
+    older = await connect(running)
+    newer = await connect(running)
+    await older.send(data_packet("20240315101000001"))
+    await asyncio.sleep(0.05)
+    await newer.send(data_packet("20240315101000002", data_time="20240315100100"))
+    assert (await older.reply(timeout_s=5)).packet.qn == "20240315101000001"
+    assert (await newer.reply(timeout_s=5)).packet.qn == "20240315101000002"
+    assert await older.closed_by_gateway()
+    assert running.gateway.online()[MN].connection_id == running.gateway.by_mn[MN].connection_id
+    await older.close()
+    await newer.close()
+
+
+async def test_the_access_password_never_reaches_a_log_line(gateways: list[Running], pg_dsn: str, schema: str) -> None:
+    running = await start(gateways, pg_dsn, schema)
+    das = await connect(running)
+    bad_crc = encode_frame(b"QN=20240315101000001;ST=32;CN=2051;PW=S3cr3t;MN=M1;Flag=5;CP=&&DataTime=20240315100000&&")
+    bad_crc = bad_crc[:-6] + b"0000\r\n"
+    with capture_logs() as logs:
+        await das.send(bad_crc)
+        assert await das.nothing_within(0.3)
+    rejected = [entry for entry in logs if entry["event"] == "frame_rejected"]
+    assert rejected and "PW=***" in rejected[0]["raw"]
+    assert all("S3cr3t" not in repr(entry) for entry in logs)
+    await das.close()
