@@ -179,11 +179,11 @@ class BatchWriter:
                 entry.future.cancel()  # never committed: no ack, the DAS sends it again
 
     def _update_room(self) -> None:
+        # Per item on both ends of the queue, so no metric here: the depth is published per batch.
         if self.full:
             self._room.clear()
         else:
             self._room.set()
-        self.observer.queue_depth(self.pending)
 
     async def _run(self) -> None:
         while True:
@@ -220,6 +220,7 @@ class BatchWriter:
             batch.entries.append(entry)
             batch.rows += entry.item.row_count
             self._in_flight += 1
+        self.observer.queue_depth(self.pending)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:
         delay = self.retry_initial_s
@@ -255,12 +256,13 @@ class BatchWriter:
         self.observer.batch_committed(
             items=len(entries), rows=len(data) + len(records) + len(frames), latency_s=time.monotonic() - started
         )
+        self._in_flight -= len(entries)
+        self._update_room()
+        self.observer.queue_depth(self.pending)
         for entry in entries:
             self._resolve(entry)
 
     def _resolve(self, entry: _Pending) -> None:
-        self._in_flight -= 1
-        self._update_room()
         if not entry.future.done():
             entry.future.set_result(None)
         if entry.on_commit is not None:
