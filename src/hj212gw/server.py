@@ -67,6 +67,8 @@ def mask_pw(raw: bytes) -> bytes:
     return _PW_FIELD.sub(b"PW=***", raw)
 
 
+_LOG = structlog.get_logger("hj212gw.server")
+
 _QN_RTN_FOR_POLICY = {"wrong_pw": 3, "unknown_mn": 4, "device_rejected": 2}
 
 
@@ -86,6 +88,24 @@ class Deps:
 class DasConnection(asyncio.Protocol):
     """One DAS on one TCP connection: feeds bytes to its session, acks after commit."""
 
+    # Thousands of these live at once: slots and no per-connection bound logger keep each small.
+    __slots__ = (
+        "_unconfirmed",
+        "closing_reason",
+        "connected_at",
+        "connection_id",
+        "deps",
+        "eof",
+        "frames_ok",
+        "frames_rejected",
+        "ip",
+        "last_activity",
+        "peer",
+        "retiring",
+        "session",
+        "transport",
+    )
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self.session = DasSession(deps.session_config)
@@ -99,9 +119,18 @@ class DasConnection(asyncio.Protocol):
         self.frames_rejected = 0
         self.closing_reason: str | None = None
         self.eof = False
-        self._unconfirmed: set[asyncio.Future[None]] = set()
+        self._unconfirmed = 0  # items submitted and not yet committed (or failed)
         self.retiring = False
-        self.log = structlog.get_logger("hj212gw.server")
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        """A logger bound to this connection's peer, id and MN (built only when something is logged)."""
+        context: dict[str, object] = {"peer": self.peer}
+        if self.connection_id is not None:
+            context["conn"] = self.connection_id
+        if self.session.mn is not None:
+            context["mn"] = self.session.mn
+        return _LOG.bind(**context)  # type: ignore[no-any-return]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -112,7 +141,6 @@ class DasConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         gateway = self.deps.gateway
         refusal = gateway.admit_connection(self)
-        self.log = self.log.bind(peer=self.peer)
         if refusal is not None:
             self.deps.metrics.connections_total.labels(outcome=refusal).inc()
             self.log.warning("das_refused", reason=refusal)
@@ -121,7 +149,6 @@ class DasConnection(asyncio.Protocol):
             return
         self.transport.set_write_buffer_limits(high=self.deps.settings.connections.write_buffer_high_bytes)
         self.connection_id = gateway.next_connection_id()
-        self.log = self.log.bind(conn=self.connection_id)
         self.deps.metrics.connections_total.labels(outcome="accepted").inc()
         self.deps.metrics.connections_open.inc()
         gateway.record_open(self)
@@ -222,10 +249,11 @@ class DasConnection(asyncio.Protocol):
             case Send(data=data, cn=cn):
                 self._write(data)
                 metrics.replies.labels(cn=cn_label(cn)).inc()
-            case MnBound(mn=mn):
+            case MnBound():
                 # The gateway learns the MN only once a packet passes the registry (_on_packet):
-                # a wrong PW must not close the device's live connection as "replaced".
-                self.log = self.log.bind(mn=mn)
+                # a wrong PW must not close the device's live connection as "replaced". Log lines
+                # carry the MN from the session from now on.
+                pass
             case MnChanged(old=old, new=new):
                 self.log.warning("mn_changed", old=old, new=new)
             case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
@@ -287,11 +315,11 @@ class DasConnection(asyncio.Protocol):
             future = self.deps.writer.submit(item, on_commit)
         except WriterClosed:
             return  # shutting down: no ack, the DAS sends it again
-        self._unconfirmed.add(future)
+        self._unconfirmed += 1
         future.add_done_callback(lambda f: self._committed(f, rows))
 
     def _committed(self, future: "asyncio.Future[None]", rows: int) -> None:
-        self._unconfirmed.discard(future)
+        self._unconfirmed -= 1
         self._close_when_confirmed()
         if future.cancelled():
             return

@@ -8,7 +8,6 @@ them after OverTime up to ReCount, and tracks split packets. It never sends a da
 The time is always passed in; nothing here reads a clock.
 """
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
@@ -164,8 +163,26 @@ class _PendingRequest:
 # ---- the session ------------------------------------------------------------------------------
 
 
+_NO_PENDING: dict[str, "_PendingRequest"] = {}  # shared and never written: see send_request
+
+
 class DasSession:
     """Protocol state of one connection. Feed it bytes and the time; act on the events."""
+
+    __slots__ = (
+        "_last_qn",
+        "_pending",
+        "_splits",
+        "close_reason",
+        "config",
+        "consecutive_rejects",
+        "frames",
+        "last_packet_at",
+        "mn",
+        "pw",
+        "st",
+        "version",
+    )
 
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
@@ -177,12 +194,9 @@ class DasSession:
         self.last_packet_at: datetime | None = None
         self.consecutive_rejects = 0
         self.close_reason: str | None = None
-        self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
-        self._splits = SplitTracker(
-            timeout_s=self.config.split_timeout_s,
-            max_groups=self.config.max_split_groups,
-            max_bytes=self.config.max_split_bytes,
-        )
+        # Most connections never see a platform request or a split packet: both are made on demand.
+        self._pending: dict[str, _PendingRequest] = _NO_PENDING
+        self._splits: SplitTracker | None = None
         self._last_qn = ""
 
     @property
@@ -314,6 +328,12 @@ class DasSession:
         return self.send_request(frame, qn=qn, cn=Cn.SET_TIME, now=now)
 
     def _track_split(self, packet: Packet, now: datetime, fragment: bool, backfill: bool, events: list[Event]) -> None:
+        if self._splits is None:
+            self._splits = SplitTracker(
+                timeout_s=self.config.split_timeout_s,
+                max_groups=self.config.max_split_groups,
+                max_bytes=self.config.max_split_bytes,
+            )
         joined = self._splits.add(packet, now, fragment)
         if joined is not None:
             events.append(SplitReassembled(joined, backfill))
@@ -347,6 +367,8 @@ class DasSession:
         expects_result: bool = True,
     ) -> list[Event]:
         """Register a request built by a `build_*` function and return the `Send` for it."""
+        if self._pending is _NO_PENDING:
+            self._pending = {}
         self._pending[qn] = _PendingRequest(
             qn,
             cn,
@@ -408,6 +430,6 @@ class DasSession:
             else:
                 del self._pending[pending.qn]
                 events.append(RequestFailed(pending.qn, pending.cn, "no_reply"))
-        for mn, cn, data_time, missing in self._splits.expire(now):
+        for mn, cn, data_time, missing in self._splits.expire(now) if self._splits is not None else ():
             events.append(SplitPartsMissing(mn, cn, data_time, missing))
         return events
