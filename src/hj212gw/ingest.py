@@ -43,11 +43,11 @@ class IngestItem:
     data_rows: Sequence[DataRow] = ()
     frame_rows: Sequence[FrameRow] = ()
     device_seen: DeviceSeen | None = None
-    data_lines: Sequence[str] = ()  # COPY text lines (records.data_records)
+    data_records: Sequence[Sequence[object]] = ()  # COPY-ready, in storage.batch.STAGE_COLUMNS order
 
     @property
     def row_count(self) -> int:
-        return len(self.data_rows) + len(self.data_lines) + len(self.frame_rows) + 1
+        return len(self.data_rows) + len(self.data_records) + len(self.frame_rows) + 1
 
 
 class WriterObserver(Protocol):
@@ -240,11 +240,11 @@ class BatchWriter:
         """Save entries in one transaction; on a row error split to isolate the bad item."""
         started = time.monotonic()
         data = [r for e in entries for r in e.item.data_rows]
-        records = [r for e in entries for r in e.item.data_lines]
+        records = [r for e in entries for r in e.item.data_records]
         frames = [r for e in entries for r in e.item.frame_rows]
         seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
         try:
-            await self.db.save_batch(data, frames, seen, data_lines=records)
+            await self.db.save_batch(data, frames, seen, data_records=records)
         except _ROW_ERRORS as err:
             if len(entries) == 1:
                 self._reject(entries[0], err)

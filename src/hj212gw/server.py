@@ -295,7 +295,7 @@ class DasConnection(asyncio.Protocol):
         if seen is not None and admission.action == "store":
             deps.registry.remember(seen.mn)
         item = IngestItem(
-            data_lines=rows,
+            data_records=rows,
             frame_rows=(
                 frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
             ),
@@ -308,7 +308,7 @@ class DasConnection(asyncio.Protocol):
         if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
             return
         rows = data_records(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
-        self._submit(IngestItem(data_lines=rows), None, len(rows))
+        self._submit(IngestItem(data_records=rows), None, len(rows))
 
     def _submit(self, item: IngestItem, on_commit, rows: int) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -76,13 +76,11 @@ def month_of(moment: datetime) -> tuple[int, int]:
 def months_needed(
     data_rows: Sequence[DataRow],
     frame_rows: Sequence[FrameRow],
-    data_lines: Sequence[str] = (),
+    data_records: Sequence[Sequence[object]] = (),
 ) -> set[tuple[str, tuple[int, int]]]:
     """Every (parent table, month) the batch writes into."""
-    needed = {("data", month_of(r.data_time)) for r in data_rows}
-    # A line's third column is its DataTime in UTC ISO form: `YYYY-MM` is the month.
-    for month in {line.split("\t", 3)[2][:7] for line in data_lines}:
-        needed.add(("data", (int(month[:4]), int(month[5:7]))))
+    times = {r.data_time for r in data_rows} | {r[2] for r in data_records}
+    needed = {("data", month_of(t)) for t in times}  # type: ignore[arg-type]
     needed |= {("raw_frames", month_of(r.received_at)) for r in frame_rows}
     return needed
 
@@ -112,43 +110,18 @@ class PartitionCache:
         self._known.update(todo)
 
 
-NULL = "\\N"  # COPY text format's NULL
-
-
-def copy_escape(value: str) -> str:
-    """A text value for COPY text format: backslash, tab, CR, LF escaped; NUL (invalid in text) dropped."""
+def _data_record(r: DataRow) -> tuple[object, ...]:
     return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\x00", "")
-    )
-
-
-def _copy_text(value: object) -> str:
-    if value is None:
-        return NULL
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return copy_escape(str(value))
-
-
-def _json(mapping: object) -> str:
-    clean = {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in dict(mapping).items()}  # type: ignore[call-overload]
-    return json.dumps(clean, ensure_ascii=False, separators=(",", ":"))
-
-
-def _data_line(r: DataRow) -> str:
-    """A DataRow as one COPY text line in STAGE_COLUMNS order (the general, slower path)."""
-    values = (
         r.mn, r.cn, r.data_time, r.factor, r.factor_2017,
         r.rtd, r.min, r.avg, r.max, r.cou, r.zs_rtd, r.zs_min, r.zs_avg, r.zs_max,
         r.flag, r.eflag, r.sample_time,
         None if r.extra is None else _json(r.extra), _json(r.values_text),
         r.qn, r.received_at, r.resend, r.time_suspect,
     )  # fmt: skip
-    return "\t".join(map(_copy_text, values)) + "\n"
+
+
+def _json(mapping: object) -> str:
+    return json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":"))  # type: ignore[call-overload]
 
 
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
@@ -177,22 +150,16 @@ async def write_batch(
     data_rows: Sequence[DataRow],
     frame_rows: Sequence[FrameRow],
     devices_seen: Sequence[DeviceSeen],
-    data_lines: Sequence[str] = (),
+    data_records: Sequence[Sequence[object]] = (),
 ) -> int:
-    """Write everything in ONE transaction; return the number of data rows inserted or changed.
-
-    `data_lines` are COPY text lines in STAGE_COLUMNS order (records.data_records builds them);
-    `data_rows` are converted to the same form.
-    """
+    """Write everything in ONE transaction; return the number of data rows inserted or changed."""
     changed = 0
     async with conn.transaction():
-        if data_rows or data_lines:
+        if data_rows or data_records:
             await conn.execute(CREATE_STAGE_SQL)
-            # memoryview: asyncpg would take plain bytes for a file path.
-            payload = "".join([*map(_data_line, data_rows), *data_lines]).encode()
-            await conn.copy_to_table(
-                STAGE_TABLE, source=memoryview(payload), columns=STAGE_COLUMNS, schema_name="pg_temp", format="text"
-            )
+            records = [_data_record(r) for r in data_rows]
+            records.extend(data_records)  # type: ignore[arg-type]
+            await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS, schema_name="pg_temp")
             status = await conn.execute(UPSERT_DATA_SQL)
             changed = int(status.rsplit(" ", 1)[-1])
         if frame_rows:

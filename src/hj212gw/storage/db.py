@@ -155,7 +155,7 @@ class Database:
         frame_rows: Sequence[FrameRow] = (),
         devices_seen: Sequence[DeviceSeen] = (),
         *,
-        data_lines: Sequence[str] = (),
+        data_records: Sequence[Sequence[object]] = (),
     ) -> int:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
@@ -164,8 +164,8 @@ class Database:
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
-            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, data_lines))
-            return await write_batch(conn, data_rows, frame_rows, devices_seen, data_lines)
+            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, data_records))
+            return await write_batch(conn, data_rows, frame_rows, devices_seen, data_records)
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""
