@@ -22,10 +22,10 @@ _TEXT_COLUMNS = frozenset({"Flag", "EFlag", "SampleTime"})
 _SAMPLE_TIME_SLOT = 16
 _EXTRA_SLOT = 17
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-if json.encoder.c_make_encoder is not None:
+if json.encoder.c_make_encoder is not None:  # type: ignore[attr-defined]
     # JSONEncoder.encode builds a C encoder per call; one built once halves the cost of the
     # per-row values_text (the dicts hold only str, so no circular check or default is needed).
-    _c_encode = json.encoder.c_make_encoder(
+    _c_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
         None, None, json.encoder.encode_basestring, None, ":", ",", False, False, True
     )
 
