@@ -168,6 +168,15 @@ class GatewayProcess:
                     found[wanted[name]] = float(value)
         return found
 
+    def frames_ok(self) -> float:
+        """Frames accepted so far (every CN; 2005 uploads ask for no ack), from /metrics."""
+        total = 0.0
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("hj212gw_frames_total{") and 'result="ok"' in line:
+                    total += float(line.rpartition(" ")[2])
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -253,6 +262,53 @@ def open_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> lis
         p = points[-1]
         log(f"offered {rate:.0f}/s over {args.open_connections} conns: {p['acked_per_s']} acked/s, "
             f"p50 {p['ack_p50_ms']} ms, p99 {p['ack_p99_ms']} ms")  # fmt: skip
+    return points
+
+
+FLEET_VERSIONS = "2017=0.8,2025=0.15,2005=0.05"
+
+
+def run_fleet(gw: GatewayProcess, pg: Postgres, *, devices: int, speed: float, duration_s: float) -> dict[str, Any]:
+    """`hj212gw simulate`: a realistic mixed fleet (air and water sites, 2017/2025/2005, real-time,
+    minute, hour and day data, status and heartbeats) on a sped-up clock; CPU per stored frame."""
+    ramp = 1000
+    cmd = [sys.executable, "-m", "hj212gw.simulator", "--target", f"127.0.0.1:{gw.port}", "--count", str(devices),
+           "--speed", str(speed), "--duration", str(duration_s), "--versions", FLEET_VERSIONS, "--ramp", str(ramp),
+           "--start", "2026-01-01T00:00:00+08:00", "--json", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    margin = min(3.0, duration_s / 5)
+    time.sleep(devices / ramp + margin)
+    backends = pg.gateway_backends()
+    gw0, pg0, f0, t0 = cpu_s(gw.pid), pg.cpu(), gw.frames_ok(), time.monotonic()
+    time.sleep(max(1.0, duration_s - devices / ramp - 2 * margin))
+    gw1, pg1, f1, t1 = cpu_s(gw.pid), pg.cpu(), gw.frames_ok(), time.monotonic()
+    out, _ = proc.communicate(timeout=duration_s + 120)
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    frames = max(1.0, f1 - f0)
+    own = sum(pg1.get(pid, 0.0) - pg0.get(pid, 0.0) for pid in backends)
+    return {
+        "devices": devices,
+        "speed": speed,
+        "versions": FLEET_VERSIONS,
+        "frames_per_s": round(frames / (t1 - t0), 1),
+        "sent": summary["sent"],
+        "acked": summary["acked"],
+        "unacked": summary["unacked"],
+        "ack_latency_ms": {k: None if v is None else round(v, 1) for k, v in summary["ack_latency_ms"].items()},
+        "gateway_cpu_us_per_frame": round((gw1 - gw0) / frames * 1e6, 1),
+        "postgres_cpu_us_per_frame": round(own / frames * 1e6, 1),
+    }
+
+
+def fleet(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
+    points = []
+    for speed in args.fleet_speeds:
+        points.append(run_fleet(gw, pg, devices=args.fleet_devices, speed=speed, duration_s=args.duration))
+        p = points[-1]
+        lat = p["ack_latency_ms"]
+        log(f"fleet {p['devices']} devices at speed {speed:g}: {p['frames_per_s']} frames/s, acked {p['acked']} of "
+            f"{p['sent']}, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, gateway {p['gateway_cpu_us_per_frame']} "
+            f"µs/frame, postgres {p['postgres_cpu_us_per_frame']} µs/frame")  # fmt: skip
     return points
 
 
@@ -344,7 +400,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs, fewer points, 3,000 idle connections")
     parser.add_argument("--database-url", default=os.environ.get("HJ212GW_BENCH_DATABASE_URL")
                         or os.environ.get("HJ212GW_TEST_DATABASE_URL"))  # fmt: skip
-    parser.add_argument("--phases", default="closed,open,idle", help="comma-separated subset of closed,open,idle")
+    parser.add_argument(
+        "--phases", default="closed,open,fleet,idle", help="comma-separated subset of closed,open,fleet,idle"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="runs per point (median reported)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--closed-connections", type=lambda s: [int(x) for x in s.split(",")], default=None)
@@ -352,6 +410,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
     parser.add_argument("--open-connections", type=int, default=1000)
     parser.add_argument("--idle-steps", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--fleet-devices", type=int, default=1000, help="simulated DAS units in the fleet phase")
+    parser.add_argument("--fleet-speeds", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                        help="virtual clock speeds (30: about 1,000 frames/s from 1,000 devices)")  # fmt: skip
     parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--label", default="current")
@@ -365,6 +426,7 @@ def parse_args() -> argparse.Namespace:
     args.closed_connections = args.closed_connections or ([100, 1000] if quick else [100, 1000, 10000])
     args.rates = args.rates or ([1000.0, 5000.0] if quick else [1000.0, 2000.0, 5000.0, 8000.0, 10000.0])
     args.idle_steps = args.idle_steps or ([1000, 3000] if quick else [1000, 5000, 10000, 19000])
+    args.fleet_speeds = args.fleet_speeds or ([30.0] if quick else [15.0, 30.0, 60.0])
     return args
 
 
@@ -400,14 +462,14 @@ def main() -> None:
         pg = Postgres(dsn, asyncio.run(Postgres.find_postmaster(dsn)), app_name)
         gw_dsn = f"{dsn}{'&' if '?' in dsn else '?'}application_name={app_name}"
         result["postgres"] = asyncio.run(_server_version(dsn))
-        if phases & {"closed", "open"}:
-            gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
-            gw.wait_ready()
-            if "closed" in phases:
-                result["closed_loop"] = closed_loop(gw, pg, args)
-            if "open" in phases:
-                result["open_loop"] = open_loop(gw, pg, args)
-            gw.stop()
+        # A fresh gateway per phase: the 10,000-connection closed loop leaves a backlog that would
+        # otherwise land in the first fixed-rate run's latencies.
+        for phase, run in (("closed", closed_loop), ("open", open_loop), ("fleet", fleet)):
+            if phase in phases:
+                gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
+                gw.wait_ready()
+                result[f"{phase}_loop" if phase != "fleet" else "fleet"] = run(gw, pg, args)
+                gw.stop()
         if "idle" in phases:
             if args.idle_steps[-1] + 100 > fd_limit:
                 log(f"RLIMIT_NOFILE is {fd_limit}: idle connections capped below it")
