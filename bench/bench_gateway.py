@@ -447,6 +447,7 @@ def main() -> None:
         embedded = workdir / "pg"
         dsn = start_embedded(embedded).dsn
     schema = f"bench_{uuid.uuid4().hex[:10]}"
+    schemas = [schema]
     env = dict(item.split("=", 1) for item in args.gateway_env)
     result: dict[str, Any] = {
         "label": args.label,
@@ -474,14 +475,19 @@ def main() -> None:
             if args.idle_steps[-1] + 100 > fd_limit:
                 log(f"RLIMIT_NOFILE is {fd_limit}: idle connections capped below it")
                 args.idle_steps = [s for s in args.idle_steps if s + 100 <= fd_limit] or [fd_limit - 100]
-            gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)  # fresh process: RSS from zero load
+            # A fresh process on a fresh schema: RSS from zero load, and a registry holding only the
+            # idle devices (the earlier phases register tens of thousands of MNs of their own).
+            idle_schema = f"{schema}_idle"
+            schemas.append(idle_schema)
+            gw = GatewayProcess(gw_dsn, idle_schema, args.gateway_src, env, workdir)
             gw.wait_ready()
             result["idle"] = idle_connections(gw, args.idle_steps)
             gw.stop()
     finally:
         if gw is not None:
             gw.stop()
-        asyncio.run(_drop_schema(dsn, schema))
+        for name in schemas:
+            asyncio.run(_drop_schema(dsn, name))
         if embedded is not None:
             from hj212gw.storage.embedded import stop_embedded
 

@@ -7,14 +7,14 @@ from hj212gw.registry import Admission, DeviceEntry, DeviceRegistry
 
 def registry(unknown_mn: str = "accept", wrong_pw: str = "reject") -> DeviceRegistry:
     reg = DeviceRegistry(unknown_mn=unknown_mn, wrong_pw=wrong_pw)
-    reg._entries.update(
-        {
-            "OK": DeviceEntry("OK", "accepted", "123456", True, None, frozenset()),
-            "NOPW": DeviceEntry("NOPW", "accepted", None, True, None, frozenset()),
-            "Q": DeviceEntry("Q", "quarantined", None, True, None, frozenset()),
-            "R": DeviceEntry("R", "rejected", None, True, None, frozenset()),
-            "OFF": DeviceEntry("OFF", "accepted", None, False, None, frozenset()),
-        }
+    reg.load(
+        [
+            DeviceEntry("OK", "accepted", "123456", True, None, frozenset()),
+            DeviceEntry("NOPW", "accepted", None, True, None, frozenset()),
+            DeviceEntry("Q", "quarantined", None, True, None, frozenset()),
+            DeviceEntry("R", "rejected", None, True, None, frozenset()),
+            DeviceEntry("OFF", "accepted", None, False, "9014", frozenset({"modbus"})),
+        ]
     )
     return reg
 
@@ -55,3 +55,12 @@ def test_remembered_devices_are_accepted_until_the_next_refresh() -> None:
     reg = registry(unknown_mn="reject")
     reg.remember("NEW")
     assert reg.admit("NEW", None) == Admission("store")
+
+
+def test_plain_devices_keep_only_their_mn_and_overrides_are_published() -> None:
+    reg = registry()
+    assert len(reg) == 5
+    assert reg.get("NOPW") == DeviceEntry("NOPW", "accepted", None, True, None, frozenset())
+    assert reg.get("NEW") is None
+    assert reg.heartbeat_overrides == {"OFF": "9014"}
+    assert reg.crc_overrides == {"OFF": frozenset({"modbus"})}

@@ -4,7 +4,7 @@ Lookups on the per-packet path are dictionary reads; the database is asked every
 Holds the PW secrets in memory only; nothing here logs them.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,37 +37,64 @@ class DeviceRegistry:
     def __init__(self, *, unknown_mn: str = "accept", wrong_pw: str = "reject") -> None:
         self.unknown_mn = unknown_mn
         self.wrong_pw = wrong_pw
-        self._entries: dict[str, DeviceEntry] = {}
+        # Tens of thousands of devices are plain accepted ones without a PW: for those only the MN
+        # is kept. Full entries are kept only for devices the policy must look at more closely.
+        self._known: set[str] = set()
+        self._special: dict[str, DeviceEntry] = {}
         # Live views handed to every session's config: updated in place on refresh.
         self.heartbeat_overrides: dict[str, str] = {}
         self.crc_overrides: dict[str, frozenset[str]] = {}
 
-    @property
-    def entries(self) -> Mapping[str, DeviceEntry]:
-        return self._entries
-
-    async def refresh(self, db: Database) -> None:
-        async with db.pool.acquire() as conn:
-            records = await conn.fetch("SELECT mn, status, pw, enabled, heartbeat_reply, crc_variants FROM devices")
-        self._entries = {
-            r["mn"]: DeviceEntry(
-                r["mn"], r["status"], r["pw"], r["enabled"], r["heartbeat_reply"], frozenset(r["crc_variants"] or ())
-            )
-            for r in records
-        }
-        heartbeat = {mn: e.heartbeat_reply for mn, e in self._entries.items() if e.heartbeat_reply}
-        crc = {mn: e.crc_variants for mn, e in self._entries.items() if e.crc_variants}
+    def load(self, entries: Iterable[DeviceEntry]) -> None:
+        """Replace the registry's content (refresh, tests)."""
+        known: set[str] = set()
+        special: dict[str, DeviceEntry] = {}
+        for entry in entries:
+            known.add(entry.mn)
+            if (
+                entry.status != "accepted"
+                or entry.pw
+                or not entry.enabled
+                or entry.heartbeat_reply
+                or entry.crc_variants
+            ):
+                special[entry.mn] = entry
+        self._known, self._special = known, special
+        heartbeat = {mn: e.heartbeat_reply for mn, e in special.items() if e.heartbeat_reply}
+        crc = {mn: e.crc_variants for mn, e in special.items() if e.crc_variants}
         self.heartbeat_overrides.clear()
         self.heartbeat_overrides.update(heartbeat)
         self.crc_overrides.clear()
         self.crc_overrides.update(crc)
 
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def get(self, mn: str) -> DeviceEntry | None:
+        """The device's entry, or None if the registry does not know it."""
+        entry = self._special.get(mn)
+        if entry is None and mn in self._known:
+            entry = DeviceEntry(mn, "accepted", None, True, None, frozenset())
+        return entry
+
+    async def refresh(self, db: Database) -> None:
+        async with db.pool.acquire() as conn:
+            records = await conn.fetch("SELECT mn, status, pw, enabled, heartbeat_reply, crc_variants FROM devices")
+        self.load(
+            DeviceEntry(
+                r["mn"], r["status"], r["pw"], r["enabled"], r["heartbeat_reply"], frozenset(r["crc_variants"] or ())
+            )
+            for r in records
+        )
+
     def admit(self, mn: str | None, pw: str | None) -> Admission:
         """The policy decision for one packet's MN and PW."""
         if not mn:
             return Admission("archive", "no_mn")
-        entry = self._entries.get(mn)
+        entry = self._special.get(mn)
         if entry is None:
+            if mn in self._known:
+                return Admission("store")
             if self.unknown_mn == "reject":
                 return Admission("refuse", "unknown_mn")
             if self.unknown_mn == "quarantine":
@@ -83,5 +110,4 @@ class DeviceRegistry:
 
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""
-        if mn not in self._entries:
-            self._entries[mn] = DeviceEntry(mn, "accepted", None, True, None, frozenset())
+        self._known.add(mn)
