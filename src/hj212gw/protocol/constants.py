@@ -162,8 +162,10 @@ UPLOAD_CNS = frozenset(
         "2081", "2111", "3015", "3019", "3020", "8013",
     }
 )  # fmt: skip
-# CNs whose packets carry per-factor data rows worth storing.
-DATA_CNS = frozenset({"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2073", "2111"})
+# CNs whose packets carry per-factor data (DataCp): 2017/2025 uploads and 2005's 2072/2073/8013.
+DATA_CNS = frozenset(
+    {"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2072", "2073", "2111", "8013"}
+)
 # CNs of history that the platform can fetch with BeginTime/EndTime (HJ 212-2017 §9.2).
 HISTORY_CNS = frozenset({"2011", "2013", "2031", "2041", "2051", "2061", "2062"})
 # DAS-originated notifications: answered with 9013 (HJ 212-2017 §9.1; 2025 §2.5).

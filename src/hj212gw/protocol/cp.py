@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hj212gw.protocol.codes import CODE_2005_TO_2017
+from hj212gw.protocol.constants import DATA_CNS
 from hj212gw.protocol.errors import BadCpItem
 from hj212gw.protocol.models import Reading
 
@@ -193,8 +194,6 @@ class KeyExchangeCp(CpData):
     new_sk: str | None
 
 
-_DATA_CNS = frozenset({"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2111"})
-_DATA_CNS_2005 = frozenset({"2072", "2073", "8013"})
 _POLID_CNS = frozenset({"1013", "3011", "3012", "3013", "3014", "3015", "3016", "3017", "3018", "3022", "3024"})
 _EMPTY_CNS = frozenset({"9013", "9014", "9015", "9021", "2012", "2022", "1061", "1063"})
 _INFO_CNS = frozenset({"3019", "3020", "3021"})
@@ -278,7 +277,7 @@ def parse_cp(cn: str, text: str) -> CpData:
     Raises:
         BadCpItem: an item is not `name=value`.
     """
-    if cn in _DATA_CNS or cn in _DATA_CNS_2005:
+    if cn in DATA_CNS:
         fields = _fields_fast(text)
         if fields is None:
             fields = dict(tokenize_cp(text))
