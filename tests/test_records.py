@@ -88,7 +88,7 @@ def test_device_time_reads_the_device_zone() -> None:
 def test_sighting_and_frame_row_carry_the_packet_identity() -> None:
     packet = parse_segment(MINUTE)
     seen = device_seen(packet, "10.0.0.1:5000", RECEIVED)
-    assert seen is not None and (seen.mn, seen.protocol_version, seen.st) == (packet.mn, 1, "32")
+    assert seen is not None and (seen.mn, seen.protocol_version, seen.st) == (packet.mn, 2017, "32")
     row = frame_row(
         None,
         RECEIVED + timedelta(seconds=1),

@@ -133,4 +133,4 @@ def device_seen(packet: Packet, peer: str, seen_at: datetime, *, status: str = "
     if not packet.mn:
         return None
     st = packet.st if packet.st and packet.st != "91" and packet.st.isprintable() else None
-    return DeviceSeen(packet.mn, int(packet.version), st, peer, seen_at, status)
+    return DeviceSeen(packet.mn, int(packet.version.label), st, peer, seen_at, status)

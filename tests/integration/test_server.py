@@ -330,7 +330,7 @@ async def test_a_2025_heartbeat_asking_for_a_reply_gets_9013_with_flag_8(
     reply = await das.reply()
 
     assert reply.raw == encode_frame(f"QN=20240601085857223;ST=91;CN=9013;PW={PW};MN={MN};Flag=8;CP=&&&&".encode())
-    await eventually(lambda: _exists(conn, "SELECT 1 FROM devices WHERE mn = $1 AND protocol_version = 2", MN))
+    await eventually(lambda: _exists(conn, "SELECT 1 FROM devices WHERE mn = $1 AND protocol_version = 2025", MN))
 
 
 async def test_1013_gets_9013_then_the_platform_sets_the_time_with_1012(
