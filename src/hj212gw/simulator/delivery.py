@@ -147,14 +147,9 @@ class Delivery:
     def _drain_lane(self, now_s: float, out: list[bytes]) -> None:
         waiting = self.lane_waiting
         if waiting is not None:
-            if now_s - waiting.last_sent_s < self.over_time_s:
-                return
-            if waiting.attempts <= self.re_count:
-                waiting.attempts += 1
-                waiting.last_sent_s = now_s
-                self.counters.resent += 1
-                out.append(waiting.frame)
-                return
+            retried = self._retry(waiting, now_s, out)
+            if retried is not False:
+                return  # not due yet, or resent
             self.lane_waiting = None  # given up: history is fetched again by the platform if needed
         while self.lane:
             head = self.lane.popleft()
@@ -170,16 +165,22 @@ class Delivery:
                 self.lane_waiting = head
                 return
 
+    def _retry(self, item: Outgoing, now_s: float, out: list[bytes]) -> bool | None:
+        """Resend `item` once its OverTime passed: None not due yet, True resent, False out of retries."""
+        if now_s - item.last_sent_s < self.over_time_s:
+            return None
+        if item.attempts > self.re_count:
+            return False
+        item.attempts += 1
+        item.last_sent_s = now_s
+        self.counters.resent += 1
+        out.append(item.frame)
+        return True
+
     def _resend_expired(self, now_s: float, out: list[bytes]) -> None:
         for qn, item in list(self.in_flight.items()):
-            if now_s - item.last_sent_s < self.over_time_s:
-                continue
-            if item.attempts <= self.re_count:
-                item.attempts += 1
-                item.last_sent_s = now_s
-                self.counters.resent += 1
-                out.append(item.frame)
-                continue
+            if self._retry(item, now_s, out) is not False:
+                continue  # not due yet, or resent
             del self.in_flight[qn]
             if item.keep:
                 self._store(item, now_s + self.retry_store_after_s)
