@@ -166,11 +166,7 @@ UPLOAD_CNS = frozenset(
 DATA_CNS = frozenset(
     {"2011", "2013", "2021", "2031", "2041", "2051", "2052", "2061", "2062", "2072", "2073", "2111", "8013"}
 )
-# CNs of history that the platform can fetch with BeginTime/EndTime (HJ 212-2017 §9.2).
-HISTORY_CNS = frozenset({"2011", "2013", "2031", "2041", "2051", "2061", "2062"})
 # DAS-originated notifications: answered with 9013 (HJ 212-2017 §9.1; 2025 §2.5).
 NOTIFICATION_CNS = frozenset({"1001", "1013", "1014"})
 REPLY_CNS = frozenset({"9011", "9012", "9013", "9014"})
 HEARTBEAT_CNS = frozenset({"9015", "9021"})
-# 2025 §6.4.4: CP content of these may be SM4-encrypted.
-ENCRYPTABLE_CNS = frozenset({"1014", "3020"})

@@ -5,7 +5,7 @@ item. Values stay text as sent; typed accessors convert on demand. Items are tok
 `;` and `,` (the standard's own examples mix them, §6), except inside `//…//` log text.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hj212gw.protocol.codes import CODE_2005_TO_2017
@@ -58,20 +58,11 @@ class DataCp(CpData):
 
     @property
     def readings(self) -> tuple[Reading, ...]:
-        mapping = CODE_2005_TO_2017
-        return tuple([Reading(code, values, mapping.get(code)) for code, values in self.groups().items()])
+        return _readings(self.groups())
 
     def groups(self) -> dict[str, dict[str, str]]:
         """Factor code -> {suffix: text}, in the order sent (one pass over `fields`)."""
-        groups: dict[str, dict[str, str]] = {}
-        for name, value in self.fields.items():
-            code, dash, suffix = name.partition("-")
-            if dash:
-                values = groups.get(code)
-                if values is None:
-                    values = groups[code] = {}
-                values[suffix] = value
-        return groups
+        return _group(self.fields.items())
 
     @property
     def extras(self) -> Items:
@@ -241,25 +232,22 @@ def _tokenize_with_logs(text: str) -> Items:
     return tuple(items)
 
 
-def group_readings(items: Items) -> tuple[str | None, tuple[Reading, ...], Items]:
-    """Split items into DataTime, per-factor readings (grouped by the code before `-`), extras."""
-    data_time = None
+def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """`code-Suffix=value` pairs -> {code: {Suffix: value}}, in the order sent; others skipped."""
     groups: dict[str, dict[str, str]] = {}
-    extras = []
-    for name, value in items:
+    for name, value in pairs:
         code, dash, suffix = name.partition("-")
         if dash:
             values = groups.get(code)
             if values is None:
                 values = groups[code] = {}
             values[suffix] = value
-        elif name == "DataTime":
-            data_time = value
-        else:
-            extras.append((name, value))
+    return groups
+
+
+def _readings(groups: dict[str, dict[str, str]]) -> tuple[Reading, ...]:
     mapping = CODE_2005_TO_2017
-    readings = tuple(Reading(code, values, mapping.get(code)) for code, values in groups.items())
-    return data_time, readings, tuple(extras)
+    return tuple([Reading(code, values, mapping.get(code)) for code, values in groups.items()])
 
 
 def _int(text: str | None) -> int | None:
@@ -289,8 +277,7 @@ def parse_cp(cn: str, text: str) -> CpData:
     if ("BeginTime" in named or "EndTime" in named) and "DataTime" not in named:
         return HistoryRequestCp(text, get("BeginTime"), get("EndTime"), get("PolId"))
     if cn in _INFO_CNS:
-        data_time, infos, _ = group_readings(items)
-        return SiteInfoCp(text, data_time, get("PolId"), get("InfoId"), infos)
+        return SiteInfoCp(text, get("DataTime"), get("PolId"), get("InfoId"), _readings(_group(items)))
     return _parse_command_cp(cn, text, items, get)
 
 

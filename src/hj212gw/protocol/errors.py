@@ -114,20 +114,6 @@ class BadFieldValue(SegmentError):
         self.value = value
         self.expected = expected
 
-    @property
-    def qn_rtn_for_field(self) -> QnRtn:
-        return _FIELD_QN_RTN.get(self.name, QnRtn.UNKNOWN)
-
-
-_FIELD_QN_RTN = {
-    "QN": QnRtn.QN_ERROR,
-    "ST": QnRtn.ST_ERROR,
-    "CN": QnRtn.CN_ERROR,
-    "PW": QnRtn.PW_ERROR,
-    "MN": QnRtn.MN_ERROR,
-    "Flag": QnRtn.FLAG_ERROR,
-}
-
 
 class BadEncoding(SegmentError):
     reason = "bad_encoding"
