@@ -12,6 +12,7 @@ import signal
 from dataclasses import dataclass
 
 import structlog
+from aiohttp import web
 
 from hj212gw.api import build_app, start_http, stop_http
 from hj212gw.gateway import Gateway
@@ -30,12 +31,12 @@ class Running:
     settings: Settings
     db: Database
     gateway: Gateway
-    http_runner: object
+    http_runner: web.AppRunner
     embedded: bool
 
     async def stop(self) -> None:
         await self.gateway.stop()
-        await stop_http(self.http_runner)  # type: ignore[arg-type]
+        await stop_http(self.http_runner)
         await self.db.close()
         if self.embedded:
             await asyncio.to_thread(stop_embedded, self.settings.data_dir / "postgres")

@@ -9,9 +9,10 @@ reject policy lives in one `match` in `DasConnection._on_event`.
 import asyncio
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -21,12 +22,14 @@ from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, WriterClosed
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
+from hj212gw.protocol.constants import QnRtn
 from hj212gw.protocol.decoder import CrcPolicy
 from hj212gw.protocol.errors import Hj212Error, SessionError
-from hj212gw.protocol.framing import FrameLimits
+from hj212gw.protocol.framing import Frame, FrameLimits
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.session import (
     DasSession,
+    Event,
     FrameRejected,
     MnBound,
     MnChanged,
@@ -50,13 +53,23 @@ if TYPE_CHECKING:
 class RefusedByPolicy(SessionError):
     """The device registry refuses this packet (unknown MN under `reject`, wrong PW, disabled)."""
 
+    _QN_RTN: ClassVar[Mapping[str, QnRtn]] = {
+        "wrong_pw": QnRtn.PW_ERROR,
+        "unknown_mn": QnRtn.MN_ERROR,
+        "device_rejected": QnRtn.REJECTED,
+    }
+
     def __init__(self, reason: str) -> None:
         super().__init__(f"refused by device policy: {reason}")
         self.policy_reason = reason
 
     @property
-    def reason(self) -> str:  # type: ignore[override]
+    def reason(self) -> str:  # type: ignore[override]  # per instance: the policy that refused
         return self.policy_reason
+
+    @property
+    def qn_rtn(self) -> QnRtn:  # type: ignore[override]
+        return self._QN_RTN.get(self.policy_reason, QnRtn.REJECTED)
 
 
 _PW_FIELD = re.compile(rb"PW=[^;&]*")
@@ -68,8 +81,6 @@ def mask_pw(raw: bytes) -> bytes:
 
 
 _LOG = structlog.get_logger("hj212gw.server")
-
-_QN_RTN_FOR_POLICY = {"wrong_pw": 3, "unknown_mn": 4, "device_rejected": 2}
 
 
 @dataclass(slots=True)
@@ -235,7 +246,7 @@ class DasConnection(asyncio.Protocol):
         """Timers: request retries, split timeouts (called by the gateway's ticker)."""
         self._handle(self.session.poll(now), time.perf_counter())
 
-    def _handle(self, events: list, arrived: float) -> None:  # type: ignore[type-arg]
+    def _handle(self, events: list[Event], arrived: float) -> None:
         for event in events:
             self._on_event(event, arrived)
 
@@ -271,7 +282,9 @@ class DasConnection(asyncio.Protocol):
             case SplitReassembled(packet=packet, backfill=backfill):
                 self._store_reassembled(packet, backfill)
 
-    def _on_packet(self, packet: Packet, frame, *, ack: bool, backfill: bool, fragment: bool, arrived: float) -> None:  # type: ignore[no-untyped-def]
+    def _on_packet(
+        self, packet: Packet, frame: Frame, *, ack: bool, backfill: bool, fragment: bool, arrived: float
+    ) -> None:
         deps = self.deps
         admission = deps.registry.admit(packet.mn, packet.pw)
         if admission.action == "refuse":
@@ -310,7 +323,7 @@ class DasConnection(asyncio.Protocol):
         rows = data_records(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
         self._submit(IngestItem(data_records=rows), None, len(rows))
 
-    def _submit(self, item: IngestItem, on_commit, rows: int) -> None:  # type: ignore[no-untyped-def]
+    def _submit(self, item: IngestItem, on_commit: Callable[[], object] | None, rows: int) -> None:
         try:
             future = self.deps.writer.submit(item, on_commit)
         except WriterClosed:
@@ -338,7 +351,7 @@ class DasConnection(asyncio.Protocol):
         metrics.data_acks.inc()
         metrics.ack_latency.observe(time.perf_counter() - arrived)
 
-    def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame) -> None:  # type: ignore[no-untyped-def]
+    def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame: Frame | None) -> None:
         """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
         self.frames_rejected += 1
         reason = error.reason
@@ -365,8 +378,7 @@ class DasConnection(asyncio.Protocol):
         )
         self._submit(IngestItem(frame_rows=(row,)), None, 0)
         if packet is not None and packet.ack_requested and not packet.cn.startswith("9"):
-            qn_rtn = _QN_RTN_FOR_POLICY.get(reason) if isinstance(error, RefusedByPolicy) else int(error.qn_rtn)
-            self._write(build_request_reply(packet, qn_rtn or 100))  # type: ignore[arg-type]
+            self._write(build_request_reply(packet, error.qn_rtn))
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
