@@ -20,8 +20,8 @@ import statistics
 import time
 from datetime import datetime, timedelta
 
-from bench.packets import AIR_FACTORS, EMITTED
-from hj212gw.protocol.crc import crc16
+from bench.packets import AIR_FACTORS, MINUTE_GROUPS, segment
+from hj212gw.protocol.framing import encode_frame
 
 BASE_TIME = datetime(2026, 1, 1)
 
@@ -34,18 +34,10 @@ def minute_segment(mn: str, k: int) -> bytes:
     """The k-th minute packet of device `mn`: unique (MN, DataTime), unique QN."""
     moment = BASE_TIME + timedelta(minutes=k)
     data_time = moment.strftime("%Y%m%d%H%M%S")
-    qn = moment.strftime("%Y%m%d%H%M%S") + f"{k % 1000:03d}"
-    groups = ";".join(
-        f"{code}-Min=1{i}.23,{code}-Avg=2{i}.34,{code}-Max=3{i}.45,"
-        + (f"{code}-Cou=14.5{i}0," if code in EMITTED else "")
-        + f"{code}-Flag=N"
-        for i, code in enumerate(AIR_FACTORS)
-    )
-    return f"QN={qn};ST=31;CN=2051;PW=123456;MN={mn};Flag=5;CP=&&DataTime={data_time};{groups}&&".encode()
+    return segment("2051", f"{data_time}{k % 1000:03d}", data_time, MINUTE_GROUPS, mn=mn)
 
 
-def frame_of(segment: bytes) -> bytes:
-    return b"##%04d%s%04X\r\n" % (len(segment), segment, crc16(segment))
+frame_of = encode_frame
 
 
 class Stats:

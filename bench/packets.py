@@ -8,34 +8,38 @@ EMITTED = frozenset({"a00000", "a34013", "a21026", "a21002", "a21005"})  # facto
 AIR_FACTORS = ("a00000", "a34013", "a21026", "a21002", "a19001", "a01011", "a01012", "a01013", "a01014", "a21005")
 
 
-def _segment(cn: str, qn: str, data_time: str, groups: list[str]) -> bytes:
+def segment(cn: str, qn: str, data_time: str, groups: list[str], mn: str = MN) -> bytes:
+    """The data segment of an upload with A=1 (Flag 5) from an air site (ST 31)."""
     cp = ";".join([f"DataTime={data_time}", *groups])
-    return f"QN={qn};ST=31;CN={cn};PW=123456;MN={MN};Flag=5;CP=&&{cp}&&".encode()
+    return f"QN={qn};ST=31;CN={cn};PW=123456;MN={mn};Flag=5;CP=&&{cp}&&".encode()
+
+
+def statistics_groups(cou: str) -> list[str]:
+    """Min/Avg/Max/Flag per factor, plus Cou (formatted from `cou` with the factor's index `i`)
+    for the emitted ones."""
+    return [
+        f"{code}-Min=1{i}.23,{code}-Avg=2{i}.34,{code}-Max=3{i}.45,"
+        + (f"{code}-Cou={cou.format(i=i)}," if code in EMITTED else "")
+        + f"{code}-Flag=N"
+        for i, code in enumerate(AIR_FACTORS)
+    ]
+
+
+MINUTE_GROUPS = statistics_groups("14.5{i}0")
+HOUR_GROUPS = statistics_groups("45.{i}")
 
 
 def minute_packet() -> bytes:
     """CN 2051, ten factors with Min/Avg/Max/Cou/Flag: the issue's 862-byte reference packet."""
-    groups = [
-        f"{code}-Min=1{i}.23,{code}-Avg=2{i}.34,{code}-Max=3{i}.45,"
-        + (f"{code}-Cou=14.5{i}0," if code in EMITTED else "")
-        + f"{code}-Flag=N"
-        for i, code in enumerate(AIR_FACTORS)
-    ]
-    return encode_frame(_segment("2051", "20240315101000001", "20240315100000", groups))
+    return encode_frame(segment("2051", "20240315101000001", "20240315100000", MINUTE_GROUPS))
 
 
 def realtime_packet() -> bytes:
     """CN 2011, ten factors with Rtd/ZsRtd/Flag."""
     groups = [f"{code}-Rtd=2{i}.345,{code}-ZsRtd=2{i}.789,{code}-Flag=N" for i, code in enumerate(AIR_FACTORS)]
-    return encode_frame(_segment("2011", "20240315101000002", "20240315101000", groups))
+    return encode_frame(segment("2011", "20240315101000002", "20240315101000", groups))
 
 
 def hour_packet() -> bytes:
     """CN 2061, ten factors with Cou/Min/Avg/Max/Flag."""
-    groups = [
-        f"{code}-Min=1{i}.23,{code}-Avg=2{i}.34,{code}-Max=3{i}.45,"
-        + (f"{code}-Cou=45.{i}," if code in EMITTED else "")
-        + f"{code}-Flag=N"
-        for i, code in enumerate(AIR_FACTORS)
-    ]
-    return encode_frame(_segment("2061", "20240315110000001", "20240315100000", groups))
+    return encode_frame(segment("2061", "20240315110000001", "20240315100000", HOUR_GROUPS))
