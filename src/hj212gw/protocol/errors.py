@@ -12,10 +12,10 @@ class Hj212Error(Exception):
     """Bad input from a data logger.
 
     Hj212Error -> FrameError    (LengthFieldError, TrailerError, FrameTooLong, BufferOverflow,
-                                 CrcMissing, CrcMismatch -> CrcVariantMismatch)
-               -> SegmentError  (MissingField, BadFieldValue, BadEncoding, CpUnterminated,
+                                 CrcMissing, CrcMismatch -> CrcVariantMismatch, framing.Garbage)
+               -> SegmentError  (MissingField, BadFieldValue, BadEncoding,
                                  BadCpItem, DecryptFailed, CrcMismatchAfterDecrypt)
-               -> SessionError  (MnMismatch, UnknownDevice, WrongPassword)
+               -> SessionError  (MnMismatch; the gateway's server.RefusedByPolicy)
     """
 
     reason: ClassVar[str] = "unknown"  # metric label and log field
@@ -120,13 +120,6 @@ class BadEncoding(SegmentError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
-
-
-class CpUnterminated(SegmentError):
-    reason = "cp_unterminated"
-
-    def __init__(self) -> None:
-        super().__init__("CP is not wrapped in CP=&&...&&")
 
 
 class BadCpItem(SegmentError):
