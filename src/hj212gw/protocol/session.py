@@ -415,6 +415,8 @@ class DasSession:
 
     def poll(self, now: datetime) -> list[Event]:
         """Retries, failed requests and overdue split parts as of `now`."""
+        if not self._pending and self._splits is None:
+            return []  # the usual case, checked for every connection every second
         events: list[Event] = []
         for pending in list(self._pending.values()):
             if now < pending.deadline:
