@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, Database
-from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
 
 # A bad value in one row (out of range, NUL in text, ...) fails the whole batch; split to find it.
 _ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -43,11 +43,11 @@ class IngestItem:
     data_rows: Sequence[DataRow] = ()
     frame_rows: Sequence[FrameRow] = ()
     device_seen: DeviceSeen | None = None
-    data_records: Sequence[Sequence[object]] = ()  # COPY-ready, in storage.batch.STAGE_COLUMNS order
+    data: DataBlock | None = None  # the packet's data rows, encoded when it arrived
 
     @property
     def row_count(self) -> int:
-        return len(self.data_rows) + len(self.data_records) + len(self.frame_rows) + 1
+        return len(self.data_rows) + (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + 1
 
 
 class WriterObserver(Protocol):
@@ -240,11 +240,11 @@ class BatchWriter:
         """Save entries in one transaction; on a row error split to isolate the bad item."""
         started = time.monotonic()
         data = [r for e in entries for r in e.item.data_rows]
-        records = [r for e in entries for r in e.item.data_records]
+        blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
         seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
         try:
-            await self.db.save_batch(data, frames, seen, data_records=records)
+            await self.db.save_batch(data, frames, seen, data_blocks=blocks)
         except _ROW_ERRORS as err:
             if len(entries) == 1:
                 self._reject(entries[0], err)
@@ -253,9 +253,8 @@ class BatchWriter:
             await self._commit(entries[:half])
             await self._commit(entries[half:])
             return
-        self.observer.batch_committed(
-            items=len(entries), rows=len(data) + len(records) + len(frames), latency_s=time.monotonic() - started
-        )
+        rows = len(data) + sum(b.rows for b in blocks) + len(frames)
+        self.observer.batch_committed(items=len(entries), rows=rows, latency_s=time.monotonic() - started)
         self._in_flight -= len(entries)
         self._update_room()
         self.observer.queue_depth(self.pending)

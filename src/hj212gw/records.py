@@ -1,4 +1,4 @@
-"""Packet -> storage rows: one data record per factor, with its flags, the raw `FrameRow`, the sighting.
+"""Packet -> storage rows: one data row per factor with its flags (binary COPY), the raw `FrameRow`, the sighting.
 
 Pure apart from the zone arithmetic: HJ 212 times carry no zone, so DataTime is read in the
 device's zone and stored as an aware UTC moment. A DataTime implausibly far from the receive
@@ -7,6 +7,7 @@ time is stored and marked `time_suspect`, never dropped.
 
 import json
 import json.encoder
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -14,13 +15,14 @@ from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
-from hj212gw.storage.rows import DeviceSeen, FrameRow
+from hj212gw.storage import pgcopy
+from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
 
-# Per-factor suffixes with a float column: their index in a data record (storage.batch.STAGE_COLUMNS).
-_NUMBER_SLOTS = {"Rtd": 5, "Min": 6, "Avg": 7, "Max": 8, "Cou": 9, "ZsRtd": 10, "ZsMin": 11, "ZsAvg": 12, "ZsMax": 13}
-_TEXT_COLUMNS = frozenset({"Flag", "EFlag", "SampleTime"})
-_SAMPLE_TIME_SLOT = 16
-_EXTRA_SLOT = 17
+# Per-factor suffixes with a float column: their place among storage.pgcopy.NUMBER_COLUMNS.
+_NUMBER_SLOTS = {"Rtd": 0, "Min": 1, "Avg": 2, "Max": 3, "Cou": 4, "ZsRtd": 5, "ZsMin": 6, "ZsAvg": 7, "ZsMax": 8}
+_float8 = struct.Struct(">id").pack  # length 8 + the value: a float8 column
+_FACTOR_CACHE: dict[str, bytes] = {}
+_FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 if json.encoder.c_make_encoder is not None:  # type: ignore[attr-defined]
     # JSONEncoder.encode builds a C encoder per call; one built once halves the cost of the
@@ -50,37 +52,52 @@ def device_time(text: str | None, tz: tzinfo) -> datetime | None:
     return None if naive is None else naive.replace(tzinfo=tz)
 
 
-def _record(code: str, values: dict[str, str], head: list[object], tail: list[object], tz: tzinfo) -> list[object]:
-    """One data record (the columns of storage.batch.STAGE_COLUMNS) for one factor's fields."""
-    flag = values.get("Flag")
-    row = [*head, code, CODE_2005_TO_2017.get(code), None, None, None, None, None, None, None, None, None,
-           flag, values.get("EFlag"), None, None, _dumps(values), *tail]  # fmt: skip
-    extra = None
+def _factor_columns(code: str) -> bytes:
+    """`factor` and `factor_2017` of a code, encoded; cached for the codes seen (bounded)."""
+    encoded = _FACTOR_CACHE.get(code)
+    if encoded is None:
+        encoded = pgcopy.text(code) + pgcopy.text(CODE_2005_TO_2017.get(code))
+        if len(_FACTOR_CACHE) < _FACTOR_CACHE_SIZE:
+            _FACTOR_CACHE[code] = encoded
+    return encoded
+
+
+def _value_columns(values: dict[str, str], tz: tzinfo) -> list[bytes]:
+    """The encoded columns `rtd` .. `values_text` of one factor's {suffix: text}."""
+    null = pgcopy.NULL
+    columns = [null] * 9
+    flag = eflag = sample_time = null
+    extra: dict[str, str] | None = None
     for suffix, text in values.items():
         slot = _NUMBER_SLOTS.get(suffix)
         if slot is not None:
             try:
-                row[slot] = float(text)
+                columns[slot] = _float8(8, float(text))
                 continue
             except ValueError:
                 pass  # a condition mark or vendor text where a number belongs: kept in `extra`
-        elif suffix in _TEXT_COLUMNS:
+        elif suffix == "Flag":
+            flag = pgcopy.text(text)
+            continue
+        elif suffix == "EFlag":
+            eflag = pgcopy.text(text)
+            continue
+        elif suffix == "SampleTime":
+            sample_time = pgcopy.timestamptz(device_time(text, tz))
             continue
         if extra is None:
             extra = {}
         extra[suffix] = text
-    if extra is not None:
-        row[_EXTRA_SLOT] = _dumps(extra)
-    if "SampleTime" in values:
-        row[_SAMPLE_TIME_SLOT] = device_time(values["SampleTime"], tz)
-    return row
+    columns += (flag, eflag, sample_time, null if extra is None else pgcopy.jsonb(_dumps(extra)))
+    columns.append(pgcopy.jsonb(_dumps(values)))
+    return columns
 
 
-def data_records(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> list[list[object]]:
-    """One COPY-ready record per factor of a data upload (or 3020 info item); [] for packets without data.
+def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> DataBlock | None:
+    """The rows of a data upload (or 3020 info items), one per factor; None for packets without data.
 
-    Built straight from the packet's flat fields, with no intermediate objects: this runs for
-    every value the gateway stores.
+    Encoded straight from the packet's grouped fields, with the packet's own columns encoded once
+    for all its factors: this runs for every value the gateway stores.
     """
     data = packet.data
     if isinstance(data, DataCp):
@@ -88,9 +105,9 @@ def data_records(packet: Packet, received_at: datetime, policy: TimePolicy, *, r
     elif isinstance(data, SiteInfoCp):
         groups, data_time_text = {r.code: r.values for r in data.infos}, data.data_time
     else:
-        return []
+        return None
     if not groups or not packet.mn:
-        return []
+        return None
     tz = policy.device_tz
     data_time = device_time(data_time_text, tz)
     suspect = data_time is None
@@ -98,9 +115,24 @@ def data_records(packet: Packet, received_at: datetime, policy: TimePolicy, *, r
         data_time = received_at
     elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
         suspect = True
-    head: list[object] = [packet.mn, packet.cn, data_time]
-    tail: list[object] = [packet.qn, received_at, resend, suspect]
-    return [_record(code, values, head, tail, tz) for code, values in groups.items()]
+    packet_columns = b"".join(
+        [
+            pgcopy.ROW_START,
+            pgcopy.text(packet.mn),
+            pgcopy.text(packet.cn),
+            pgcopy.timestamptz(data_time),
+            pgcopy.text(packet.qn),
+            pgcopy.timestamptz(received_at),
+            pgcopy.boolean(resend),
+            pgcopy.boolean(suspect),
+        ]
+    )
+    parts: list[bytes] = []
+    for code, values in groups.items():
+        parts.append(packet_columns)
+        parts.append(_factor_columns(code))
+        parts += _value_columns(values, tz)
+    return DataBlock(b"".join(parts), len(groups), month_of(data_time))
 
 
 def frame_row(

@@ -42,7 +42,7 @@ from hj212gw.protocol.session import (
     SplitPartsMissing,
     SplitReassembled,
 )
-from hj212gw.records import TimePolicy, data_records, device_seen, frame_row
+from hj212gw.records import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.registry import DeviceRegistry
 from hj212gw.settings import Settings
 
@@ -299,29 +299,30 @@ class DasConnection(asyncio.Protocol):
         for tolerance in packet.tolerances:
             deps.metrics.tolerances.labels(tolerance=tolerance).inc()
         now = datetime.now(UTC)
-        rows = []
+        data = None
         if admission.action == "store" and not fragment:
-            rows = data_records(packet, now, deps.time_policy, resend=backfill)
+            data = data_block(packet, now, deps.time_policy, resend=backfill)
         seen = device_seen(
             packet, self.peer, now, status="quarantined" if admission.reason == "quarantined" else "accepted"
         )
         if seen is not None and admission.action == "store":
             deps.registry.remember(seen.mn)
         item = IngestItem(
-            data_records=rows,
+            data=data,
             frame_rows=(
                 frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
             ),
             device_seen=seen,
         )
         on_commit = (lambda: self._ack(packet, arrived)) if ack else None
-        self._submit(item, on_commit, len(rows))
+        self._submit(item, on_commit, data.rows if data is not None else 0)
 
     def _store_reassembled(self, packet: Packet, backfill: bool) -> None:
         if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
             return
-        rows = data_records(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
-        self._submit(IngestItem(data_records=rows), None, len(rows))
+        data = data_block(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
+        if data is not None:
+            self._submit(IngestItem(data=data), None, data.rows)
 
     def _submit(self, item: IngestItem, on_commit: Callable[[], object] | None, rows: int) -> None:
         try:

@@ -8,44 +8,38 @@ resend leaves the row untouched. Within one batch the last submitted row for a k
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 
-from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+from hj212gw.storage import pgcopy
+from hj212gw.storage.pgcopy import NUMBER_COLUMNS, STAGE_COLUMNS
+from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 
 STAGE_TABLE = "data_stage"
-STAGE_COLUMNS = (
-    "mn", "cn", "data_time", "factor", "factor_2017",
-    "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
-    "flag", "eflag", "sample_time", "extra", "values_text", "qn", "received_at", "resend", "time_suspect",
-)  # fmt: skip
-_VALUE_COLUMNS = STAGE_COLUMNS[4:20]  # factor_2017 .. qn: replaced on a changed resend
+_VALUE_COLUMNS = ("factor_2017", *NUMBER_COLUMNS, "flag", "eflag", "sample_time", "extra", "values_text", "qn")
 _COMPARED = ("values_text", "flag", "eflag", "sample_time", "extra", "factor_2017")
 
+# Key columns compare byte-wise (COLLATE "C", as in `data` since migration 0002): a libc collation
+# costs a strcoll() per comparison in the DISTINCT ON sort and in every index probe.
 CREATE_STAGE_SQL = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
-    mn text, cn text, data_time timestamptz, factor text, factor_2017 text,
+    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz, qn text,
+    received_at timestamptz, resend boolean, time_suspect boolean,
+    factor text COLLATE "C", factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
-    flag text, eflag text, sample_time timestamptz, extra text, values_text text, qn text,
-    received_at timestamptz, resend boolean, time_suspect boolean
+    flag text, eflag text, sample_time timestamptz, extra jsonb, values_text jsonb
 ) ON COMMIT DELETE ROWS"""
-# extra and values_text arrive as JSON text (records.py encodes them) and are staged as text: COPY
-# then encodes them in C instead of calling the Python jsonb codec per row. PostgreSQL parses
-# them into jsonb in the upsert either way, so its cost is the same.
-_JSON_COLUMNS = ("extra", "values_text")
 
 _cols = ", ".join(STAGE_COLUMNS)
-_select = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in STAGE_COLUMNS)
 _updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
 _old = ", ".join(f"d.{c}" for c in _COMPARED)
 _new = ", ".join(f"excluded.{c}" for c in _COMPARED)
 UPSERT_DATA_SQL = f"""
 INSERT INTO data AS d ({_cols}, first_received_at, revisions)
-SELECT DISTINCT ON (mn, cn, data_time, factor) {_select}, received_at, 0
+SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, received_at, 0
 FROM {STAGE_TABLE}
 ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last submitted wins
 ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
@@ -67,20 +61,12 @@ SET protocol_version = coalesce(excluded.protocol_version, v.protocol_version),
     last_seen = greatest(v.last_seen, excluded.last_seen)"""
 
 
-def month_of(moment: datetime) -> tuple[int, int]:
-    """(year, month) of `moment` in UTC, the partition bounds' time zone."""
-    utc = moment.astimezone(UTC)
-    return utc.year, utc.month
-
-
 def months_needed(
-    data_rows: Sequence[DataRow],
-    frame_rows: Sequence[FrameRow],
-    data_records: Sequence[Sequence[object]] = (),
+    data_rows: Sequence[DataRow], frame_rows: Sequence[FrameRow], data_months: Iterable[tuple[int, int]] = ()
 ) -> set[tuple[str, tuple[int, int]]]:
     """Every (parent table, month) the batch writes into."""
-    times = {r.data_time for r in data_rows} | {r[2] for r in data_records}
-    needed = {("data", month_of(t)) for t in times}  # type: ignore[arg-type]
+    needed = {("data", month) for month in data_months}
+    needed |= {("data", month_of(r.data_time)) for r in data_rows}
     needed |= {("raw_frames", month_of(r.received_at)) for r in frame_rows}
     return needed
 
@@ -110,20 +96,6 @@ class PartitionCache:
         self._known.update(todo)
 
 
-def _data_record(r: DataRow) -> tuple[object, ...]:
-    return (
-        r.mn, r.cn, r.data_time, r.factor, r.factor_2017,
-        r.rtd, r.min, r.avg, r.max, r.cou, r.zs_rtd, r.zs_min, r.zs_avg, r.zs_max,
-        r.flag, r.eflag, r.sample_time,
-        None if r.extra is None else _json(r.extra), _json(r.values_text),
-        r.qn, r.received_at, r.resend, r.time_suspect,
-    )  # fmt: skip
-
-
-def _json(mapping: object) -> str:
-    return json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":"))  # type: ignore[call-overload]
-
-
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
     return (r.received_at, r.connection_id, r.peer, r.mn, r.cn, r.qn, r.verdict, list(r.tolerances), r.raw)
 
@@ -150,16 +122,22 @@ async def write_batch(
     data_rows: Sequence[DataRow],
     frame_rows: Sequence[FrameRow],
     devices_seen: Sequence[DeviceSeen],
-    data_records: Sequence[Sequence[object]] = (),
+    data_copy: Sequence[bytes] = (),
 ) -> int:
-    """Write everything in ONE transaction; return the number of data rows inserted or changed."""
+    """Write everything in ONE transaction; return the number of data rows inserted or changed.
+
+    `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
+    rows when it arrives); `data_rows` are encoded here.
+    """
     changed = 0
     async with conn.transaction():
-        if data_rows or data_records:
+        if data_rows or data_copy:
             await conn.execute(CREATE_STAGE_SQL)
-            records = [_data_record(r) for r in data_rows]
-            records.extend(data_records)  # type: ignore[arg-type]
-            await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS, schema_name="pg_temp")
+            chunks = [*data_copy, *[pgcopy.data_row(r) for r in data_rows]]
+            source = pgcopy.copy_data(chunks)
+            await conn.copy_to_table(
+                STAGE_TABLE, source=source, columns=STAGE_COLUMNS, schema_name="pg_temp", format="binary"
+            )
             status = await conn.execute(UPSERT_DATA_SQL)
             changed = int(status.rsplit(" ", 1)[-1])
         if frame_rows:

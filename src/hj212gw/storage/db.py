@@ -19,7 +19,7 @@ from hj212gw.storage import queries
 from hj212gw.storage.batch import PartitionCache, months_needed, write_batch
 from hj212gw.storage.migrate import check_schema_name, migrate
 from hj212gw.storage.queries import DataPage
-from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
+from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
 
 # Errors meaning "the database or the path to it is gone", as opposed to a bad statement.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -155,7 +155,7 @@ class Database:
         frame_rows: Sequence[FrameRow] = (),
         devices_seen: Sequence[DeviceSeen] = (),
         *,
-        data_records: Sequence[Sequence[object]] = (),
+        data_blocks: Sequence[DataBlock] = (),
     ) -> int:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
@@ -164,8 +164,9 @@ class Database:
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
-            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, data_records))
-            return await write_batch(conn, data_rows, frame_rows, devices_seen, data_records)
+            months = {block.month for block in data_blocks}
+            await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
+            return await write_batch(conn, data_rows, frame_rows, devices_seen, [block.copy for block in data_blocks])
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,14 @@ class DataRow:
     time_suspect: bool = False
 
 
+class DataBlock(NamedTuple):
+    """One packet's data rows, already encoded for the binary COPY of storage.pgcopy.STAGE_COLUMNS."""
+
+    copy: bytes
+    rows: int
+    month: tuple[int, int]  # (year, month) in UTC of DataTime: the `data` partition it goes into
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRow:
     """One received frame, good or bad, for the `raw_frames` evidence trail.
@@ -80,3 +88,9 @@ class DeviceSeen:
     peer: str | None
     seen_at: datetime
     status: str = "accepted"  # registry status if this sighting registers the device
+
+
+def month_of(moment: datetime) -> tuple[int, int]:
+    """(year, month) of `moment` in UTC, the partition bounds' time zone."""
+    utc = moment.astimezone(UTC)
+    return utc.year, utc.month

@@ -1,0 +1,105 @@
+"""PostgreSQL binary COPY encoding of the data stage rows, without asyncpg's per-field codecs.
+
+The gateway encodes each packet's rows once, when the packet arrives; the writer only joins the
+bytes of a batch and streams them with `copy_to_table(format="binary")`. A row is the columns of
+`STAGE_COLUMNS` in order: the packet's fields first (encoded once per packet, shared by all its
+factors), then the factor's own. Format: PostgreSQL docs, "COPY — Binary Format".
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hj212gw.storage.rows import DataRow
+
+STAGE_COLUMNS = (
+    "mn", "cn", "data_time", "qn", "received_at", "resend", "time_suspect",
+    "factor", "factor_2017",
+    "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
+    "flag", "eflag", "sample_time", "extra", "values_text",
+)  # fmt: skip
+NUMBER_COLUMNS = STAGE_COLUMNS[9:18]
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+NULL = struct.pack(">i", -1)
+ROW_START = struct.pack(">h", len(STAGE_COLUMNS))
+TRUE = struct.pack(">ib", 1, 1)
+FALSE = struct.pack(">ib", 1, 0)
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_length = struct.Struct(">i").pack
+_float8 = struct.Struct(">id").pack
+_int8 = struct.Struct(">iq").pack
+
+
+def text(value: str | None) -> bytes:
+    """A text column (NULL for None)."""
+    if value is None:
+        return NULL
+    data = value.encode()
+    return _length(len(data)) + data
+
+
+def float8(value: float | None) -> bytes:
+    """A double precision column (NULL for None)."""
+    return NULL if value is None else _float8(8, value)
+
+
+def timestamptz(value: datetime | None) -> bytes:
+    """A timestamptz column from an aware datetime (NULL for None): microseconds since 2000-01-01 UTC."""
+    return NULL if value is None else _int8(8, (value - _PG_EPOCH) // _ONE_US)
+
+
+def boolean(value: bool) -> bytes:
+    return TRUE if value else FALSE
+
+
+def jsonb(json_text: str | None) -> bytes:
+    """A jsonb column from JSON text (NULL for None): version byte 1, then the text."""
+    if json_text is None:
+        return NULL
+    data = json_text.encode()
+    return _length(len(data) + 1) + b"\x01" + data
+
+
+def copy_data(chunks: Sequence[bytes]) -> memoryview:
+    """A whole binary COPY stream from encoded rows (each chunk: one or more whole rows).
+
+    A memoryview, not bytes: asyncpg's `copy_to_table(source=...)` takes bytes for a file path.
+    """
+    return memoryview(b"".join([HEADER, *chunks, TRAILER]))
+
+
+def data_row(row: DataRow) -> bytes:
+    """One `DataRow` as a stage row: the path for rows that were not encoded from a packet."""
+    numbers = (row.rtd, row.min, row.avg, row.max, row.cou, row.zs_rtd, row.zs_min, row.zs_avg, row.zs_max)
+    return b"".join(
+        [
+            ROW_START,
+            text(row.mn),
+            text(row.cn),
+            timestamptz(row.data_time),
+            text(row.qn),
+            timestamptz(row.received_at),
+            boolean(row.resend),
+            boolean(row.time_suspect),
+            text(row.factor),
+            text(row.factor_2017),
+            *[float8(n) for n in numbers],
+            text(row.flag),
+            text(row.eflag),
+            timestamptz(row.sample_time),
+            jsonb(None if row.extra is None else _json(row.extra)),
+            jsonb(_json(row.values_text)),
+        ]
+    )
+
+
+def _json(mapping: Mapping[str, Any]) -> str:
+    return json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":"))
