@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -53,7 +53,7 @@ class IngestItem:
 class WriterObserver(Protocol):
     """Metrics hooks; metrics.py provides the Prometheus implementation."""
 
-    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None: ...
+    def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None: ...
     def queue_depth(self, items: int) -> None: ...
     def database_up(self, up: bool) -> None: ...
 
@@ -61,7 +61,7 @@ class WriterObserver(Protocol):
 class NullObserver:
     """Default observer: records nothing."""
 
-    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None:
+    def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
         pass
 
     def queue_depth(self, items: int) -> None:
@@ -71,11 +71,15 @@ class NullObserver:
         pass
 
 
+OnDone = Callable[[BaseException | None], object]
+"""Called once per item: with None after COMMIT, with ItemRejected if PostgreSQL refused the
+item's rows, with WriterClosed if the writer stopped before committing it."""
+
+
 @dataclass(slots=True)
 class _Pending:
     item: IngestItem
-    future: asyncio.Future[None]
-    on_commit: Callable[[], Any] | None = None
+    on_done: OnDone | None = None
 
 
 @dataclass(slots=True)
@@ -134,27 +138,38 @@ class BatchWriter:
         for n in range(self.writers):
             self._tasks.append(asyncio.create_task(self._run(), name=f"batch-writer-{n}"))
 
-    def submit(self, item: IngestItem, on_commit: Callable[[], Any] | None = None) -> asyncio.Future[None]:
-        """Queue one packet's rows; the future resolves (and on_commit runs) after COMMIT.
+    def submit(self, item: IngestItem, on_done: OnDone | None = None) -> None:
+        """Queue one packet's rows; `on_done(None)` runs right after their batch's COMMIT.
 
         Never refuses for lack of room (the rows would be lost): callers check `full` and pause
-        reading. The future fails with ItemRejected if PostgreSQL refuses the rows themselves.
+        reading. A callback, not a Future: a Future per packet costs an extra event-loop turn.
 
         Raises:
             WriterClosed: close() has begun.
         """
         if self._closing:
             raise WriterClosed("batch writer is closing")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, future, on_commit))
+        self._queue.append(_Pending(item, on_done))
         self._update_room()
         self._wakeup.set()
-        return future
 
-    async def put(self, item: IngestItem, on_commit: Callable[[], Any] | None = None) -> asyncio.Future[None]:
-        """`wait_for_room()` then `submit()`: for stream-style callers that may block."""
-        await self.wait_for_room()
-        return self.submit(item, on_commit)
+    def submit_future(self, item: IngestItem) -> asyncio.Future[None]:
+        """`submit()` for callers that await: the future resolves after COMMIT, fails with
+        ItemRejected, or is cancelled if the writer closes first."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            elif isinstance(error, WriterClosed):
+                future.cancel()
+            else:
+                future.set_exception(error)
+
+        self.submit(item, settle)
+        return future
 
     async def wait_for_room(self) -> None:
         """Return once the queue is below `max_pending_items`."""
@@ -162,7 +177,7 @@ class BatchWriter:
             await self._room.wait()
 
     async def close(self, timeout_s: float | None = 30.0) -> None:
-        """Flush what is pending (up to timeout_s), then stop; unflushed futures are cancelled."""
+        """Flush what is pending (up to timeout_s), then stop; unflushed items get WriterClosed."""
         self._closing = True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.pending and (deadline is None or time.monotonic() < deadline):
@@ -174,9 +189,8 @@ class BatchWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for entry in unflushed:
-            if not entry.future.done():
-                entry.future.cancel()  # never committed: no ack, the DAS sends it again
+        for entry in unflushed:  # never committed: no ack, the DAS sends it again
+            self._done(entry, WriterClosed("closed before commit"))
 
     def _update_room(self) -> None:
         # Per item on both ends of the queue, so no metric here: the depth is published per batch.
@@ -253,31 +267,31 @@ class BatchWriter:
             await self._commit(entries[:half])
             await self._commit(entries[half:])
             return
-        rows = len(data) + sum(b.rows for b in blocks) + len(frames)
-        self.observer.batch_committed(items=len(entries), rows=rows, latency_s=time.monotonic() - started)
+        values = len(data) + sum(b.rows for b in blocks)
+        self.observer.batch_committed(
+            items=len(entries), rows=values + len(frames), values=values, latency_s=time.monotonic() - started
+        )
         self._in_flight -= len(entries)
         self._update_room()
         self.observer.queue_depth(self.pending)
         for entry in entries:
-            self._resolve(entry)
+            self._done(entry, None)
 
-    def _resolve(self, entry: _Pending) -> None:
-        if not entry.future.done():
-            entry.future.set_result(None)
-        if entry.on_commit is not None:
-            try:
-                entry.on_commit()
-            except Exception:
-                # A failing ack callback is a bug in the caller; the rows are committed regardless.
-                self.log.exception("on_commit_failed")
+    def _done(self, entry: _Pending, error: BaseException | None) -> None:
+        if entry.on_done is None:
+            return
+        try:
+            entry.on_done(error)
+        except Exception:
+            # A failing callback is a bug in the caller; the rows are committed regardless.
+            self.log.exception("on_done_failed")
 
     def _reject(self, entry: _Pending, err: Exception) -> None:
         self._in_flight -= 1
         self._update_room()
         mn = entry.item.device_seen.mn if entry.item.device_seen else None
         self.log.warning("item_rejected_by_database", mn=mn, error=type(err).__name__, detail=str(err)[:200])
-        if not entry.future.done():
-            entry.future.set_exception(ItemRejected(str(err)))
+        self._done(entry, ItemRejected(str(err)))
 
     def _mark_down(self, err: BaseException) -> None:
         if self.ready:

@@ -79,7 +79,8 @@ class Metrics:
 
     # WriterObserver (hj212gw.ingest) --------------------------------------------------------
 
-    def batch_committed(self, *, items: int, rows: int, latency_s: float) -> None:
+    def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
+        self.values_stored.inc(values)
         self.batch_rows.observe(rows)
         self.batch_commit.observe(latency_s)
 

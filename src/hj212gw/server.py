@@ -9,7 +9,7 @@ reject policy lives in one `match` in `DasConnection._on_event`.
 import asyncio
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, cast
@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from hj212gw.api import LiveDevice
-from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, WriterClosed
+from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, OnDone, WriterClosed
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
@@ -314,43 +314,41 @@ class DasConnection(asyncio.Protocol):
             ),
             device_seen=seen,
         )
-        on_commit = (lambda: self._ack(packet, arrived)) if ack else None
-        self._submit(item, on_commit, data.rows if data is not None else 0)
+        if ack:
+            self._submit(item, lambda error: self._stored(error) if error else self._ack(packet, arrived))
+        else:
+            self._submit(item, self._stored)
 
     def _store_reassembled(self, packet: Packet, backfill: bool) -> None:
         if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
             return
         data = data_block(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
         if data is not None:
-            self._submit(IngestItem(data=data), None, data.rows)
+            self._submit(IngestItem(data=data), self._stored)
 
-    def _submit(self, item: IngestItem, on_commit: Callable[[], object] | None, rows: int) -> None:
+    def _submit(self, item: IngestItem, on_done: OnDone) -> None:
+        """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""
         try:
-            future = self.deps.writer.submit(item, on_commit)
+            self.deps.writer.submit(item, on_done)
         except WriterClosed:
             return  # shutting down: no ack, the DAS sends it again
         self._unconfirmed += 1
-        future.add_done_callback(lambda f: self._committed(f, rows))
 
-    def _committed(self, future: "asyncio.Future[None]", rows: int) -> None:
+    def _stored(self, error: BaseException | None) -> None:
+        """An item's batch committed (error None) or never will: one fewer to wait for before closing."""
         self._unconfirmed -= 1
-        self._close_when_confirmed()
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is None:
-            if rows:
-                self.deps.metrics.values_stored.inc(rows)
-        elif isinstance(error, ItemRejected):
+        if isinstance(error, ItemRejected):
             self.log.warning("item_rejected_by_database", detail=str(error)[:200])
+        self._close_when_confirmed()
 
     def _ack(self, packet: Packet, arrived: float) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self._write(build_data_ack(packet))
-        metrics = self.deps.metrics
-        metrics.data_acks.inc()
-        metrics.ack_latency.observe(time.perf_counter() - arrived)
+        """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._write(build_data_ack(packet))
+            metrics = self.deps.metrics
+            metrics.data_acks.inc()
+            metrics.ack_latency.observe(time.perf_counter() - arrived)
+        self._stored(None)
 
     def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame: Frame | None) -> None:
         """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
@@ -377,7 +375,7 @@ class DasConnection(asyncio.Protocol):
             packet=packet,
             raw=None if frame is not None else raw,
         )
-        self._submit(IngestItem(frame_rows=(row,)), None, 0)
+        self._submit(IngestItem(frame_rows=(row,)), self._stored)
         if packet is not None and packet.ack_requested and not packet.cn.startswith("9"):
             self._write(build_request_reply(packet, error.qn_rtn))
 

@@ -54,7 +54,7 @@ async def test_futures_resolve_only_after_rows_are_visible_to_others(db: Databas
         seen_at_ack.append(await count_rows(conn))
         committed.set()
 
-    futures = [writer.submit(item(n)) for n in range(100)]
+    futures = [writer.submit_future(item(n)) for n in range(100)]
     futures[-1].add_done_callback(lambda _: asyncio.ensure_future(check()))
     await asyncio.gather(*futures)
     await committed.wait()
@@ -62,14 +62,14 @@ async def test_futures_resolve_only_after_rows_are_visible_to_others(db: Databas
     await writer.close()
 
 
-async def test_on_commit_runs_after_commit_and_close_flushes(db: Database, conn: asyncpg.Connection) -> None:
+async def test_on_done_runs_after_commit_and_close_flushes(db: Database, conn: asyncpg.Connection) -> None:
     writer = BatchWriter(db, linger_s=0.05)
     writer.start()
-    acked: list[int] = []
+    acked: list[tuple[int, BaseException | None]] = []
     for n in range(30):
-        writer.submit(item(n), on_commit=lambda n=n: acked.append(n))
+        writer.submit(item(n), lambda error, n=n: acked.append((n, error)))
     await writer.close()
-    assert sorted(acked) == list(range(30))
+    assert sorted(acked, key=lambda a: a[0]) == [(n, None) for n in range(30)]
     assert await count_rows(conn) == 60
     assert writer.pending == 0
 
@@ -82,9 +82,9 @@ async def test_outage_holds_acks_then_commits_everything_after_restore(
     with capture_logs() as logs:
         writer = BatchWriter(db, linger_s=0.005, retry_initial_s=0.05, retry_max_s=0.2)
         writer.start()
-        await asyncio.gather(*(writer.submit(item(n)) for n in range(5)))
+        await asyncio.gather(*(writer.submit_future(item(n)) for n in range(5)))
         proxy.cut()
-        during = [writer.submit(item(n)) for n in range(5, 25)]
+        during = [writer.submit_future(item(n)) for n in range(5, 25)]
         await asyncio.sleep(1.0)
         assert not any(f.done() for f in during)
         assert writer.ready is False and writer.pending == 20
@@ -109,7 +109,7 @@ async def test_full_queue_signals_backpressure_and_drops_nothing(
         writer = BatchWriter(db, linger_s=0.005, max_pending_items=10, retry_initial_s=0.05, retry_max_s=0.2)
         writer.start()
         proxy.cut()
-        futures = [writer.submit(item(n)) for n in range(10)]
+        futures = [writer.submit_future(item(n)) for n in range(10)]
         assert writer.full
         waiter = asyncio.create_task(writer.wait_for_room())
         await asyncio.sleep(0.3)
