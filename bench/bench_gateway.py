@@ -122,6 +122,7 @@ class GatewayProcess:
     def __init__(self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path) -> None:
         self.port = free_port()
         self.http = free_port()
+        self.workers = int(env.get("HJ212GW_WORKERS", "1"))  # worker i serves HTTP on self.http + i
         self.log_path = log_dir / f"gateway-{self.port}.log"
         environ = {
             **os.environ,
@@ -138,17 +139,28 @@ class GatewayProcess:
         self.proc = subprocess.Popen(cmd, env=environ, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
+    def http_ports(self) -> range:
+        return range(self.http, self.http + self.workers)
+
+    def cpu_s(self) -> float:
+        """CPU of the gateway: the process and, with --workers, its worker processes."""
+        return cpu_s(self.pid) + sum(cpu_s(child) for child in children_of(self.pid))
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
+        waiting = list(self.http_ports())
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited; see {self.log_path}")
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=1) as resp,
+                urllib.request.urlopen(f"http://127.0.0.1:{waiting[0]}/readyz", timeout=1) as resp,
             ):
                 if resp.status == 200:
-                    return
+                    waiting.pop(0)
+                    if not waiting:
+                        return
+                    continue
             time.sleep(0.2)
         raise RuntimeError(f"gateway not ready after {timeout_s}s; see {self.log_path}")
 
@@ -161,20 +173,22 @@ class GatewayProcess:
             "hj212gw_batch_commit_seconds_sum": "commit_s",
         }
         found = dict.fromkeys(wanted.values(), 0.0)
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                name, _, value = line.rpartition(" ")
-                if name in wanted:
-                    found[wanted[name]] = float(value)
+        for port in self.http_ports():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    name, _, value = line.rpartition(" ")
+                    if name in wanted:
+                        found[wanted[name]] += float(value)
         return found
 
     def frames_ok(self) -> float:
         """Frames accepted so far (every CN; 2005 uploads ask for no ack), from /metrics."""
         total = 0.0
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith("hj212gw_frames_total{") and 'result="ok"' in line:
-                    total += float(line.rpartition(" ")[2])
+        for port in self.http_ports():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith("hj212gw_frames_total{") and 'result="ok"' in line:
+                        total += float(line.rpartition(" ")[2])
         return total
 
     def stop(self) -> None:
@@ -200,9 +214,9 @@ def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_
     margin = min(2.0, duration_s / 5)
     time.sleep(connect_s + margin)
     backends = pg.gateway_backends()
-    gw0, pg0, m0, t0 = cpu_s(gw.pid), pg.cpu(), gw.counters(), time.monotonic()
+    gw0, pg0, m0, t0 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic()
     time.sleep(max(1.0, duration_s - 2 * margin))
-    gw1, pg1, m1, t1 = cpu_s(gw.pid), pg.cpu(), gw.counters(), time.monotonic()
+    gw1, pg1, m1, t1 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic()
     out, _ = proc.communicate(timeout=duration_s + connect_s + 120)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     packets = max(1.0, m1["acks"] - m0["acks"])
@@ -279,9 +293,9 @@ def run_fleet(gw: GatewayProcess, pg: Postgres, *, devices: int, speed: float, d
     margin = min(3.0, duration_s / 5)
     time.sleep(devices / ramp + margin)
     backends = pg.gateway_backends()
-    gw0, pg0, f0, t0 = cpu_s(gw.pid), pg.cpu(), gw.frames_ok(), time.monotonic()
+    gw0, pg0, f0, t0 = gw.cpu_s(), pg.cpu(), gw.frames_ok(), time.monotonic()
     time.sleep(max(1.0, duration_s - devices / ramp - 2 * margin))
-    gw1, pg1, f1, t1 = cpu_s(gw.pid), pg.cpu(), gw.frames_ok(), time.monotonic()
+    gw1, pg1, f1, t1 = gw.cpu_s(), pg.cpu(), gw.frames_ok(), time.monotonic()
     out, _ = proc.communicate(timeout=duration_s + 120)
     summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     frames = max(1.0, f1 - f0)

@@ -27,6 +27,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="local state and embedded PostgreSQL (default ./hj212gw-data)")
     parser.add_argument("--device-timezone", help="zone of HJ 212 times (default Asia/Shanghai)")
     parser.add_argument("--gateway-id", help="this replica's name (default: host name)")
+    parser.add_argument("--workers", type=int, help="gateway processes sharing the DAS port (default 1)")
     parser.add_argument("--log-format", choices=["auto", "json", "console"])
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -41,6 +42,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         device_timezone=args.device_timezone,
         gateway_id=args.gateway_id,
+        workers=args.workers,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -125,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if settings.workers > 1:
+        from hj212gw.workers import supervise
+
+        return supervise(settings)
     from hj212gw.app import run
 
     return run(settings)

@@ -3,10 +3,16 @@
 Connection policies that span connections live here: total and per-IP limits, a newer connection
 for the same MN replacing the older one, idle and first-packet deadlines, pausing every socket
 while the write queue is full. The `connections` table is written in the background in batches.
+
+Replicas and workers: every new MN binding is announced with a PostgreSQL NOTIFY on the schema's
+channel; a gateway that holds an older connection for that MN retires it, as it would for a
+newer connection of its own. Announcements go out once a second; while PostgreSQL is down they
+are dropped (the older connection then ends by its idle timeout or when the DAS closes it).
 """
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -25,6 +31,7 @@ from hj212gw.storage.db import OUTAGE_ERRORS, Database
 
 _ID_BLOCK = 500
 _CONNECTION_LOG_LIMIT = 200_000
+_ANNOUNCE_LIMIT = 100_000
 
 
 class Gateway:
@@ -57,6 +64,10 @@ class Gateway:
         self.connections: set[DasConnection] = set()
         self.by_mn: dict[str, DasConnection] = {}
         self._mn_of: dict[DasConnection, str] = {}
+        self._bound_at: dict[str, float] = {}  # MN -> wall-clock time of its current binding
+        self._announce: list[str] = []
+        self._listener: asyncpg.Connection | None = None
+        self.channel = f"hj212gw_mn_bound:{db.schema}"
         self.per_ip: defaultdict[str, int] = defaultdict(int)
         self.paused: set[DasConnection] = set()
         self.server: asyncio.Server | None = None
@@ -78,8 +89,14 @@ class Gateway:
         host, port = split_host_port(self.settings.listen)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: DasConnection(self.deps), host, port, reuse_address=True, backlog=4096
+            lambda: DasConnection(self.deps),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=self.settings.workers > 1,  # the workers of one supervisor share the port
+            backlog=4096,
         )
+        await self._listen()
         self.port = self.server.sockets[0].getsockname()[1]
         self.metrics.dependency_up.labels(name="postgresql").set(1)
         self._tasks = [
@@ -103,6 +120,9 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*OUTAGE_ERRORS):  # best effort: the connection log is not data
             await self._flush_connection_log()
+        if self._listener is not None:
+            with contextlib.suppress(*OUTAGE_ERRORS):
+                await self._listener.close(timeout=2)
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)
 
     # -- connection policy ---------------------------------------------------------------------
@@ -133,6 +153,7 @@ class Gateway:
         for mn in (conn.session.mn, self._mn_of.pop(conn, None)):
             if mn is not None and self.by_mn.get(mn) is conn:
                 del self.by_mn[mn]
+                self._bound_at.pop(mn, None)
         return True
 
     def bind_mn(self, conn: DasConnection, mn: str) -> None:
@@ -143,10 +164,51 @@ class Gateway:
             del self.by_mn[previous]
         self._mn_of[conn] = mn
         old = self.by_mn.get(mn)
+        if old is conn:
+            return
         self.by_mn[mn] = conn
-        if old is not None and old is not conn:
+        self._bound_at[mn] = time.time()
+        if len(self._announce) < _ANNOUNCE_LIMIT:
+            self._announce.append(mn)
+        if old is not None:
             old.log.info("das_replaced", mn=mn, by=conn.peer)
             old.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
+
+    # -- MN bindings across replicas -----------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """(Re)open the connection that receives other gateways' MN announcements."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        with contextlib.suppress(*OUTAGE_ERRORS):
+            listener = await asyncpg.connect(self.db.dsn, timeout=self.db.connect_timeout_s)
+            await listener.add_listener(self.channel, self._on_announcement)
+            self._listener = listener
+
+    async def _send_announcements(self) -> None:
+        if not self._announce:
+            return
+        mns, self._announce = self._announce, []
+        payloads = [
+            json.dumps({"gateway_id": self.settings.gateway_id, "mn": mn, "at": self._bound_at.get(mn, 0.0)})
+            for mn in mns
+        ]
+        async with self.db.pool.acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self.channel, payloads)
+
+    def _on_announcement(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """Another gateway bound an MN: retire our connection for it if ours is the older one."""
+        try:
+            note = json.loads(payload)
+            other, mn, at = str(note["gateway_id"]), str(note["mn"]), float(note["at"])
+        except (ValueError, KeyError, TypeError):
+            self.log.warning("bad_mn_announcement", payload=payload[:200])
+            return
+        conn = self.by_mn.get(mn)
+        if other == self.settings.gateway_id or conn is None or self._bound_at.get(mn, 0.0) > at:
+            return
+        conn.log.info("das_replaced", mn=mn, by=f"gateway {other}")
+        conn.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
 
     def pause(self, conn: DasConnection) -> None:
         """Backpressure: stop reading this socket until the write queue has room."""
@@ -206,6 +268,8 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
+                await self._listen()
+                await self._send_announcements()
                 await self._flush_connection_log()
                 if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
                     await self.registry.refresh(self.db)

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     use_uvloop: bool = Field(default=True, description="uvloop when installed, else asyncio's loop.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Time to flush and ack on SIGTERM.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the DAS port (SO_REUSEPORT); worker i serves HTTP on the port + i.",
+    )
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     devices: DeviceSettings = Field(default_factory=DeviceSettings)

@@ -72,6 +72,29 @@ async def test_a_replaced_connection_still_gets_the_acks_of_what_it_already_sent
     await newer.close()
 
 
+async def test_a_newer_connection_on_another_replica_retires_the_older_one(
+    gateways: list[Running], pg_dsn: str, schema: str
+) -> None:
+    first = await start(gateways, pg_dsn, schema, gateway_id="replica-a")
+    second = await start(gateways, pg_dsn, schema, gateway_id="replica-b")
+    older = await connect(first)
+    await older.send(data_packet("20240315101000001"))
+    assert (await older.reply(timeout_s=5)).packet.cn == "9014"
+    await asyncio.sleep(1.5)  # replica-a's own announcement has gone out: it must not retire itself
+    assert not await older.closed_by_gateway(timeout_s=0.2)
+    newer = await connect(second)
+    await newer.send(data_packet("20240315101000002", data_time="20240315100100"))
+    assert (await newer.reply(timeout_s=5)).packet.cn == "9014"
+    with capture_logs() as logs:
+        assert await older.closed_by_gateway(timeout_s=5)  # announced within a second, then retired
+    (replaced,) = [e for e in logs if e["event"] == "das_replaced"]
+    assert replaced["by"] == "gateway replica-b"
+    assert MN not in first.gateway.by_mn and MN in second.gateway.by_mn
+    assert not await newer.closed_by_gateway(timeout_s=0.2)
+    await older.close()
+    await newer.close()
+
+
 async def test_the_access_password_never_reaches_a_log_line(gateways: list[Running], pg_dsn: str, schema: str) -> None:
     running = await start(gateways, pg_dsn, schema)
     das = await connect(running)

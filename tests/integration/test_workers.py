@@ -1,0 +1,77 @@
+"""`hj212gw serve --workers 2`: one DAS port served by two gateway processes under a supervisor
+that restarts a dead worker and passes SIGTERM on. Runs the real console script."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hj212gw.settings import Settings
+from hj212gw.workers import worker_settings
+from tests.integration.child import GatewayChild
+from tests.integration.das import DasClient, data_packet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEVICES = 16
+
+
+def test_each_worker_gets_its_own_http_port_and_gateway_id() -> None:
+    settings = Settings(http="127.0.0.1:9213", gateway_id="gw", workers=3)
+    second = worker_settings(settings, 1, "postgresql://db/x")
+    assert (second.http, second.gateway_id, second.database_url) == ("127.0.0.1:9214", "gw-1", "postgresql://db/x")
+    assert worker_settings(Settings(http="[::1]:9213"), 2, "dsn").http == "[::1]:9215"
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker is a child too)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+async def upload_from_every_device(port: int, round_: int) -> set[str]:
+    acked = set()
+    for device in range(DEVICES):
+        das = await DasClient.connect(port)
+        qn = f"2024031510{round_:02d}{device:05d}"
+        await das.send(data_packet(qn, mn=f"WORKER{device:02d}", data_time=f"202403151{round_}0000"))
+        reply = await das.reply(timeout_s=10)
+        assert reply.packet.cn == "9014"
+        acked.add(str(reply.packet.qn))
+        await das.close()
+    return acked
+
+
+async def test_two_workers_share_the_port_a_dead_one_is_restarted_sigterm_stops_all(
+    pg_dsn: str, schema: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    supervisor = GatewayChild(pg_dsn, schema, tmp_path / "gateway.log", "--workers", "2")
+    await supervisor.start()
+    assert supervisor.process is not None
+    async with asyncio.timeout(30):
+        while not await supervisor._ready(supervisor.http + 1):
+            await asyncio.sleep(0.1)
+
+    acked = await upload_from_every_device(supervisor.port, 1)
+    assert len(acked) == DEVICES
+    await asyncio.sleep(1.5)  # the connection log is written once a second
+    ids = {r["gateway_id"] for r in await conn.fetch("SELECT DISTINCT gateway_id FROM connections")}
+    assert len(ids) == 2 and all(i.endswith(("-0", "-1")) for i in ids)  # the kernel spread them
+
+    first, _ = worker_pids(supervisor.process.pid)
+    os.kill(first, signal.SIGKILL)
+    async with asyncio.timeout(30):  # restarted after a pause: both HTTP ports answer again
+        while first in worker_pids(supervisor.process.pid) or not (
+            await supervisor._ready() and await supervisor._ready(supervisor.http + 1)
+        ):
+            await asyncio.sleep(0.2)
+    acked |= await upload_from_every_device(supervisor.port, 2)
+
+    assert supervisor.terminate() == 0
+    stored = {r["qn"] for r in await conn.fetch("SELECT DISTINCT qn FROM data")}
+    assert acked <= stored and len(acked) == 2 * DEVICES
+    assert "worker_exited" in supervisor.log.read_text()
