@@ -31,6 +31,9 @@ class Admission:
     reason: str | None = None
 
 
+_STORE = Admission("store")  # the answer for nearly every packet: built once
+
+
 class DeviceRegistry:
     """MN -> DeviceEntry, plus the policy for unknown devices and wrong passwords."""
 
@@ -94,19 +97,19 @@ class DeviceRegistry:
         entry = self._special.get(mn)
         if entry is None:
             if mn in self._known:
-                return Admission("store")
+                return _STORE
             if self.unknown_mn == "reject":
                 return Admission("refuse", "unknown_mn")
             if self.unknown_mn == "quarantine":
                 return Admission("archive", "quarantined")
-            return Admission("store")
+            return _STORE
         if entry.status == "rejected" or not entry.enabled:
             return Admission("refuse", "device_rejected")
         if entry.pw and pw != entry.pw and self.wrong_pw == "reject":
             return Admission("refuse", "wrong_pw")
         if entry.status == "quarantined":
             return Admission("archive", "quarantined")
-        return Admission("store")
+        return _STORE
 
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""
