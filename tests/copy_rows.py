@@ -8,9 +8,9 @@ import json
 import struct
 from datetime import UTC, datetime, timedelta
 
-from hj212gw.storage.pgcopy import STAGE_COLUMNS
+from hj212gw.storage.pgcopy import DATA_COLUMNS
 
-_TIMESTAMPS = {"data_time", "received_at", "sample_time"}
+_TIMESTAMPS = {"data_time", "received_at", "first_received_at", "sample_time"}
 _BOOLEANS = {"resend", "time_suspect"}
 _FLOATS = {"rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max"}
 _JSONB = {"extra", "values_text"}
@@ -36,10 +36,10 @@ def decode_rows(copy: bytes) -> list[dict[str, object]]:
     pos = 0
     while pos < len(copy):
         (count,) = struct.unpack_from(">h", copy, pos)
-        assert count == len(STAGE_COLUMNS)
+        assert count == len(DATA_COLUMNS)
         pos += 2
         row: dict[str, object] = {}
-        for column in STAGE_COLUMNS:
+        for column in DATA_COLUMNS:
             (length,) = struct.unpack_from(">i", copy, pos)
             pos += 4
             if length < 0:

@@ -115,6 +115,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         data_time = received_at
     elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
         suspect = True
+    received = pgcopy.timestamptz(received_at)
     packet_columns = b"".join(
         [
             pgcopy.ROW_START,
@@ -122,7 +123,8 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
             pgcopy.text(packet.cn),
             pgcopy.timestamptz(data_time),
             pgcopy.text(packet.qn),
-            pgcopy.timestamptz(received_at),
+            received,
+            received,  # first_received_at: the same for a new row; an upsert of a known key keeps the old one
             pgcopy.boolean(resend),
             pgcopy.boolean(suspect),
         ]
@@ -132,7 +134,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         parts.append(packet_columns)
         parts.append(_factor_columns(code))
         parts += _value_columns(values, tz)
-    return DataBlock(b"".join(parts), len(groups), month_of(data_time))
+    return DataBlock(b"".join(parts), len(groups), month_of(data_time), resend)
 
 
 def frame_row(

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from hj212gw.api import LiveDevice
-from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, OnDone, WriterClosed
+from hj212gw.ingest import BatchWriter, IngestItem, OnDone, WriterClosed
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
@@ -335,10 +335,11 @@ class DasConnection(asyncio.Protocol):
         self._unconfirmed += 1
 
     def _stored(self, error: BaseException | None) -> None:
-        """An item's batch committed (error None) or never will: one fewer to wait for before closing."""
+        """An item's batch committed (error None) or never will: one fewer to wait for before closing.
+
+        A refused item (ItemRejected) is logged once, by the writer, with its MN and the error.
+        """
         self._unconfirmed -= 1
-        if isinstance(error, ItemRejected):
-            self.log.warning("item_rejected_by_database", detail=str(error)[:200])
         self._close_when_confirmed()
 
     def _ack(self, packet: Packet, arrived: float) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from hj212gw.storage.batch import DirectInsertGuard
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import BadCursor
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
@@ -80,6 +81,28 @@ async def test_same_key_twice_in_one_batch_keeps_the_last(db: Database, conn: as
     await db.save_batch([row(), row(avg=1.0, values_text={"Avg": "1.0"})])
     (got,) = await stored(conn)
     assert got["avg"] == 1.0
+
+
+async def test_new_keys_go_straight_in_and_a_plain_duplicate_falls_back_to_the_upsert(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    assert await db.save_batch([row(), row(factor="a34004")]) == 2  # the direct COPY
+    assert db.direct_guard.cooling == 0
+    before = await stored(conn)
+    # A DAS that got no ack sends the same packet again without RF: the direct COPY meets the key,
+    # only its savepoint is undone, and the upsert leaves the identical row untouched.
+    frame = FrameRow(received_at=RECEIVED, raw=b"##again")
+    assert await db.save_batch([row(received_at=RECEIVED + timedelta(minutes=1))], [frame]) == 0
+    assert await stored(conn) == before
+    assert await conn.fetchval("SELECT count(*) FROM raw_frames") == 1  # the rest of the batch committed
+    assert db.direct_guard.cooling == DirectInsertGuard.COOL_DOWN
+    # While cooling, batches take the upsert at once; afterwards the direct COPY is tried again.
+    for n in range(DirectInsertGuard.COOL_DOWN):
+        assert await db.save_batch([row(at=T0 + timedelta(minutes=n + 1))]) == 1
+    assert db.direct_guard.cooling == 0
+    assert await db.save_batch([row(at=T0 + timedelta(hours=1))]) == 1
+    assert db.direct_guard.cooling == 0
+    assert await conn.fetchval("SELECT count(*) FROM data") == 2 + DirectInsertGuard.COOL_DOWN + 1
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,17 @@
-"""The write path of one batch: partitions, staged COPY + upsert of data, raw frames, devices.
+"""The write path of one batch: partitions, data (direct COPY or staged upsert), raw frames, devices.
 
 Owns the SQL that `Database.save_batch` runs and the per-process cache of month partitions
 known to exist. Resend semantics (documented in docs/schema.md): a row whose values differ
 from the stored ones replaces them, `revisions` += 1, `first_received_at` kept; an identical
 resend leaves the row untouched. Within one batch the last submitted row for a key wins.
+
+Nearly every batch holds only keys that do not exist yet, and for those a plain COPY into `data`
+costs PostgreSQL about half of COPY into a staging table + `INSERT … ON CONFLICT`. So a batch
+first tries the direct COPY inside a savepoint; a unique violation (a resend, a duplicate, the
+same key twice in the batch) or a deadlock with another writer undoes only that COPY, and the
+batch takes the staged upsert, which gives every case its defined meaning. After a conflict the
+next `DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the
+upsert.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from hj212gw.storage import pgcopy
-from hj212gw.storage.pgcopy import NUMBER_COLUMNS, STAGE_COLUMNS
+from hj212gw.storage.pgcopy import DATA_COLUMNS, NUMBER_COLUMNS
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 
 STAGE_TABLE = "data_stage"
@@ -26,20 +34,20 @@ _COMPARED = ("values_text", "flag", "eflag", "sample_time", "extra", "factor_201
 CREATE_STAGE_SQL = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
     mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz, qn text,
-    received_at timestamptz, resend boolean, time_suspect boolean,
+    received_at timestamptz, first_received_at timestamptz, resend boolean, time_suspect boolean,
     factor text COLLATE "C", factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
     flag text, eflag text, sample_time timestamptz, extra jsonb, values_text jsonb
 ) ON COMMIT DELETE ROWS"""
 
-_cols = ", ".join(STAGE_COLUMNS)
+_cols = ", ".join(DATA_COLUMNS)
 _updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
 _old = ", ".join(f"d.{c}" for c in _COMPARED)
 _new = ", ".join(f"excluded.{c}" for c in _COMPARED)
 UPSERT_DATA_SQL = f"""
-INSERT INTO data AS d ({_cols}, first_received_at, revisions)
-SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, received_at, 0
+INSERT INTO data AS d ({_cols}, revisions)
+SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, 0
 FROM {STAGE_TABLE}
 ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last submitted wins
 ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
@@ -96,6 +104,29 @@ class PartitionCache:
         self._known.update(todo)
 
 
+class DirectInsertGuard:
+    """Whether a batch may try the direct COPY into `data` (see the module docstring)."""
+
+    COOL_DOWN = 20  # batches that skip the attempt after one conflicted
+
+    def __init__(self) -> None:
+        self._skip = 0
+
+    @property
+    def cooling(self) -> int:
+        """Batches left that take the upsert without trying the direct COPY."""
+        return self._skip
+
+    def try_direct(self) -> bool:
+        if self._skip:
+            self._skip -= 1
+            return False
+        return True
+
+    def conflicted(self) -> None:
+        self._skip = self.COOL_DOWN
+
+
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
     return (r.received_at, r.connection_id, r.peer, r.mn, r.cn, r.qn, r.verdict, list(r.tolerances), r.raw)
 
@@ -123,23 +154,25 @@ async def write_batch(
     frame_rows: Sequence[FrameRow],
     devices_seen: Sequence[DeviceSeen],
     data_copy: Sequence[bytes] = (),
+    guard: DirectInsertGuard | None = None,
 ) -> int:
     """Write everything in ONE transaction; return the number of data rows inserted or changed.
 
     `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
-    rows when it arrives); `data_rows` are encoded here.
+    rows when it arrives); `data_rows` are encoded here. Without a `guard`, data always takes
+    the staged upsert.
     """
     changed = 0
     async with conn.transaction():
         if data_rows or data_copy:
-            await conn.execute(CREATE_STAGE_SQL)
-            chunks = [*data_copy, *[pgcopy.data_row(r) for r in data_rows]]
-            source = pgcopy.copy_data(chunks)
-            await conn.copy_to_table(
-                STAGE_TABLE, source=source, columns=STAGE_COLUMNS, schema_name="pg_temp", format="binary"
-            )
-            status = await conn.execute(UPSERT_DATA_SQL)
-            changed = int(status.rsplit(" ", 1)[-1])
+            source = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]])
+            tried = guard is not None and guard.try_direct()
+            copied = await _copy_new(conn, source) if tried else None
+            if copied is None:
+                if tried and guard is not None:
+                    guard.conflicted()
+                copied = await _upsert(conn, source)
+            changed = copied
         if frame_rows:
             await conn.copy_records_to_table(
                 "raw_frames", records=[_frame_record(r) for r in frame_rows], columns=FRAME_COLUMNS
@@ -147,3 +180,21 @@ async def write_batch(
         if devices_seen:
             await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
     return changed
+
+
+async def _copy_new(conn: asyncpg.Connection, source: memoryview) -> int | None:
+    """COPY the rows straight into `data`; None (and nothing written) if a key already exists."""
+    try:
+        async with conn.transaction():  # a savepoint: a conflict undoes this COPY only
+            status = await conn.copy_to_table("data", source=source, columns=DATA_COLUMNS, format="binary")
+    except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+        return None
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _upsert(conn: asyncpg.Connection, source: memoryview) -> int:
+    """Stage the rows and upsert them; the number of rows inserted or changed."""
+    await conn.execute(CREATE_STAGE_SQL)
+    await conn.copy_to_table(STAGE_TABLE, source=source, columns=DATA_COLUMNS, schema_name="pg_temp", format="binary")
+    status = await conn.execute(UPSERT_DATA_SQL)
+    return int(status.rsplit(" ", 1)[-1])

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from hj212gw.storage import queries
-from hj212gw.storage.batch import PartitionCache, months_needed, write_batch
+from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch
 from hj212gw.storage.migrate import check_schema_name, migrate
 from hj212gw.storage.queries import DataPage
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
@@ -95,6 +95,7 @@ class Database:
         self.connect_timeout_s = connect_timeout_s
         self.migrate_on_connect = migrate_on_connect
         self.partitions = PartitionCache()
+        self.direct_guard = DirectInsertGuard()
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -166,7 +167,10 @@ class Database:
         async with self.pool.acquire() as conn:
             months = {block.month for block in data_blocks}
             await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
-            return await write_batch(conn, data_rows, frame_rows, devices_seen, [block.copy for block in data_blocks])
+            resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
+            guard = None if resends else self.direct_guard
+            copies = [block.copy for block in data_blocks]
+            return await write_batch(conn, data_rows, frame_rows, devices_seen, copies, guard)
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""

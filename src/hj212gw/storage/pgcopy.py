@@ -1,9 +1,10 @@
-"""PostgreSQL binary COPY encoding of the data stage rows, without asyncpg's per-field codecs.
+"""PostgreSQL binary COPY encoding of `data` rows, without asyncpg's per-field codecs.
 
 The gateway encodes each packet's rows once, when the packet arrives; the writer only joins the
-bytes of a batch and streams them with `copy_to_table(format="binary")`. A row is the columns of
-`STAGE_COLUMNS` in order: the packet's fields first (encoded once per packet, shared by all its
-factors), then the factor's own. Format: PostgreSQL docs, "COPY — Binary Format".
+bytes of a batch and streams them with `copy_to_table(format="binary")`, straight into `data` or
+into the staging table of the upsert (storage.batch). A row is the columns of `DATA_COLUMNS` in
+order: the packet's fields first (encoded once per packet, shared by all its factors), then the
+factor's own. Format: PostgreSQL docs, "COPY — Binary Format".
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from typing import Any
 
 from hj212gw.storage.rows import DataRow
 
-STAGE_COLUMNS = (
-    "mn", "cn", "data_time", "qn", "received_at", "resend", "time_suspect",
+DATA_COLUMNS = (
+    "mn", "cn", "data_time", "qn", "received_at", "first_received_at", "resend", "time_suspect",
     "factor", "factor_2017",
     "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
     "flag", "eflag", "sample_time", "extra", "values_text",
 )  # fmt: skip
-NUMBER_COLUMNS = STAGE_COLUMNS[9:18]
+NUMBER_COLUMNS = DATA_COLUMNS[10:19]
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
-ROW_START = struct.pack(">h", len(STAGE_COLUMNS))
+ROW_START = struct.pack(">h", len(DATA_COLUMNS))
 TRUE = struct.pack(">ib", 1, 1)
 FALSE = struct.pack(">ib", 1, 0)
 
@@ -86,6 +87,7 @@ def data_row(row: DataRow) -> bytes:
             text(row.cn),
             timestamptz(row.data_time),
             text(row.qn),
+            timestamptz(row.received_at),
             timestamptz(row.received_at),
             boolean(row.resend),
             boolean(row.time_suspect),

@@ -48,11 +48,12 @@ class DataRow:
 
 
 class DataBlock(NamedTuple):
-    """One packet's data rows, already encoded for the binary COPY of storage.pgcopy.STAGE_COLUMNS."""
+    """One packet's data rows, already encoded for the binary COPY of storage.pgcopy.DATA_COLUMNS."""
 
     copy: bytes
     rows: int
     month: tuple[int, int]  # (year, month) in UTC of DataTime: the `data` partition it goes into
+    resend: bool = False  # RF=1 or a history answer: likely to exist already
 
 
 @dataclass(frozen=True, slots=True)
