@@ -13,7 +13,7 @@ from hj212gw.storage.pgcopy import DATA_COLUMNS
 _TIMESTAMPS = {"data_time", "received_at", "first_received_at", "sample_time"}
 _BOOLEANS = {"resend", "time_suspect"}
 _FLOATS = {"rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max"}
-_JSONB = {"extra", "values_text"}
+_JSONB = {"extra"}
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 

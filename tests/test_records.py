@@ -33,13 +33,6 @@ def test_one_record_per_factor_with_numbers_flags_and_text_as_sent() -> None:
     assert flow["factor"] == "w00000" and flow["mn"] == "010000A8900016F000169DC0" and flow["cn"] == "2051"
     assert (flow["cou"], flow["min"], flow["avg"], flow["max"], flow["rtd"]) == (10.5, 16.4, 17.5, 20.1, None)
     assert flow["flag"] == "N" and flow["extra"] is None
-    assert flow["values_text"] == {
-        "Cou": "10.5",
-        "Min": "16.4",
-        "Avg": "17.5",
-        "Max": "20.1",
-        "Flag": "N",
-    }
     assert flow["data_time"] == datetime(2024, 3, 15, 2, 0, tzinfo=UTC)  # 10:00 Shanghai
     assert (cod["avg"], cod["zs_avg"], cod["flag"], cod["eflag"]) == (40.1, 41.0, "M", "A01")
     assert cod["sample_time"] == datetime(2024, 3, 15, 9, 0, tzinfo=SHANGHAI)
@@ -54,6 +47,14 @@ def test_a_non_numeric_value_goes_to_extra_and_its_column_stays_empty() -> None:
     (record,) = rows_of(parse_segment(segment), resend=True)
     assert record["rtd"] is None and record["extra"] == {"Rtd": "St"}
     assert record["resend"] is True
+
+
+def test_nan_and_infinity_are_kept_as_text_not_as_numbers() -> None:
+    fields = "a21026-Rtd=NaN,a21026-Avg=-inf,a21026-Min=Infinity,a21026-Max=1e999,a21026-Cou=0.000"
+    segment = f"QN=1;ST=22;CN=2051;PW=1;MN=M;Flag=4;CP=&&DataTime=20240315100000;{fields}&&".encode()
+    (record,) = rows_of(parse_segment(segment))
+    assert (record["rtd"], record["avg"], record["min"], record["max"], record["cou"]) == (None, None, None, None, 0.0)
+    assert record["extra"] == {"Rtd": "NaN", "Avg": "-inf", "Min": "Infinity", "Max": "1e999"}
 
 
 def test_2005_codes_get_their_2017_code() -> None:

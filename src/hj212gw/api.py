@@ -91,7 +91,7 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return rfc3339(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/Infinity; values_text keeps the text as sent
+        return None  # JSON has no NaN/Infinity (the gateway stores such text in `extra` instead)
     return value
 
 

@@ -6,7 +6,7 @@ time is stored and marked `time_suspect`, never dropped.
 """
 
 import json
-import json.encoder
+import math
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -23,16 +23,6 @@ _NUMBER_SLOTS = {"Rtd": 0, "Min": 1, "Avg": 2, "Max": 3, "Cou": 4, "ZsRtd": 5, "
 _float8 = struct.Struct(">id").pack  # length 8 + the value: a float8 column
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-if json.encoder.c_make_encoder is not None:  # type: ignore[attr-defined]
-    # JSONEncoder.encode builds a C encoder per call; one built once halves the cost of the
-    # per-row values_text (the dicts hold only str, so no circular check or default is needed).
-    _c_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        None, None, json.encoder.encode_basestring, None, ":", ",", False, False, True
-    )
-
-    def _dumps(values: dict[str, str]) -> str:  # type: ignore[misc]
-        return "".join(_c_encode(values, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +53,7 @@ def _factor_columns(code: str) -> bytes:
 
 
 def _value_columns(values: dict[str, str], tz: tzinfo) -> list[bytes]:
-    """The encoded columns `rtd` .. `values_text` of one factor's {suffix: text}."""
+    """The encoded columns `rtd` .. `extra` of one factor's {suffix: text}."""
     null = pgcopy.NULL
     columns = [null] * 9
     flag = eflag = sample_time = null
@@ -72,10 +62,13 @@ def _value_columns(values: dict[str, str], tz: tzinfo) -> list[bytes]:
         slot = _NUMBER_SLOTS.get(suffix)
         if slot is not None:
             try:
-                columns[slot] = _float8(8, float(text))
-                continue
+                number = float(text)
             except ValueError:
-                pass  # a condition mark or vendor text where a number belongs: kept in `extra`
+                number = math.nan
+            if number - number == 0.0:  # finite: NaN and Infinity are no measurement
+                columns[slot] = _float8(8, number)
+                continue
+            # a condition mark, vendor text or NaN where a number belongs: kept as sent in `extra`
         elif suffix == "Flag":
             flag = pgcopy.text(text)
             continue
@@ -88,9 +81,12 @@ def _value_columns(values: dict[str, str], tz: tzinfo) -> list[bytes]:
         if extra is None:
             extra = {}
         extra[suffix] = text
-    columns += (flag, eflag, sample_time, null if extra is None else pgcopy.jsonb(_dumps(extra)))
-    columns.append(pgcopy.jsonb(_dumps(values)))
+    columns += (flag, eflag, sample_time, null if extra is None else pgcopy.jsonb(_json(extra)))
     return columns
+
+
+def _json(mapping: dict[str, str]) -> str:
+    return json.dumps(mapping, ensure_ascii=False, separators=(",", ":"))
 
 
 def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> DataBlock | None:

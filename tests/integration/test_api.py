@@ -70,7 +70,7 @@ async def api(db: Database) -> AsyncIterator[Harness]:
 
 def row(factor: str = "w01018", at: datetime = T0, **changes: Any) -> DataRow:
     base = DataRow(
-        mn=MN, cn="2051", data_time=at, factor=factor, values_text={"Avg": "12.30", "Flag": "N"},
+        mn=MN, cn="2051", data_time=at, factor=factor,
         received_at=RECEIVED, qn="20240501080005123", avg=12.3, flag="N",
     )  # fmt: skip
     return dataclasses.replace(base, **changes)
@@ -156,7 +156,7 @@ async def test_one_device_by_mn_and_unknown_mn_is_404(api: Harness, db: Database
 async def test_data_returns_every_field_and_flag_with_rfc3339_times(api: Harness, db: Database) -> None:
     full = row(
         factor="011", factor_2017="w01018", rtd=math.nan, cou=2.5, zs_avg=5.0, flag="M", eflag="E1",
-        sample_time=T0 - timedelta(minutes=3), extra={"Info": "abc"}, values_text={"Rtd": "NaN", "Flag": "M"},
+        sample_time=T0 - timedelta(minutes=3), extra={"Info": "abc", "Rtd": "NaN"},
         resend=True, time_suspect=True,
     )  # fmt: skip
     await db.save_batch([full])
@@ -167,7 +167,7 @@ async def test_data_returns_every_field_and_flag_with_rfc3339_times(api: Harness
         "mn": MN, "cn": "2051", "data_time": "2024-05-01T08:00:00Z", "factor": "011", "factor_2017": "w01018",
         "rtd": None, "min": None, "avg": 12.3, "max": None, "cou": 2.5, "zs_rtd": None, "zs_min": None,
         "zs_avg": 5.0, "zs_max": None, "flag": "M", "eflag": "E1", "sample_time": "2024-05-01T07:57:00Z",
-        "extra": {"Info": "abc"}, "values_text": {"Rtd": "NaN", "Flag": "M"}, "qn": "20240501080005123",
+        "extra": {"Info": "abc", "Rtd": "NaN"}, "qn": "20240501080005123",
         "received_at": "2024-05-01T08:00:05.123456Z", "first_received_at": "2024-05-01T08:00:05.123456Z",
         "resend": True, "revisions": 0, "time_suspect": True,
     }  # fmt: skip

@@ -24,10 +24,7 @@ def item(n: int, mn: str = "MN0001") -> IngestItem:
     """One packet: two factors at minute n, its frame and the device sighting."""
     at = T0 + timedelta(minutes=n)
     now = datetime.now(UTC)
-    rows = [
-        DataRow(mn=mn, cn="2051", data_time=at, factor=f, values_text={"Avg": str(n)}, received_at=now, avg=n)
-        for f in ("w01018", "w21003")
-    ]
+    rows = [DataRow(mn=mn, cn="2051", data_time=at, factor=f, received_at=now, avg=n) for f in ("w01018", "w21003")]
     frame = FrameRow(received_at=now, raw=f"frame {n}".encode(), mn=mn, cn="2051")
     return IngestItem(rows, [frame], DeviceSeen(mn, 2017, "32", "127.0.0.1:1", now))
 

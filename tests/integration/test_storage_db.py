@@ -23,7 +23,6 @@ T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 def row(factor: str = "w01018", at: datetime = T0, **changes: object) -> DataRow:
     base = DataRow(
         mn=MN, cn="2051", data_time=at, factor=factor,
-        values_text={"Avg": "12.30", "Min": "11.0", "Max": "13.5", "Flag": "N"},
         received_at=RECEIVED, qn="20240501080005123", avg=12.3, min=11.0, max=13.5, flag="N",
     )  # fmt: skip
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -37,7 +36,7 @@ async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncp
     full = row(
         factor="011", factor_2017="w01018", rtd=1.0, cou=2.5, zs_rtd=3.0, zs_min=4.0, zs_avg=5.0, zs_max=6.0,
         flag="M", eflag="E1", sample_time=T0 - timedelta(minutes=3), extra={"Info": "abc", "SampleRd": "x"},
-        values_text={"Rtd": "1.000", "Flag": "M", "Info": "abc"}, resend=True, time_suspect=True,
+        resend=True, time_suspect=True,
     )  # fmt: skip
     frame = FrameRow(received_at=RECEIVED, raw=b"##0101QN=...\r\n", connection_id=7, peer="10.0.0.1:4000",
                      mn=MN, cn="2051", qn=full.qn, verdict="ok", tolerances=("lowercase_crc",))  # fmt: skip
@@ -49,7 +48,7 @@ async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncp
              "sample_time", "qn", "received_at", "resend", "time_suspect", "avg", "min", "max")  # fmt: skip
     for name in names:
         assert got[name] == getattr(full, name), name
-    assert got["values_text"] == '{"Rtd": "1.000", "Flag": "M", "Info": "abc"}'
+    assert got["extra"] == '{"Info": "abc", "SampleRd": "x"}'
     assert got["first_received_at"] == RECEIVED and got["revisions"] == 0
     (raw,) = await conn.fetch("SELECT * FROM raw_frames")
     assert raw["raw"] == frame.raw and raw["tolerances"] == ["lowercase_crc"] and raw["connection_id"] == 7
@@ -69,16 +68,16 @@ async def test_identical_resend_changes_nothing(db: Database, conn: asyncpg.Conn
 async def test_changed_resend_replaces_values_and_counts_a_revision(db: Database, conn: asyncpg.Connection) -> None:
     await db.save_batch([row()])
     later = RECEIVED + timedelta(hours=1)
-    fixed = row(avg=99.0, values_text={"Avg": "99.0", "Flag": "C"}, flag="C", received_at=later, resend=True)
+    fixed = row(avg=99.0, flag="C", received_at=later, resend=True)
     assert await db.save_batch([fixed]) == 1
-    assert await db.save_batch([dataclasses.replace(fixed, avg=98.0, values_text={"Avg": "98.0"})]) == 1
+    assert await db.save_batch([dataclasses.replace(fixed, avg=98.0)]) == 1
     (got,) = await stored(conn)
     assert (got["avg"], got["revisions"], got["resend"]) == (98.0, 2, True)
     assert got["first_received_at"] == RECEIVED and got["received_at"] == later
 
 
 async def test_same_key_twice_in_one_batch_keeps_the_last(db: Database, conn: asyncpg.Connection) -> None:
-    await db.save_batch([row(), row(avg=1.0, values_text={"Avg": "1.0"})])
+    await db.save_batch([row(), row(avg=1.0)])
     (got,) = await stored(conn)
     assert got["avg"] == 1.0
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from hj212gw.storage.embedded import start_embedded, stop_embedded
-from hj212gw.storage.migrate import migrate_dsn
+from hj212gw.storage.migrate import load_migrations, migrate_dsn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,7 +18,7 @@ async def test_embedded_server_starts_migrates_stops_and_restarts(tmp_path: Path
     data_dir = tmp_path / "pg"
     server = await asyncio.to_thread(start_embedded, data_dir, port=5439)
     try:
-        assert await migrate_dsn(server.dsn, "hj212gw") == [1, 2]
+        assert await migrate_dsn(server.dsn, "hj212gw") == [m.version for m in load_migrations()]
         await asyncio.to_thread(stop_embedded, data_dir)
         with pytest.raises(OSError):
             await asyncpg.connect(server.dsn, timeout=5)

@@ -26,8 +26,8 @@ from hj212gw.storage.pgcopy import DATA_COLUMNS, NUMBER_COLUMNS
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 
 STAGE_TABLE = "data_stage"
-_VALUE_COLUMNS = ("factor_2017", *NUMBER_COLUMNS, "flag", "eflag", "sample_time", "extra", "values_text", "qn")
-_COMPARED = ("values_text", "flag", "eflag", "sample_time", "extra", "factor_2017")
+_COMPARED = ("factor_2017", *NUMBER_COLUMNS, "flag", "eflag", "sample_time", "extra")
+_VALUE_COLUMNS = (*_COMPARED, "qn")
 
 # Key columns compare byte-wise (COLLATE "C", as in `data` since migration 0002): a libc collation
 # costs a strcoll() per comparison in the DISTINCT ON sort and in every index probe.
@@ -38,7 +38,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
     factor text COLLATE "C", factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
-    flag text, eflag text, sample_time timestamptz, extra jsonb, values_text jsonb
+    flag text, eflag text, sample_time timestamptz, extra jsonb
 ) ON COMMIT DELETE ROWS"""
 
 _cols = ", ".join(DATA_COLUMNS)

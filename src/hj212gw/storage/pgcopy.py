@@ -21,7 +21,7 @@ DATA_COLUMNS = (
     "mn", "cn", "data_time", "qn", "received_at", "first_received_at", "resend", "time_suspect",
     "factor", "factor_2017",
     "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
-    "flag", "eflag", "sample_time", "extra", "values_text",
+    "flag", "eflag", "sample_time", "extra",
 )  # fmt: skip
 NUMBER_COLUMNS = DATA_COLUMNS[10:19]
 
@@ -98,7 +98,6 @@ def data_row(row: DataRow) -> bytes:
             text(row.eflag),
             timestamptz(row.sample_time),
             jsonb(None if row.extra is None else _json(row.extra)),
-            jsonb(_json(row.values_text)),
         ]
     )
 

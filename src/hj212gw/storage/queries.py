@@ -21,7 +21,7 @@ DEVICE_COLUMNS = (
 )
 DATA_COLUMNS = (
     "mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou, zs_rtd, zs_min, zs_avg, zs_max, "
-    "flag, eflag, sample_time, extra, values_text, qn, received_at, first_received_at, resend, "
+    "flag, eflag, sample_time, extra, qn, received_at, first_received_at, resend, "
     "revisions, time_suspect"
 )
 

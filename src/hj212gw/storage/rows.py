@@ -17,16 +17,15 @@ from typing import Any, NamedTuple
 class DataRow:
     """One value set of one factor (pollutant or parameter) at one DataTime: a row of `data`.
 
-    `values_text` holds every per-factor field exactly as sent ("w01018-Rtd" -> key "Rtd"),
-    number text preserved; the float columns are the parsed numbers, None when absent or
-    not numeric. All datetimes must be timezone-aware.
+    The float columns are the parsed numbers, None when absent or not a finite number; such
+    text and every other per-factor field go to `extra` as sent ("w01018-Info" -> key "Info").
+    All datetimes must be timezone-aware.
     """
 
     mn: str
     cn: str
     data_time: datetime
     factor: str
-    values_text: Mapping[str, str]
     received_at: datetime
     qn: str | None = None
     factor_2017: str | None = None
