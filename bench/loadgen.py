@@ -14,7 +14,6 @@ Prints one JSON object.
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import time
@@ -48,92 +47,106 @@ class Stats:
         self.errors = 0
 
 
-class Device:
-    """One connection: sends packets, matches acks by QN."""
+class Device(asyncio.Protocol):
+    """One connection (asyncio Protocol: the generator shares the gateway's two cores, so it keeps
+    its own cost per packet low): sends packets, matches each 9014 to its QN.
 
-    def __init__(self, index: int, run_id: int, stats: Stats, window: int) -> None:
+    Closed loop: keeps `window` packets in flight, sending the next one as an ack arrives.
+    Fixed rate: the pacer calls `offer()`; a packet goes out if the window has room.
+    """
+
+    def __init__(self, index: int, run_id: int, stats: Stats, window: int, closed_loop: bool) -> None:
         self.mn = mn_for(index, run_id)
         self.stats = stats
         self.window = window
+        self.closed_loop = closed_loop
         self.k = 0
         self.in_flight: dict[bytes, float] = {}
-        self.room = asyncio.Event()
-        self.room.set()
         self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.sending = False
 
     def next_frame(self) -> tuple[bytes, bytes]:
         segment = minute_segment(self.mn, self.k)
         self.k += 1
         return segment[3:20], frame_of(segment)
 
-    async def run(self, host: str, port: int, stop_at: float, tokens: "asyncio.Queue[None] | None") -> None:
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            self.stats.errors += 1
+    def start(self) -> None:
+        """Begin sending (closed loop: fill the window)."""
+        self.sending = True
+        if self.closed_loop:
+            for _ in range(self.window - len(self.in_flight)):
+                self._send()
+
+    def stop(self) -> None:
+        self.sending = False
+
+    def offer(self) -> bool:
+        """Send one packet if the window has room; False if it is full."""
+        if not self.sending or self.transport is None or len(self.in_flight) >= self.window:
+            return False
+        self._send()
+        return True
+
+    def _send(self) -> None:
+        if self.transport is None or self.transport.is_closing():
             return
-        reading = asyncio.create_task(self._read(reader))
-        loop = asyncio.get_running_loop()
-        try:
-            while loop.time() < stop_at:
-                if tokens is not None:
-                    try:  # the pacer stops at stop_at: do not wait for a token that never comes
-                        await asyncio.wait_for(tokens.get(), max(0.01, stop_at - loop.time()))
-                    except TimeoutError:
-                        break
-                while len(self.in_flight) >= self.window and loop.time() < stop_at:
-                    self.room.clear()
-                    # An ack may never come (connection lost, gateway stopped): look at the clock.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.room.wait(), max(0.01, stop_at - loop.time()))
-                if loop.time() >= stop_at:
-                    break
-                qn, frame = self.next_frame()
-                self.in_flight[qn] = time.perf_counter()
-                writer.write(frame)
-                self.stats.sent += 1
-                if writer.transport.get_write_buffer_size() > 65536:
-                    await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            await asyncio.sleep(0.5)  # let the last acks arrive
-            reading.cancel()
-            writer.close()
+        qn, frame = self.next_frame()
+        self.in_flight[qn] = time.perf_counter()
+        self.transport.write(frame)
+        self.stats.sent += 1
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
         stats = self.stats
+        buffer = self.buffer + data
+        acked = 0
         while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            self.buffer += data
-            while True:
-                end = self.buffer.find(b"\r\n")
-                if end < 0:
-                    break
-                line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-                start = line.find(b"QN=")
-                if start < 0 or b"CN=9014" not in line:
-                    continue
-                sent = self.in_flight.pop(line[start + 3 : start + 20], None)
-                if sent is not None:
-                    stats.acked += 1
-                    stats.latencies.append(time.perf_counter() - sent)
-            self.room.set()
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end], buffer[end + 2 :]
+            start = line.find(b"QN=")
+            if start < 0 or b"CN=9014" not in line:
+                continue
+            sent = self.in_flight.pop(line[start + 3 : start + 20], None)
+            if sent is not None:
+                stats.acked += 1
+                stats.latencies.append(time.perf_counter() - sent)
+                acked += 1
+        self.buffer = buffer
+        if self.closed_loop and self.sending:
+            for _ in range(acked):
+                self._send()
 
 
-async def _pace(tokens: "asyncio.Queue[None]", rate: float, stop_at: float) -> None:
+async def _pace(devices: list[Device], rate: float, stop_at: float) -> None:
+    """Offer `rate` packets/s in total, round-robin over the connections with room."""
     loop = asyncio.get_running_loop()
     interval = 0.005
     per_tick = rate * interval
     carry = 0.0
     next_tick = loop.time()
+    turn = 0
+    count = len(devices)
     while loop.time() < stop_at:
         carry += per_tick
-        for _ in range(int(carry)):
-            tokens.put_nowait(None)
-        carry -= int(carry)
+        due = int(carry)
+        carry -= due
+        tried = 0
+        while due and tried < count:
+            device = devices[turn % count]
+            turn += 1
+            if device.offer():
+                due -= 1
+                tried = 0
+            else:
+                tried += 1
         next_tick += interval
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
 
@@ -142,30 +155,40 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     host, _, port = args.target.rpartition(":")
     stats = Stats()
     run_id = int(time.time()) & 0xFFFFFF
-    devices = [Device(i, run_id, stats, args.window) for i in range(args.connections)]
+    closed_loop = not args.rate
+    devices = [Device(i, run_id, stats, args.window, closed_loop) for i in range(args.connections)]
     loop = asyncio.get_running_loop()
-    connect_for = args.connections / args.connect_rate
-    start = loop.time() + connect_for
-    stop_at = start + args.duration
-    tokens: asyncio.Queue[None] | None = asyncio.Queue() if args.rate else None
-    tasks = []
     for i, device in enumerate(devices):
-        tasks.append(asyncio.create_task(device.run(host, int(port), stop_at, tokens)))
+        try:
+            await loop.create_connection(lambda device=device: device, host, int(port))  # type: ignore[misc]
+        except OSError:
+            stats.errors += 1
+        if closed_loop:
+            device.start()  # warm up while the rest connect
         if i % 100 == 99:
             await asyncio.sleep(100 / args.connect_rate)
-    await asyncio.sleep(max(0.0, start - loop.time()))
+    await asyncio.sleep(1.0)  # let the warm-up settle
+    for device in devices:
+        if not closed_loop:
+            device.start()
     sent0, acked0 = stats.sent, stats.acked
     stats.latencies.clear()
     t0 = time.perf_counter()
-    pacer = asyncio.create_task(_pace(tokens, args.rate, stop_at)) if tokens is not None else None
+    stop_at = loop.time() + args.duration
+    pacer = asyncio.create_task(_pace(devices, args.rate, stop_at)) if not closed_loop else None
     await asyncio.sleep(max(0.0, stop_at - loop.time()))
     elapsed = time.perf_counter() - t0
     acked = stats.acked - acked0
     sent = stats.sent - sent0
     lat = sorted(stats.latencies)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for device in devices:
+        device.stop()
     if pacer is not None:
         pacer.cancel()
+    await asyncio.sleep(0.5)  # let the last acks arrive
+    for device in devices:
+        if device.transport is not None:
+            device.transport.close()
 
     def pct(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None

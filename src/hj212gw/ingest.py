@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 import structlog
@@ -36,9 +36,11 @@ class ItemRejected(Exception):
     """PostgreSQL refused this item's rows even alone (e.g. a value out of range). Not retried."""
 
 
-@dataclass(frozen=True, slots=True)
-class IngestItem:
-    """What ONE packet stores: its data rows, its raw frame(s), the device sighting."""
+class IngestItem(NamedTuple):
+    """What ONE packet stores: its data rows, its raw frame(s), the device sighting.
+
+    NamedTuples here and in storage.rows, not frozen dataclasses: one of each is built per packet,
+    and a frozen dataclass's __init__ sets every field through object.__setattr__."""
 
     data_rows: Sequence[DataRow] = ()
     frame_rows: Sequence[FrameRow] = ()

@@ -8,7 +8,7 @@ and this module imports nothing from hj212gw.protocol, asyncpg or asyncio.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -55,8 +55,7 @@ class DataBlock(NamedTuple):
     resend: bool = False  # RF=1 or a history answer: likely to exist already
 
 
-@dataclass(frozen=True, slots=True)
-class FrameRow:
+class FrameRow(NamedTuple):
     """One received frame, good or bad, for the `raw_frames` evidence trail.
 
     `verdict` is "ok" or the reject reason (an Hj212Error.reason); `tolerances` names the
@@ -71,11 +70,10 @@ class FrameRow:
     mn: str | None = None
     cn: str | None = None
     qn: str | None = None
-    tolerances: Sequence[str] = field(default_factory=tuple)
+    tolerances: Sequence[str] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSeen:
+class DeviceSeen(NamedTuple):
     """A valid packet from `mn` arrived at `seen_at` from `peer`: refreshes `devices`.
 
     `status` is written only when the sighting registers a new device (the quarantine policy
