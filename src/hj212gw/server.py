@@ -81,6 +81,10 @@ def mask_pw(raw: bytes) -> bytes:
 
 
 _LOG = structlog.get_logger("hj212gw.server")
+# A connection writes its device's sighting (devices.last_seen, peer, version) with its first
+# packet and then at most this often: one devices row update per packet cost PostgreSQL as much
+# as the raw archive row. The live state (GET /api/v1/devices/{mn}) is exact regardless.
+SIGHTING_INTERVAL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -101,6 +105,8 @@ class DasConnection(asyncio.Protocol):
 
     # Thousands of these live at once: slots and no per-connection bound logger keep each small.
     __slots__ = (
+        "_seen_at",
+        "_seen_mn",
         "_unconfirmed",
         "closing_reason",
         "connected_at",
@@ -131,6 +137,8 @@ class DasConnection(asyncio.Protocol):
         self.closing_reason: str | None = None
         self.eof = False
         self._unconfirmed = 0  # items submitted and not yet committed (or failed)
+        self._seen_mn: str | None = None  # the last sighting written: MN and perf_counter time
+        self._seen_at = 0.0
         self.retiring = False
 
     @property
@@ -302,11 +310,14 @@ class DasConnection(asyncio.Protocol):
         data = None
         if admission.action == "store" and not fragment:
             data = data_block(packet, now, deps.time_policy, resend=backfill)
-        seen = device_seen(
-            packet, self.peer, now, status="quarantined" if admission.reason == "quarantined" else "accepted"
-        )
-        if seen is not None and admission.action == "store":
-            deps.registry.remember(seen.mn)
+        seen = None
+        if packet.mn != self._seen_mn or arrived - self._seen_at >= SIGHTING_INTERVAL_S:
+            status = "quarantined" if admission.reason == "quarantined" else "accepted"
+            seen = device_seen(packet, self.peer, now, status=status)
+            if seen is not None:
+                self._seen_mn, self._seen_at = seen.mn, arrived
+                if admission.action == "store":
+                    deps.registry.remember(seen.mn)
         item = IngestItem(
             data=data,
             frame_rows=(

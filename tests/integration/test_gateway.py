@@ -95,6 +95,26 @@ async def test_a_newer_connection_on_another_replica_retires_the_older_one(
     await newer.close()
 
 
+async def test_a_connection_refreshes_its_device_sighting_at_most_every_ten_seconds(
+    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    running = await start(gateways, pg_dsn, schema)
+    das = await connect(running)
+    await das.send(data_packet("20240315101000001"))
+    assert (await das.reply()).packet.cn == "9014"
+    first = await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN)
+    await das.send(data_packet("20240315101000002", data_time="20240315100100"))
+    assert (await das.reply()).packet.cn == "9014"
+    assert await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN) == first
+    assert await conn.fetchval("SELECT count(*) FROM data WHERE mn = $1", MN) == 2  # both stored
+    again = await connect(running)  # a new connection writes a sighting with its first packet
+    await again.send(data_packet("20240315101000003", data_time="20240315100200"))
+    assert (await again.reply()).packet.cn == "9014"
+    assert await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN) > first
+    await das.close()
+    await again.close()
+
+
 async def test_the_access_password_never_reaches_a_log_line(gateways: list[Running], pg_dsn: str, schema: str) -> None:
     running = await start(gateways, pg_dsn, schema)
     das = await connect(running)
