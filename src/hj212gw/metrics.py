@@ -4,7 +4,10 @@ Names are `hj212gw_<thing>_<unit or total>`; labels take only bounded values (a 
 standard's tables becomes `other`; never a QN, a value or, by default, an MN).
 """
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import Metric
 
 from hj212gw.protocol.constants import Cn
 
@@ -18,12 +21,38 @@ def cn_label(cn: str | None) -> str:
     return cn if cn in _KNOWN_CNS else "other"
 
 
+class _FlushFirst:
+    """Registered before every metric: each collection (a scrape, `get_sample_value`) first moves
+    the per-packet counts into their Prometheus counters."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        self._flush()
+        return []
+
+
 class Metrics:
-    """The gateway's metrics. Hot-path children are cached per label value."""
+    """The gateway's metrics.
+
+    Counts made for every packet (bytes, accepted frames, 9014s) go to plain ints first and into
+    their counters when the registry is collected: a prometheus_client `inc()` takes a lock and
+    costs about a microsecond, several per packet. The event loop is single-threaded, and so is
+    collection (the admin server runs on the same loop), so nothing is lost or counted twice.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._received_bytes = 0
+        self._sent_bytes = 0
+        self._acks = 0
+        self._frames_ok_pending: dict[str, int] = {}
+        r.register(_FlushFirst(self.flush))
         self.connections_open = Gauge("hj212gw_connections_open", "DAS connections open now.", registry=r)
         self.connections_total = Counter(
             "hj212gw_connections_total", "DAS connections accepted or refused.", ["outcome"], registry=r
@@ -71,11 +100,38 @@ class Metrics:
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 
+    # Hot path: plain counts, moved into the counters by flush() -----------------------------
+
+    def received(self, nbytes: int) -> None:
+        self._received_bytes += nbytes
+
+    def sent(self, nbytes: int) -> None:
+        self._sent_bytes += nbytes
+
     def frame_ok(self, cn: str) -> None:
-        child = self._frames_ok.get(cn)
-        if child is None:
-            child = self._frames_ok[cn] = self.frames.labels(cn=cn_label(cn), result="ok")
-        child.inc()
+        pending = self._frames_ok_pending
+        pending[cn] = pending.get(cn, 0) + 1
+
+    def data_acked(self, latency_s: float) -> None:
+        self._acks += 1
+        self.ack_latency.observe(latency_s)
+
+    def flush(self) -> None:
+        if self._received_bytes:
+            self.bytes_received.inc(self._received_bytes)
+            self._received_bytes = 0
+        if self._sent_bytes:
+            self.bytes_sent.inc(self._sent_bytes)
+            self._sent_bytes = 0
+        if self._acks:
+            self.data_acks.inc(self._acks)
+            self._acks = 0
+        for cn, count in self._frames_ok_pending.items():
+            child = self._frames_ok.get(cn)
+            if child is None:
+                child = self._frames_ok[cn] = self.frames.labels(cn=cn_label(cn), result="ok")
+            child.inc(count)
+        self._frames_ok_pending.clear()
 
     # WriterObserver (hj212gw.ingest) --------------------------------------------------------
 

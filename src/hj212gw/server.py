@@ -236,7 +236,7 @@ class DasConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        self.deps.metrics.bytes_received.inc(len(data))
+        self.deps.metrics.received(len(data))
         try:
             events = self.session.receive_data(data, datetime.now(UTC))
             self._handle(events, time.perf_counter())
@@ -357,9 +357,7 @@ class DasConnection(asyncio.Protocol):
         """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`."""
         if self.transport is not None and not self.transport.is_closing():
             self._write(build_data_ack(packet))
-            metrics = self.deps.metrics
-            metrics.data_acks.inc()
-            metrics.ack_latency.observe(time.perf_counter() - arrived)
+            self.deps.metrics.data_acked(time.perf_counter() - arrived)
         self._stored(None)
 
     def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame: Frame | None) -> None:
@@ -394,7 +392,7 @@ class DasConnection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self.deps.metrics.bytes_sent.inc(len(data))
+            self.deps.metrics.sent(len(data))
             if self.deps.settings.log_level == "DEBUG":
                 structlog.get_logger(WIRE_LOGGER).debug("wire_out", hex=mask_pw(data).hex())
 

@@ -1,0 +1,28 @@
+"""Metrics: per-packet counts kept as plain ints reach the exposition at every collection, once."""
+
+from prometheus_client import generate_latest
+
+from hj212gw.metrics import Metrics
+
+
+def test_hot_path_counts_are_collected_exactly_once() -> None:
+    metrics = Metrics()
+    metrics.received(100)
+    metrics.received(23)
+    metrics.sent(60)
+    metrics.frame_ok("2051")
+    metrics.frame_ok("2051")
+    metrics.frame_ok("7777")  # outside the standard: label "other"
+    metrics.data_acked(0.004)
+    value = metrics.registry.get_sample_value
+    assert value("hj212gw_received_bytes_total") == 123
+    assert value("hj212gw_sent_bytes_total") == 60
+    assert value("hj212gw_frames_total", {"cn": "2051", "result": "ok"}) == 2
+    assert value("hj212gw_frames_total", {"cn": "other", "result": "ok"}) == 1
+    assert value("hj212gw_replies_total", {"cn": "9014"}) == 1
+    assert value("hj212gw_ack_latency_seconds_count") == 1
+    # A second collection does not count them again; new counts add up.
+    metrics.received(7)
+    exposition = generate_latest(metrics.registry).decode()
+    assert "hj212gw_received_bytes_total 130.0" in exposition
+    assert 'hj212gw_frames_total{cn="2051",result="ok"} 2.0' in exposition
