@@ -8,8 +8,10 @@ time is stored and marked `time_suspect`, never dropped.
 import json
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from typing import Any
 
 from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
@@ -18,8 +20,15 @@ from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.storage import pgcopy
 from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
 
-# Per-factor suffixes with a float column: their place among storage.pgcopy.NUMBER_COLUMNS.
-_NUMBER_SLOTS = {"Rtd": 0, "Min": 1, "Avg": 2, "Max": 3, "Cou": 4, "ZsRtd": 5, "ZsMin": 6, "ZsAvg": 7, "ZsMax": 8}
+# Per-factor suffixes with a column of their own, and its place after `factor_2017`: first the
+# floats (storage.pgcopy.NUMBER_COLUMNS), then flag, eflag, sample_time; every other field goes to extra.
+_SLOTS = {
+    "Rtd": 0, "Min": 1, "Avg": 2, "Max": 3, "Cou": 4, "ZsRtd": 5, "ZsMin": 6, "ZsAvg": 7, "ZsMax": 8,
+    "Flag": 9, "EFlag": 10, "SampleTime": 11,
+}  # fmt: skip
+_FLAG_SLOT = 9
+_SAMPLE_TIME_SLOT = 11
+_EXTRA_SLOT = 12
 _float8 = struct.Struct(">id").pack  # length 8 + the value: a float8 column
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
@@ -52,37 +61,43 @@ def _factor_columns(code: str) -> bytes:
     return encoded
 
 
-def _value_columns(values: dict[str, str], tz: tzinfo) -> list[bytes]:
-    """The encoded columns `rtd` .. `extra` of one factor's {suffix: text}."""
+def _factors(items: Iterable[tuple[str, str]], tz: tzinfo) -> dict[str, list[Any]]:
+    """`code-Suffix` items -> {code: its encoded columns `rtd` .. `sample_time`, then a dict of its
+    other fields (None if none)}, in the order sent; items without a code are skipped.
+
+    One pass over the packet's fields, without grouping them into a dict per factor first.
+    """
     null = pgcopy.NULL
-    columns = [null] * 9
-    flag = eflag = sample_time = null
-    extra: dict[str, str] | None = None
-    for suffix, text in values.items():
-        slot = _NUMBER_SLOTS.get(suffix)
+    factors: dict[str, list[Any]] = {}
+    for name, text in items:
+        code, dash, suffix = name.partition("-")
+        if not dash:
+            continue
+        columns = factors.get(code)
+        if columns is None:
+            columns = factors[code] = [null, null, null, null, null, null, null, null, null, null, null, null, None]
+        slot = _SLOTS.get(suffix)
         if slot is not None:
-            try:
-                number = float(text)
-            except ValueError:
-                number = math.nan
-            if number - number == 0.0:  # finite: NaN and Infinity are no measurement
-                columns[slot] = _float8(8, number)
+            if slot < _FLAG_SLOT:
+                try:
+                    number = float(text)
+                except ValueError:
+                    number = math.nan
+                if number - number == 0.0:  # finite: NaN and Infinity are no measurement
+                    columns[slot] = _float8(8, number)
+                    continue
+                # a condition mark, vendor text or NaN where a number belongs: kept as sent in `extra`
+            elif slot == _SAMPLE_TIME_SLOT:
+                columns[slot] = pgcopy.timestamptz(device_time(text, tz))
                 continue
-            # a condition mark, vendor text or NaN where a number belongs: kept as sent in `extra`
-        elif suffix == "Flag":
-            flag = pgcopy.text(text)
-            continue
-        elif suffix == "EFlag":
-            eflag = pgcopy.text(text)
-            continue
-        elif suffix == "SampleTime":
-            sample_time = pgcopy.timestamptz(device_time(text, tz))
-            continue
+            else:
+                columns[slot] = pgcopy.text(text)
+                continue
+        extra = columns[_EXTRA_SLOT]
         if extra is None:
-            extra = {}
+            extra = columns[_EXTRA_SLOT] = {}
         extra[suffix] = text
-    columns += (flag, eflag, sample_time, null if extra is None else pgcopy.jsonb(_json(extra)))
-    return columns
+    return factors
 
 
 def _json(mapping: dict[str, str]) -> str:
@@ -96,15 +111,16 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     for all its factors: this runs for every value the gateway stores.
     """
     data = packet.data
+    tz = policy.device_tz
     if isinstance(data, DataCp):
-        groups, data_time_text = data.groups(), data.data_time
+        factors, data_time_text = _factors(data.fields.items(), tz), data.data_time
     elif isinstance(data, SiteInfoCp):
-        groups, data_time_text = {r.code: r.values for r in data.infos}, data.data_time
+        items = [(f"{r.code}-{suffix}", text) for r in data.infos for suffix, text in r.values.items()]
+        factors, data_time_text = _factors(items, tz), data.data_time
     else:
         return None
-    if not groups or not packet.mn:
+    if not factors or not packet.mn:
         return None
-    tz = policy.device_tz
     data_time = device_time(data_time_text, tz)
     suspect = data_time is None
     if data_time is None:
@@ -126,11 +142,14 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         ]
     )
     parts: list[bytes] = []
-    for code, values in groups.items():
+    null = pgcopy.NULL
+    for code, columns in factors.items():
+        extra = columns[_EXTRA_SLOT]
+        columns[_EXTRA_SLOT] = null if extra is None else pgcopy.jsonb(_json(extra))
         parts.append(packet_columns)
         parts.append(_factor_columns(code))
-        parts += _value_columns(values, tz)
-    return DataBlock(b"".join(parts), len(groups), month_of(data_time), resend)
+        parts += columns
+    return DataBlock(b"".join(parts), len(factors), month_of(data_time), resend)
 
 
 def frame_row(
