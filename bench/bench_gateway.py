@@ -44,10 +44,23 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 IDLE_PER_PROCESS = 5000
 
 
-def free_port() -> int:
+def free_port(count: int = 1) -> int:
+    """A free port, and with count > 1 the first of that many free consecutive ports."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = int(s.getsockname()[1])
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def cpu_s(pid: int) -> float:
@@ -120,9 +133,9 @@ class GatewayProcess:
     """`hj212gw serve` on free ports, logging to a file; stop() sends SIGTERM."""
 
     def __init__(self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.http = free_port()
         self.workers = int(env.get("HJ212GW_WORKERS", "1"))  # worker i serves HTTP on self.http + i
+        self.port = free_port()
+        self.http = free_port(self.workers)
         self.log_path = log_dir / f"gateway-{self.port}.log"
         environ = {
             **os.environ,
