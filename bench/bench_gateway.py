@@ -227,9 +227,9 @@ def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_
     margin = min(2.0, duration_s / 5)
     time.sleep(connect_s + margin)
     backends = pg.gateway_backends()
-    gw0, pg0, m0, t0 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic()
+    gw0, pg0, m0, t0, lg0 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic(), cpu_s(proc.pid)
     time.sleep(max(1.0, duration_s - 2 * margin))
-    gw1, pg1, m1, t1 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic()
+    gw1, pg1, m1, t1, lg1 = gw.cpu_s(), pg.cpu(), gw.counters(), time.monotonic(), cpu_s(proc.pid)
     out, _ = proc.communicate(timeout=duration_s + connect_s + 120)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     packets = max(1.0, m1["acks"] - m0["acks"])
@@ -242,6 +242,7 @@ def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_
         gateway_cpu_us_per_packet=round((gw1 - gw0) / packets * 1e6, 1),
         postgres_cpu_us_per_packet=round(own / packets * 1e6, 1),
         postgres_all_cpu_us_per_packet=round(pg_cpu_delta(pg0, pg1) / packets * 1e6, 1),
+        generator_cpu_us_per_packet=round((lg1 - lg0) / packets * 1e6, 1),
         gateway_cpu_util=round((gw1 - gw0) / (t1 - t0), 2),
         postgres_cpu_util=round(own / (t1 - t0), 2),
         postgres_all_cpu_util=round(pg_cpu_delta(pg0, pg1) / (t1 - t0), 2),
@@ -274,6 +275,7 @@ def closed_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> l
             f"p99 {points[-1]['ack_p99_ms']} ms, gateway {points[-1]['gateway_cpu_us_per_packet']} µs/packet, "
             f"postgres {points[-1]['postgres_cpu_us_per_packet']} µs/packet "
             f"(server-wide {points[-1]['postgres_all_cpu_us_per_packet']}), "
+            f"generator {points[-1]['generator_cpu_us_per_packet']} µs/packet, "
             f"batch {points[-1]['batch_rows_mean']} rows in {points[-1]['batch_commit_ms_mean']} ms")  # fmt: skip
     return points
 
