@@ -18,7 +18,7 @@ class ProtocolVersion(IntEnum):
 
     @property
     def label(self) -> str:
-        return {0: "2005", 1: "2017", 2: "2025"}[self.value]
+        return ("2005", "2017", "2025")[self.value]
 
 
 class PacketFlag(IntFlag):

@@ -72,6 +72,11 @@ class Reading(NamedTuple):
         return self.values.get("Info")
 
 
+_ACK_REQUESTED = int(PacketFlag.ACK_REQUESTED)
+_SPLIT = int(PacketFlag.SPLIT)
+_VERSION_OF_BITS = (ProtocolVersion.HJT212_2005, ProtocolVersion.HJ212_2017)  # 2 and above: 2025
+
+
 class Packet(NamedTuple):
     """One data segment: `QN=…;ST=…;CN=…;PW=…;MN=…;Flag=…;[PNUM;PNO;][RF;]CP=&&…&&`.
 
@@ -104,17 +109,17 @@ class Packet(NamedTuple):
         if self.flag is None:
             return ProtocolVersion.HJT212_2005
         bits = (self.flag >> 2) & 0x3F
-        if bits >= ProtocolVersion.HJ212_2025:
-            return ProtocolVersion.HJ212_2025
-        return ProtocolVersion(bits)
+        return _VERSION_OF_BITS[bits] if bits < len(_VERSION_OF_BITS) else ProtocolVersion.HJ212_2025
 
+    # Plain ints, not the enum members: `int & IntFlag` builds a new IntFlag through the enum
+    # machinery, about a microsecond, and these run several times per packet.
     @property
     def ack_requested(self) -> bool:
-        return self.flag is not None and bool(self.flag & PacketFlag.ACK_REQUESTED)
+        return self.flag is not None and bool(self.flag & _ACK_REQUESTED)
 
     @property
     def split(self) -> bool:
-        return self.flag is not None and bool(self.flag & PacketFlag.SPLIT)
+        return self.flag is not None and bool(self.flag & _SPLIT)
 
     def header(self, key: str) -> str | None:
         for name, value in self.fields:
