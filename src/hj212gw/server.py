@@ -105,6 +105,7 @@ class DasConnection(asyncio.Protocol):
 
     # Thousands of these live at once: slots and no per-connection bound logger keep each small.
     __slots__ = (
+        "_acks",
         "_seen_at",
         "_seen_mn",
         "_unconfirmed",
@@ -139,6 +140,7 @@ class DasConnection(asyncio.Protocol):
         self._unconfirmed = 0  # items submitted and not yet committed (or failed)
         self._seen_mn: str | None = None  # the last sighting written: MN and perf_counter time
         self._seen_at = 0.0
+        self._acks: list[bytes] | None = None  # 9014s of one commit round, sent together
         self.retiring = False
 
     @property
@@ -227,6 +229,7 @@ class DasConnection(asyncio.Protocol):
 
     def close(self, reason: str) -> None:
         """Close by policy; the reason is what the disconnect line and metric say."""
+        self._send_acks()  # acks for committed data go out before the close
         if self.closing_reason is None:
             self.closing_reason = reason
         if self.transport is not None and not self.transport.is_closing():
@@ -354,11 +357,25 @@ class DasConnection(asyncio.Protocol):
         self._close_when_confirmed()
 
     def _ack(self, packet: Packet, arrived: float) -> None:
-        """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`."""
+        """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`.
+
+        The writer confirms a whole batch in one go; acks for this connection in that round are
+        collected and written once, right after it (one send() instead of one per packet).
+        """
         if self.transport is not None and not self.transport.is_closing():
-            self._write(build_data_ack(packet))
+            ack = build_data_ack(packet)
+            if self._acks is None:
+                self._acks = [ack]
+                asyncio.get_running_loop().call_soon(self._send_acks)
+            else:
+                self._acks.append(ack)
             self.deps.metrics.data_acked(time.perf_counter() - arrived)
         self._stored(None)
+
+    def _send_acks(self) -> None:
+        acks, self._acks = self._acks, None
+        if acks:
+            self._write(acks[0] if len(acks) == 1 else b"".join(acks))
 
     def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame: Frame | None) -> None:
         """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
