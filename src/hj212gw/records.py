@@ -7,7 +7,6 @@ time is stored and marked `time_suspect`, never dropped.
 
 import json
 import math
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -29,7 +28,7 @@ _SLOTS = {
 _FLAG_SLOT = 9
 _SAMPLE_TIME_SLOT = 11
 _EXTRA_SLOT = 12
-_float8 = struct.Struct(">id").pack  # length 8 + the value: a float8 column
+_float8 = pgcopy.pack_float8
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
 

@@ -35,7 +35,7 @@ FALSE = struct.pack(">ib", 1, 0)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _length = struct.Struct(">i").pack
-_float8 = struct.Struct(">id").pack
+pack_float8 = struct.Struct(">id").pack  # (8, value): a non-NULL float8 column, for hot loops
 _int8 = struct.Struct(">iq").pack
 
 
@@ -49,7 +49,7 @@ def text(value: str | None) -> bytes:
 
 def float8(value: float | None) -> bytes:
     """A double precision column (NULL for None)."""
-    return NULL if value is None else _float8(8, value)
+    return NULL if value is None else pack_float8(8, value)
 
 
 def timestamptz(value: datetime | None) -> bytes:
@@ -78,7 +78,7 @@ def copy_data(chunks: Sequence[bytes]) -> memoryview:
 
 
 def data_row(row: DataRow) -> bytes:
-    """One `DataRow` as a stage row: the path for rows that were not encoded from a packet."""
+    """One `DataRow` as an encoded row: the path for rows that were not encoded from a packet."""
     numbers = (row.rtd, row.min, row.avg, row.max, row.cou, row.zs_rtd, row.zs_min, row.zs_avg, row.zs_max)
     return b"".join(
         [
