@@ -10,11 +10,14 @@ exactly as between replicas on different hosts (gateway.py).
 
 A worker that exits on its own is restarted, after a pause that grows while it keeps dying.
 SIGTERM/SIGINT is passed on to every worker, which drains as a single gateway does; then the
-embedded PostgreSQL stops. Exit code 0 after an orderly stop.
+embedded PostgreSQL stops. Exit code 0 after an orderly stop. A worker whose supervisor dies
+without stopping it (kill -9) notices within a second and stops as on SIGTERM.
 """
 
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -50,7 +53,16 @@ def _worker_main(settings: Settings) -> None:
 
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.bind_contextvars(gateway_id=settings.gateway_id)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     raise SystemExit(run(settings))
+
+
+def _stop_when_orphaned(supervisor: int) -> None:
+    """If the supervisor dies without stopping us (kill -9), drain and exit as on SIGTERM."""
+    while os.getppid() == supervisor:
+        time.sleep(1.0)
+    log.warning("supervisor_gone", supervisor_pid=supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _Worker:

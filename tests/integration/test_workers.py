@@ -75,3 +75,25 @@ async def test_two_workers_share_the_port_a_dead_one_is_restarted_sigterm_stops_
     stored = {r["qn"] for r in await conn.fetch("SELECT DISTINCT qn FROM data")}
     assert acked <= stored and len(acked) == 2 * DEVICES
     assert "worker_exited" in supervisor.log.read_text()
+
+
+async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    supervisor = GatewayChild(pg_dsn, schema, tmp_path / "gateway.log", "--workers", "2")
+    await supervisor.start()
+    assert supervisor.process is not None
+    workers = worker_pids(supervisor.process.pid)
+    assert len(workers) == 2
+    supervisor.kill()
+    async with asyncio.timeout(20):  # each drains (nothing pending) and exits
+        while any(Path(f"/proc/{pid}").exists() and _not_zombie(pid) for pid in workers):
+            await asyncio.sleep(0.2)
+    assert "supervisor_gone" in supervisor.log.read_text()
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
