@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -102,6 +103,23 @@ async def test_new_keys_go_straight_in_and_a_plain_duplicate_falls_back_to_the_u
     assert await db.save_batch([row(at=T0 + timedelta(hours=1))]) == 1
     assert db.direct_guard.cooling == 0
     assert await conn.fetchval("SELECT count(*) FROM data") == 2 + DirectInsertGuard.COOL_DOWN + 1
+
+
+async def test_concurrent_batches_with_the_same_new_keys_store_each_key_once(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    # Two writers COPY overlapping new keys in opposite orders: one waits for the other, then meets
+    # the keys (unique violation) or a deadlock; either way only its savepoint is undone and its
+    # batch takes the upsert. No error reaches the caller and every key is stored once.
+    keys = [row(at=T0 + timedelta(minutes=m), factor=f) for m in range(50) for f in ("w01018", "a34004")]
+    for attempt in range(3):
+        db.direct_guard = DirectInsertGuard()  # both try the direct COPY
+        shifted = [dataclasses.replace(r, data_time=r.data_time + timedelta(days=attempt)) for r in keys]
+        results = await asyncio.gather(db.save_batch(shifted), db.save_batch(shifted[::-1]))
+        assert sorted(results) == [0, len(shifted)]  # one inserted them all, the other changed nothing
+        assert db.direct_guard.cooling == DirectInsertGuard.COOL_DOWN  # the other one fell back
+    assert await conn.fetchval("SELECT count(*) FROM data") == 3 * len(keys)
+    assert await conn.fetchval("SELECT max(revisions) FROM data") == 0
 
 
 @pytest.mark.parametrize(
