@@ -15,18 +15,34 @@ import aiohttp
 HJ212GW = Path(sys.executable).parent / "hj212gw"
 
 
-def free_port() -> int:
+def free_port(count: int = 1) -> int:
+    """A free loopback port; with count > 1, the first of that many free consecutive ports."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = int(sock.getsockname()[1])
+        if all(_free(first + i) for i in range(1, count)):
+            return first
+
+
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class GatewayChild:
-    """`hj212gw serve` as a child process on fixed loopback ports."""
+    """`hj212gw serve` as a child process on fixed loopback ports (with `--workers N`, worker i
+    serves HTTP on `http + i`: N free ports in a row are reserved for it)."""
 
-    def __init__(self, dsn: str, schema: str, log: Path, *extra_args: str) -> None:
+    def __init__(self, dsn: str, schema: str, log: Path, *extra_args: str, workers: int = 1) -> None:
         self.port = free_port()
-        self.http = free_port()
+        self.http = free_port(workers)
+        if workers > 1:
+            extra_args = ("--workers", str(workers), *extra_args)
         self.args = [
             str(HJ212GW),
             "serve",

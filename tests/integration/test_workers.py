@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -46,10 +47,18 @@ async def upload_from_every_device(port: int, round_: int) -> set[str]:
     return acked
 
 
+@pytest.fixture
+def supervisor(pg_dsn: str, schema: str, tmp_path: Path) -> Iterator[GatewayChild]:
+    """`hj212gw serve --workers 2`, stopped (SIGTERM, so its workers too) if a test leaves it running."""
+    child = GatewayChild(pg_dsn, schema, tmp_path / "gateway.log", workers=2)
+    yield child
+    if child.process is not None and child.process.poll() is None:
+        child.terminate()
+
+
 async def test_two_workers_share_the_port_a_dead_one_is_restarted_sigterm_stops_all(
-    pg_dsn: str, schema: str, conn: asyncpg.Connection, tmp_path: Path
+    supervisor: GatewayChild, conn: asyncpg.Connection
 ) -> None:
-    supervisor = GatewayChild(pg_dsn, schema, tmp_path / "gateway.log", "--workers", "2")
     await supervisor.start()
     assert supervisor.process is not None
     async with asyncio.timeout(30):
@@ -77,10 +86,7 @@ async def test_two_workers_share_the_port_a_dead_one_is_restarted_sigterm_stops_
     assert "worker_exited" in supervisor.log.read_text()
 
 
-async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
-    pg_dsn: str, schema: str, tmp_path: Path
-) -> None:
-    supervisor = GatewayChild(pg_dsn, schema, tmp_path / "gateway.log", "--workers", "2")
+async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(supervisor: GatewayChild) -> None:
     await supervisor.start()
     assert supervisor.process is not None
     workers = worker_pids(supervisor.process.pid)
