@@ -1,5 +1,7 @@
 """Metrics: per-packet counts kept as plain ints reach the exposition at every collection, once."""
 
+from types import SimpleNamespace
+
 from prometheus_client import generate_latest
 
 from hj212gw.metrics import Metrics
@@ -26,3 +28,14 @@ def test_hot_path_counts_are_collected_exactly_once() -> None:
     exposition = generate_latest(metrics.registry).decode()
     assert "hj212gw_received_bytes_total 130.0" in exposition
     assert 'hj212gw_frames_total{cn="2051",result="ok"} 2.0' in exposition
+
+
+def test_data_batches_by_path_are_read_from_the_storage_counts_at_collection() -> None:
+    metrics = Metrics()
+    counts = SimpleNamespace(copied=0, conflicted_batches=0, upserted=0)
+    metrics.watch_data_batches(counts)  # type: ignore[arg-type]
+    counts.copied, counts.conflicted_batches, counts.upserted = 40, 2, 21
+    value = metrics.registry.get_sample_value
+    assert value("hj212gw_data_batches_total", {"path": "copy"}) == 40
+    assert value("hj212gw_data_batches_total", {"path": "copy_conflict"}) == 2
+    assert value("hj212gw_data_batches_total", {"path": "upsert"}) == 21

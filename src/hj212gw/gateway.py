@@ -41,6 +41,7 @@ class Gateway:
         self.settings = settings
         self.db = db
         self.metrics = metrics or Metrics()
+        self.metrics.watch_data_batches(db.direct_guard)
         self.registry = DeviceRegistry(unknown_mn=settings.devices.unknown_mn, wrong_pw=settings.devices.wrong_pw)
         w = settings.writer
         self.writer = BatchWriter(

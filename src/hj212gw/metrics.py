@@ -5,9 +5,10 @@ standard's tables becomes `other`; never a QN, a value or, by default, an MN).
 """
 
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from hj212gw.protocol.constants import Cn
 
@@ -34,6 +35,37 @@ class _FlushFirst:
     def collect(self) -> list[Metric]:
         self._flush()
         return []
+
+
+class DataBatchCounts(Protocol):
+    """How batches reached `data` (storage.batch.DirectInsertGuard keeps these)."""
+
+    copied: int
+    conflicted_batches: int
+    upserted: int
+
+
+class _DataBatches:
+    """hj212gw_data_batches_total{path}, read from the storage layer's counts at collection."""
+
+    def __init__(self, counts: DataBatchCounts) -> None:
+        self._counts = counts
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily("hj212gw_data_batches", _DATA_BATCHES_HELP, labels=["path"])]
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily("hj212gw_data_batches", _DATA_BATCHES_HELP, labels=["path"])
+        family.add_metric(["copy"], self._counts.copied)
+        family.add_metric(["copy_conflict"], self._counts.conflicted_batches)
+        family.add_metric(["upsert"], self._counts.upserted)
+        return [family]
+
+
+_DATA_BATCHES_HELP = (
+    "Batches written to data: copy (straight in), copy_conflict (a key existed: rolled back, then "
+    "upserted), upsert (resends, or after a conflict)."
+)
 
 
 class Metrics:
@@ -99,6 +131,10 @@ class Metrics:
         )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
+
+    def watch_data_batches(self, counts: DataBatchCounts) -> None:
+        """Expose the storage layer's counts of how batches reached `data`."""
+        self.registry.register(_DataBatches(counts))
 
     # Hot path: plain counts, moved into the counters by flush() -----------------------------
 

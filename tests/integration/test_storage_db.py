@@ -102,7 +102,10 @@ async def test_new_keys_go_straight_in_and_a_plain_duplicate_falls_back_to_the_u
     assert db.direct_guard.cooling == 0
     assert await db.save_batch([row(at=T0 + timedelta(hours=1))]) == 1
     assert db.direct_guard.cooling == 0
-    assert await conn.fetchval("SELECT count(*) FROM data") == 2 + DirectInsertGuard.COOL_DOWN + 1
+    assert await db.save_batch([row(at=T0 + timedelta(hours=2), resend=True)]) == 1  # resends: upsert
+    assert await conn.fetchval("SELECT count(*) FROM data") == 2 + DirectInsertGuard.COOL_DOWN + 2
+    guard = db.direct_guard
+    assert (guard.copied, guard.conflicted_batches, guard.upserted) == (2, 1, DirectInsertGuard.COOL_DOWN + 1)
 
 
 async def test_concurrent_batches_with_the_same_new_keys_store_each_key_once(

@@ -105,12 +105,17 @@ class PartitionCache:
 
 
 class DirectInsertGuard:
-    """Whether a batch may try the direct COPY into `data` (see the module docstring)."""
+    """Whether a batch may try the direct COPY into `data` (see the module docstring), and how
+    the batches went: `copied` straight in, `conflicted` (tried, then upserted), `upserted`
+    without trying (resends, or cooling down). Exposed as hj212gw_data_batches_total{path}."""
 
     COOL_DOWN = 20  # batches that skip the attempt after one conflicted
 
     def __init__(self) -> None:
         self._skip = 0
+        self.copied = 0
+        self.conflicted_batches = 0
+        self.upserted = 0
 
     @property
     def cooling(self) -> int:
@@ -125,6 +130,7 @@ class DirectInsertGuard:
 
     def conflicted(self) -> None:
         self._skip = self.COOL_DOWN
+        self.conflicted_batches += 1
 
 
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
@@ -155,24 +161,29 @@ async def write_batch(
     devices_seen: Sequence[DeviceSeen],
     data_copy: Sequence[bytes] = (),
     guard: DirectInsertGuard | None = None,
+    *,
+    may_copy: bool = True,
 ) -> int:
     """Write everything in ONE transaction; return the number of data rows inserted or changed.
 
     `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
-    rows when it arrives); `data_rows` are encoded here. Without a `guard`, data always takes
-    the staged upsert.
+    rows when it arrives); `data_rows` are encoded here. Without a `guard`, or with `may_copy`
+    False (the batch carries resends), data takes the staged upsert.
     """
     changed = 0
     async with conn.transaction():
         if data_rows or data_copy:
             source = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]])
-            tried = guard is not None and guard.try_direct()
+            tried = guard is not None and may_copy and guard.try_direct()
             copied = await _copy_new(conn, source) if tried else None
-            if copied is None:
-                if tried and guard is not None:
+            if guard is not None:
+                if copied is not None:
+                    guard.copied += 1
+                elif tried:
                     guard.conflicted()
-                copied = await _upsert(conn, source)
-            changed = copied
+                else:
+                    guard.upserted += 1
+            changed = await _upsert(conn, source) if copied is None else copied
         if frame_rows:
             await conn.copy_records_to_table(
                 "raw_frames", records=[_frame_record(r) for r in frame_rows], columns=FRAME_COLUMNS

@@ -168,9 +168,10 @@ class Database:
             months = {block.month for block in data_blocks}
             await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
             resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
-            guard = None if resends else self.direct_guard
             copies = [block.copy for block in data_blocks]
-            return await write_batch(conn, data_rows, frame_rows, devices_seen, copies, guard)
+            return await write_batch(
+                conn, data_rows, frame_rows, devices_seen, copies, self.direct_guard, may_copy=not resends
+            )
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""
