@@ -126,20 +126,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         data_time = received_at
     elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
         suspect = True
-    received = pgcopy.timestamptz(received_at)
-    packet_columns = b"".join(
-        [
-            pgcopy.ROW_START,
-            pgcopy.text(packet.mn),
-            pgcopy.text(packet.cn),
-            pgcopy.timestamptz(data_time),
-            pgcopy.text(packet.qn),
-            received,
-            received,  # first_received_at: the same for a new row; an upsert of a known key keeps the old one
-            pgcopy.boolean(resend),
-            pgcopy.boolean(suspect),
-        ]
-    )
+    packet_columns = pgcopy.row_head(packet.mn, packet.cn, data_time, packet.qn, received_at, resend, suspect)
     parts: list[bytes] = []
     null = pgcopy.NULL
     for code, columns in factors.items():

@@ -69,6 +69,19 @@ def jsonb(json_text: str | None) -> bytes:
     return _length(len(data) + 1) + b"\x01" + data
 
 
+def row_head(
+    mn: str, cn: str, data_time: datetime, qn: str | None, received_at: datetime, resend: bool, time_suspect: bool
+) -> bytes:
+    """The start of a row up to `time_suspect`: the columns every factor of one packet shares.
+
+    `first_received_at` is `received_at`: right for a new row, and the upsert keeps a known key's.
+    """
+    received = timestamptz(received_at)
+    columns = [ROW_START, text(mn), text(cn), timestamptz(data_time), text(qn), received, received]
+    columns += (boolean(resend), boolean(time_suspect))
+    return b"".join(columns)
+
+
 def copy_data(chunks: Sequence[bytes]) -> memoryview:
     """A whole binary COPY stream from encoded rows (each chunk: one or more whole rows).
 
@@ -80,17 +93,10 @@ def copy_data(chunks: Sequence[bytes]) -> memoryview:
 def data_row(row: DataRow) -> bytes:
     """One `DataRow` as an encoded row: the path for rows that were not encoded from a packet."""
     numbers = (row.rtd, row.min, row.avg, row.max, row.cou, row.zs_rtd, row.zs_min, row.zs_avg, row.zs_max)
+    head = row_head(row.mn, row.cn, row.data_time, row.qn, row.received_at, row.resend, row.time_suspect)
     return b"".join(
         [
-            ROW_START,
-            text(row.mn),
-            text(row.cn),
-            timestamptz(row.data_time),
-            text(row.qn),
-            timestamptz(row.received_at),
-            timestamptz(row.received_at),
-            boolean(row.resend),
-            boolean(row.time_suspect),
+            head,
             text(row.factor),
             text(row.factor_2017),
             *[float8(n) for n in numbers],
