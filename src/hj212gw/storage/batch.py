@@ -128,9 +128,15 @@ class DirectInsertGuard:
             return False
         return True
 
-    def conflicted(self) -> None:
-        self._skip = self.COOL_DOWN
-        self.conflicted_batches += 1
+    def record(self, *, tried: bool, copied: bool) -> None:
+        """How one batch went; a conflict starts the cool-down."""
+        if copied:
+            self.copied += 1
+        elif tried:
+            self.conflicted_batches += 1
+            self._skip = self.COOL_DOWN
+        else:
+            self.upserted += 1
 
 
 def _frame_record(r: FrameRow) -> tuple[object, ...]:
@@ -177,12 +183,7 @@ async def write_batch(
             tried = guard is not None and may_copy and guard.try_direct()
             copied = await _copy_new(conn, source) if tried else None
             if guard is not None:
-                if copied is not None:
-                    guard.copied += 1
-                elif tried:
-                    guard.conflicted()
-                else:
-                    guard.upserted += 1
+                guard.record(tried=tried, copied=copied is not None)
             changed = await _upsert(conn, source) if copied is None else copied
         if frame_rows:
             await conn.copy_records_to_table(
