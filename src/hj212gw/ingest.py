@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, Database
-from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
+from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow
 
 # A bad value in one row (out of range, NUL in text, ...) fails the whole batch; split to find it.
 _ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -42,14 +42,13 @@ class IngestItem(NamedTuple):
     NamedTuples here and in storage.rows, not frozen dataclasses: one of each is built per packet,
     and a frozen dataclass's __init__ sets every field through object.__setattr__."""
 
-    data_rows: Sequence[DataRow] = ()
     frame_rows: Sequence[FrameRow] = ()
     device_seen: DeviceSeen | None = None
     data: DataBlock | None = None  # the packet's data rows, encoded when it arrived
 
     @property
     def row_count(self) -> int:
-        return len(self.data_rows) + (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + 1
+        return (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + 1
 
 
 class WriterObserver(Protocol):
@@ -255,12 +254,11 @@ class BatchWriter:
     async def _commit(self, entries: list[_Pending]) -> None:
         """Save entries in one transaction; on a row error split to isolate the bad item."""
         started = time.monotonic()
-        data = [r for e in entries for r in e.item.data_rows]
         blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
         seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
         try:
-            await self.db.save_batch(data, frames, seen, data_blocks=blocks)
+            await self.db.save_batch((), frames, seen, data_blocks=blocks)
         except _ROW_ERRORS as err:
             if len(entries) == 1:
                 self._reject(entries[0], err)
@@ -269,7 +267,7 @@ class BatchWriter:
             await self._commit(entries[:half])
             await self._commit(entries[half:])
             return
-        values = len(data) + sum(b.rows for b in blocks)
+        values = sum(b.rows for b in blocks)
         self.observer.batch_committed(
             items=len(entries), rows=values + len(frames), values=values, latency_s=time.monotonic() - started
         )

@@ -161,7 +161,8 @@ class Database:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
         Missing month partitions are created first (their own short transaction), then data
-        (staged COPY + upsert), raw frames (COPY) and devices commit in ONE transaction.
+        (`data_blocks` as encoded by the gateway, `data_rows` encoded here; direct COPY or staged
+        upsert, see storage.batch), raw frames (COPY) and devices commit in ONE transaction.
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
