@@ -16,6 +16,7 @@ import pytest
 
 from hj212gw.storage.db import Database
 from hj212gw.storage.embedded import start_embedded, stop_embedded
+from tests.integration.proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,12 @@ async def conn(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of PostgreSQL that a test can cut and restore (outages)."""
+    server = TcpProxy.for_dsn(pg_dsn)
+    await server.start()
+    yield server
+    await server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -33,14 +32,6 @@ def item(n: int, mn: str = "MN0001") -> IngestItem:
 
 async def count_rows(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM data"))
-
-
-@pytest.fixture
-async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
-    server = TcpProxy.for_dsn(pg_dsn)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_futures_resolve_only_after_rows_are_visible_to_others(db: Database, conn: asyncpg.Connection) -> None:

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
-    server = TcpProxy.for_dsn(pg_dsn)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def running(pg_dsn: str, schema: str, proxy: TcpProxy) -> AsyncIterator[Running]:
     """A gateway whose every database connection goes through the proxy."""
     started = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema))
