@@ -16,6 +16,7 @@ from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
+from hj212gw.row_layout import layout_of
 from hj212gw.storage import pgcopy
 from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
 
@@ -31,6 +32,8 @@ _EXTRA_SLOT = 12
 _float8 = pgcopy.pack_float8
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
+_DATA_TIMES: dict[tuple[str | None, tzinfo], tuple[datetime | None, tuple[int, int]]] = {}
+_DATA_TIME_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,27 +109,41 @@ def _json(mapping: dict[str, str]) -> str:
 def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, resend: bool) -> DataBlock | None:
     """The rows of a data upload (or 3020 info items), one per factor; None for packets without data.
 
-    Encoded straight from the packet's grouped fields, with the packet's own columns encoded once
-    for all its factors: this runs for every value the gateway stores.
+    The packet's own columns are encoded once for all its factors. A data upload whose field
+    layout compiles (hj212gw.row_layout: the common case) is encoded in one `struct` call; any
+    other packet, or a number field without a finite number, takes `_factors`, which defines
+    the result: this runs for every value the gateway stores.
     """
     data = packet.data
     tz = policy.device_tz
+    layout = None
+    factors: dict[str, list[Any]] | None = None
     if isinstance(data, DataCp):
-        factors, data_time_text = _factors(data.fields.items(), tz), data.data_time
+        layout = layout_of(tuple(data.fields), _factor_columns)
+        if layout is None:
+            factors = _factors(data.fields.items(), tz)
+        data_time_text = data.data_time
     elif isinstance(data, SiteInfoCp):
         items = [(f"{r.code}-{suffix}", text) for r in data.infos for suffix, text in r.values.items()]
         factors, data_time_text = _factors(items, tz), data.data_time
     else:
         return None
-    if not factors or not packet.mn:
+    if not (layout.rows if layout is not None else factors) or not packet.mn:
         return None
-    data_time = device_time(data_time_text, tz)
+    data_time, month = _data_time(data_time_text, tz)
     suspect = data_time is None
     if data_time is None:
-        data_time = received_at
+        data_time, month = received_at, month_of(received_at)
     elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
         suspect = True
     packet_columns = pgcopy.row_head(packet.mn, packet.cn, data_time, packet.qn, received_at, resend, suspect)
+    if layout is not None:
+        assert isinstance(data, DataCp)
+        encoded = layout.encode(list(data.fields.values()), packet_columns)
+        if encoded is not None:
+            return DataBlock(encoded, layout.rows, month, resend)
+        factors = _factors(data.fields.items(), tz)  # a number field holds text: kept in `extra`
+    assert factors is not None
     parts: list[bytes] = []
     null = pgcopy.NULL
     for code, columns in factors.items():
@@ -135,7 +152,21 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         parts.append(packet_columns)
         parts.append(_factor_columns(code))
         parts += columns
-    return DataBlock(b"".join(parts), len(factors), month_of(data_time), resend)
+    return DataBlock(b"".join(parts), len(factors), month, resend)
+
+
+def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime | None, tuple[int, int]]:
+    """DataTime read in the device zone and its partition month; cached, as every device sends
+    the same few DataTimes (this minute, this hour) at about the same time."""
+    key = (text, tz)
+    known = _DATA_TIMES.get(key)
+    if known is None:
+        moment = device_time(text, tz)
+        known = (moment, month_of(moment) if moment is not None else (0, 0))
+        if len(_DATA_TIMES) >= _DATA_TIME_CACHE_SIZE:
+            _DATA_TIMES.clear()
+        _DATA_TIMES[key] = known
+    return known
 
 
 def frame_row(

@@ -40,7 +40,8 @@ async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncp
         resend=True, time_suspect=True,
     )  # fmt: skip
     frame = FrameRow(received_at=RECEIVED, raw=b"##0101QN=...\r\n", connection_id=7, peer="10.0.0.1:4000",
-                     mn=MN, cn="2051", qn=full.qn, verdict="ok", tolerances=("lowercase_crc",))  # fmt: skip
+                     mn=MN, cn="2051", qn=full.qn, verdict="ok",
+                     tolerances=("lowercase_crc", "missing_crlf"))  # fmt: skip
     seen = DeviceSeen(mn=MN, protocol_version=2017, st="32", peer="10.0.0.1:4000", seen_at=RECEIVED)
     assert await db.save_batch([full], [frame], [seen]) == 1
 
@@ -52,7 +53,9 @@ async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncp
     assert got["extra"] == '{"Info": "abc", "SampleRd": "x"}'
     assert got["first_received_at"] == RECEIVED and got["revisions"] == 0
     (raw,) = await conn.fetch("SELECT * FROM raw_frames")
-    assert raw["raw"] == frame.raw and raw["tolerances"] == ["lowercase_crc"] and raw["connection_id"] == 7
+    assert (
+        raw["raw"] == frame.raw and raw["tolerances"] == ["lowercase_crc", "missing_crlf"] and raw["connection_id"] == 7
+    )
     device = await db.fetch_device(MN)
     assert device is not None and device["protocol_version"] == 2017 and device["last_seen"] == RECEIVED
     assert "pw" not in device

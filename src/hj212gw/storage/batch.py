@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from hj212gw.storage import pgcopy
-from hj212gw.storage.pgcopy import DATA_COLUMNS, NUMBER_COLUMNS
+from hj212gw.storage.pgcopy import DATA_COLUMNS, FRAME_COLUMNS, NUMBER_COLUMNS
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 
 STAGE_TABLE = "data_stage"
@@ -53,8 +53,6 @@ ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last 
 ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
 SET {_updates}, revisions = d.revisions + 1
 WHERE ({_old}) IS DISTINCT FROM ({_new})"""
-
-FRAME_COLUMNS = ("received_at", "connection_id", "peer", "mn", "cn", "qn", "verdict", "tolerances", "raw")
 
 UPSERT_DEVICES_SQL = """
 INSERT INTO devices AS v (mn, protocol_version, st, last_peer, first_seen, status, last_seen)
@@ -139,10 +137,6 @@ class DirectInsertGuard:
             self.upserted += 1
 
 
-def _frame_record(r: FrameRow) -> tuple[object, ...]:
-    return (r.received_at, r.connection_id, r.peer, r.mn, r.cn, r.qn, r.verdict, list(r.tolerances), r.raw)
-
-
 def _device_arrays(devices: Sequence[DeviceSeen]) -> list[list[object]]:
     latest: dict[str, DeviceSeen] = {}
     for seen in devices:
@@ -186,9 +180,8 @@ async def write_batch(
                 guard.record(tried=tried, copied=copied is not None)
             changed = await _upsert(conn, source) if copied is None else copied
         if frame_rows:
-            await conn.copy_records_to_table(
-                "raw_frames", records=[_frame_record(r) for r in frame_rows], columns=FRAME_COLUMNS
-            )
+            frames = pgcopy.copy_data([pgcopy.frame_row(r) for r in frame_rows])
+            await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
         if devices_seen:
             await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
     return changed

@@ -1,10 +1,11 @@
-"""PostgreSQL binary COPY encoding of `data` rows, without asyncpg's per-field codecs.
+"""PostgreSQL binary COPY encoding of `data` and `raw_frames` rows, without asyncpg's per-field codecs.
 
 The gateway encodes each packet's rows once, when the packet arrives; the writer only joins the
 bytes of a batch and streams them with `copy_to_table(format="binary")`, straight into `data` or
 into the staging table of the upsert (storage.batch). A row is the columns of `DATA_COLUMNS` in
 order: the packet's fields first (encoded once per packet, shared by all its factors), then the
-factor's own. Format: PostgreSQL docs, "COPY — Binary Format".
+factor's own. Raw-archive rows (`FRAME_COLUMNS`) are encoded by the writer, a batch at a time.
+Format: PostgreSQL docs, "COPY — Binary Format" and the types' send functions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hj212gw.storage.rows import DataRow
+from hj212gw.storage.rows import DataRow, FrameRow
 
 DATA_COLUMNS = (
     "mn", "cn", "data_time", "qn", "received_at", "first_received_at", "resend", "time_suspect",
@@ -24,11 +25,15 @@ DATA_COLUMNS = (
     "flag", "eflag", "sample_time", "extra",
 )  # fmt: skip
 NUMBER_COLUMNS = DATA_COLUMNS[10:19]
+FRAME_COLUMNS = ("received_at", "connection_id", "peer", "mn", "cn", "qn", "verdict", "tolerances", "raw")
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
 ROW_START = struct.pack(">h", len(DATA_COLUMNS))
+FRAME_ROW_START = struct.pack(">h", len(FRAME_COLUMNS))
+TEXT_OID = 25  # pg_type oid of text, the element type of a text[] in array_send's format
+EMPTY_TEXT_ARRAY = struct.pack(">iiii", 12, 0, 0, TEXT_OID)  # length 12: no dimensions, no NULLs, text
 TRUE = struct.pack(">ib", 1, 1)
 FALSE = struct.pack(">ib", 1, 0)
 
@@ -37,6 +42,7 @@ _ONE_US = timedelta(microseconds=1)
 _length = struct.Struct(">i").pack
 pack_float8 = struct.Struct(">id").pack  # (8, value): a non-NULL float8 column, for hot loops
 _int8 = struct.Struct(">iq").pack
+_array_head = struct.Struct(">iiiii").pack  # dimensions, has-NULLs flag, element oid, size, lower bound
 
 
 def text(value: str | None) -> bytes:
@@ -55,6 +61,19 @@ def float8(value: float | None) -> bytes:
 def timestamptz(value: datetime | None) -> bytes:
     """A timestamptz column from an aware datetime (NULL for None): microseconds since 2000-01-01 UTC."""
     return NULL if value is None else _int8(8, (value - _PG_EPOCH) // _ONE_US)
+
+
+def int8(value: int | None) -> bytes:
+    """A bigint column (NULL for None)."""
+    return NULL if value is None else _int8(8, value)
+
+
+def text_array(values: Sequence[str]) -> bytes:
+    """A one-dimensional text[] column without NULL elements ('{}' for none)."""
+    if not values:
+        return EMPTY_TEXT_ARRAY
+    body = _array_head(1, 0, TEXT_OID, len(values), 1) + b"".join([text(v) for v in values])
+    return _length(len(body)) + body
 
 
 def boolean(value: bool) -> bytes:
@@ -88,6 +107,26 @@ def copy_data(chunks: Sequence[bytes]) -> memoryview:
     A memoryview, not bytes: asyncpg's `copy_to_table(source=...)` takes bytes for a file path.
     """
     return memoryview(b"".join([HEADER, *chunks, TRAILER]))
+
+
+def frame_row(row: FrameRow) -> bytes:
+    """One raw-archive row in `FRAME_COLUMNS` order."""
+    raw = bytes(row.raw)
+    return b"".join(
+        [
+            FRAME_ROW_START,
+            timestamptz(row.received_at),
+            int8(row.connection_id),
+            text(row.peer),
+            text(row.mn),
+            text(row.cn),
+            text(row.qn),
+            text(row.verdict),
+            text_array(row.tolerances),
+            _length(len(raw)),
+            raw,
+        ]
+    )
 
 
 def data_row(row: DataRow) -> bytes:
