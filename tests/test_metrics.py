@@ -2,9 +2,9 @@
 
 from types import SimpleNamespace
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from hj212gw.metrics import Metrics
+from hj212gw.metrics import Metrics, PlainHistogram
 
 
 def test_hot_path_counts_are_collected_exactly_once() -> None:
@@ -39,3 +39,17 @@ def test_data_batches_by_path_are_read_from_the_storage_counts_at_collection() -
     assert value("hj212gw_data_batches_total", {"path": "copy"}) == 40
     assert value("hj212gw_data_batches_total", {"path": "copy_conflict"}) == 2
     assert value("hj212gw_data_batches_total", {"path": "upsert"}) == 21
+
+
+def test_plain_histogram_exposes_what_a_prometheus_client_histogram_would() -> None:
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    reference_registry, plain_registry = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("lat_seconds", "Latency.", buckets=buckets, registry=reference_registry)
+    plain = PlainHistogram("lat_seconds", "Latency.", buckets)
+    plain_registry.register(plain)
+    for value in (0.0, 0.001, 0.0011, 0.01, 0.5, 1.0, 7.5, 7.5):  # on a bound, between, above the last
+        reference.observe(value)
+        plain.observe(value)
+    assert generate_latest(plain_registry) == generate_latest(reference_registry)
+    assert plain_registry.get_sample_value("lat_seconds_bucket", {"le": "0.001"}) == 2
+    assert plain_registry.get_sample_value("lat_seconds_bucket", {"le": "+Inf"}) == 8

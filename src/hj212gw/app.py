@@ -8,6 +8,7 @@ HTTP, database pool, embedded PostgreSQL.
 
 import asyncio
 import contextlib
+import gc
 import signal
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ from hj212gw.storage.db import Database
 from hj212gw.storage.embedded import start_embedded, stop_embedded
 
 log = structlog.get_logger("hj212gw.app")
+
+# The cyclic garbage collector's first-generation threshold while serving (CPython's default: 700).
+# Every packet waiting for its commit holds a few dozen container objects; at the default a
+# collection runs several hundred times a second and walks those again and again (8.5 % of the
+# gateway's CPU at 1,000 × 2 in flight). Refcounting frees nearly everything; cycles are rare.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (never collected again) and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 @dataclass(slots=True)
@@ -74,6 +89,7 @@ async def serve(settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError):  # signal handlers exist only on Unix loops
             loop.add_signal_handler(sig, stop_requested.set)
     running = await start(settings)
+    tune_gc()
     log.info("gateway_started", listen=settings.listen, http=settings.http)
     await stop_requested.wait()
     log.info("gateway_stopping")

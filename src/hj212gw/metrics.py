@@ -4,11 +4,13 @@ Names are `hj212gw_<thing>_<unit or total>`; labels take only bounded values (a 
 standard's tables becomes `other`; never a QN, a value or, by default, an MN).
 """
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from hj212gw.protocol.constants import Cn
 
@@ -35,6 +37,34 @@ class _FlushFirst:
     def collect(self) -> list[Metric]:
         self._flush()
         return []
+
+
+class PlainHistogram:
+    """A histogram for the per-packet hot path: `observe` is a bisect and two int/float adds on
+    plain Python values (prometheus_client's takes a lock and walks the buckets in Python, about
+    1.5 µs). Exposed as a standard Prometheus histogram when the registry is collected."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = tuple(buckets)
+        self._labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1  # le: a value equal to a bound is in it
+        self._sum += value
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        cumulative, running = [], 0
+        for label, count in zip(self._labels, self._counts, strict=True):
+            running += count
+            cumulative.append((label, running))
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self._sum)]
 
 
 class DataBatchCounts(Protocol):
@@ -112,12 +142,10 @@ class Metrics:
         self.batch_commit = Histogram(
             "hj212gw_batch_commit_seconds", "Time to write and commit one batch.", buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.ack_latency = Histogram(
-            "hj212gw_ack_latency_seconds",
-            "From a data packet's arrival to its 9014 (after commit).",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.ack_latency = PlainHistogram(
+            "hj212gw_ack_latency_seconds", "From a data packet's arrival to its 9014 (after commit).", _LATENCY_BUCKETS
         )
+        r.register(self.ack_latency)
         self.write_queue = Gauge("hj212gw_write_queue_items", "Packets waiting for their batch to commit.", registry=r)
         self.dependency_up = Gauge("hj212gw_dependency_up", "1 when a dependency is reachable.", ["name"], registry=r)
         self.paused_reading = Gauge(

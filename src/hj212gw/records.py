@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from hj212gw.protocol.codes import CODE_2005_TO_2017
@@ -156,12 +156,15 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
 
 
 def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime | None, tuple[int, int]]:
-    """DataTime read in the device zone and its partition month; cached, as every device sends
-    the same few DataTimes (this minute, this hour) at about the same time."""
+    """DataTime read in the device zone, as a UTC moment, and its partition month; cached, as every
+    device sends the same few DataTimes (this minute, this hour) at about the same time. In UTC,
+    arithmetic with the (UTC) receive time needs no zone lookups."""
     key = (text, tz)
     known = _DATA_TIMES.get(key)
     if known is None:
         moment = device_time(text, tz)
+        if moment is not None:
+            moment = moment.astimezone(UTC)
         known = (moment, month_of(moment) if moment is not None else (0, 0))
         if len(_DATA_TIMES) >= _DATA_TIME_CACHE_SIZE:
             _DATA_TIMES.clear()

@@ -106,6 +106,7 @@ class DasConnection(asyncio.Protocol):
     # Thousands of these live at once: slots and no per-connection bound logger keep each small.
     __slots__ = (
         "_acks",
+        "_loop",
         "_seen_at",
         "_seen_mn",
         "_unconfirmed",
@@ -141,6 +142,7 @@ class DasConnection(asyncio.Protocol):
         self._seen_mn: str | None = None  # the last sighting written: MN and perf_counter time
         self._seen_at = 0.0
         self._acks: list[bytes] | None = None  # 9014s of one commit round, sent together
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() costs a getpid()
         self.retiring = False
 
     @property
@@ -157,6 +159,7 @@ class DasConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
@@ -366,7 +369,7 @@ class DasConnection(asyncio.Protocol):
             ack = build_data_ack(packet)
             if self._acks is None:
                 self._acks = [ack]
-                asyncio.get_running_loop().call_soon(self._send_acks)
+                (self._loop or asyncio.get_running_loop()).call_soon(self._send_acks)
             else:
                 self._acks.append(ack)
             self.deps.metrics.data_acked(time.perf_counter() - arrived)
