@@ -216,14 +216,15 @@ class GatewayProcess:
 
 
 def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_s: float, window: int,
-                rate: float = 0.0) -> dict[str, Any]:  # fmt: skip
-    """One loadgen run, with CPU per packet measured over the middle of its steady window."""
+                rate: float = 0.0, warmup_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """One loadgen run, with CPU per packet measured over the middle of its steady window (after
+    the connections are up and, at a fixed rate, after `warmup_s` at that rate)."""
     connect_rate = 2000.0 if connections <= 2000 else 800.0  # the gateway accepts while it works
     cmd = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{gw.port}", "--connections",
            str(connections), "--duration", str(duration_s), "--window", str(window), "--rate", str(rate),
-           "--connect-rate", str(connect_rate)]  # fmt: skip
+           "--connect-rate", str(connect_rate), "--warmup", str(warmup_s)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    connect_s = connections / connect_rate
+    connect_s = connections / connect_rate + (1.0 + warmup_s if rate else 0.0)
     margin = min(2.0, duration_s / 5)
     time.sleep(connect_s + margin)
     backends = pg.gateway_backends()
@@ -284,13 +285,22 @@ def open_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> lis
     points = []
     for rate in args.rates:
         runs = [
-            run_loadgen(gw, pg, connections=args.open_connections, duration_s=args.duration, window=8, rate=rate)
+            run_loadgen(
+                gw,
+                pg,
+                connections=args.open_connections,
+                duration_s=args.duration,
+                window=8,
+                rate=rate,
+                warmup_s=args.warmup,
+            )
             for _ in range(args.repeat)
         ]
         points.append(median_of(runs))
         p = points[-1]
         log(f"offered {rate:.0f}/s over {args.open_connections} conns: {p['acked_per_s']} acked/s, "
-            f"p50 {p['ack_p50_ms']} ms, p99 {p['ack_p99_ms']} ms")  # fmt: skip
+            f"p50 {p['ack_p50_ms']} ms, p99 {p['ack_p99_ms']} ms, max {p['ack_max_ms']} ms "
+            f"(warm-up {p['warmup_s']} s: p99 {p['warmup_ack_p99_ms']} ms)")  # fmt: skip
     return points
 
 
@@ -438,6 +448,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=2000, help="closed loop: window = in_flight / connections")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
     parser.add_argument("--open-connections", type=int, default=1000)
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="fixed rates: seconds at the rate before measuring (reported apart)"
+    )
     parser.add_argument("--idle-steps", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--fleet-devices", type=int, default=1000, help="simulated DAS units in the fleet phase")
     parser.add_argument("--fleet-speeds", type=lambda s: [float(x) for x in s.split(",")], default=None,

@@ -93,7 +93,8 @@ async def test_new_keys_go_straight_in_and_a_plain_duplicate_falls_back_to_the_u
     assert db.direct_guard.cooling == 0
     before = await stored(conn)
     # A DAS that got no ack sends the same packet again without RF: the direct COPY meets the key,
-    # only its savepoint is undone, and the upsert leaves the identical row untouched.
+    # its transaction is rolled back, and the batch written again with the upsert, which leaves the
+    # identical row untouched and stores the batch's frame once.
     frame = FrameRow(received_at=RECEIVED, raw=b"##again")
     assert await db.save_batch([row(received_at=RECEIVED + timedelta(minutes=1))], [frame]) == 0
     assert await stored(conn) == before
@@ -115,8 +116,8 @@ async def test_concurrent_batches_with_the_same_new_keys_store_each_key_once(
     db: Database, conn: asyncpg.Connection
 ) -> None:
     # Two writers COPY overlapping new keys in opposite orders: one waits for the other, then meets
-    # the keys (unique violation) or a deadlock; either way only its savepoint is undone and its
-    # batch takes the upsert. No error reaches the caller and every key is stored once.
+    # the keys (unique violation) or a deadlock; either way its transaction is rolled back and its
+    # batch written again with the upsert. No error reaches the caller and every key is stored once.
     keys = [row(at=T0 + timedelta(minutes=m), factor=f) for m in range(50) for f in ("w01018", "a34004")]
     for attempt in range(3):
         db.direct_guard = DirectInsertGuard()  # both try the direct COPY

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hj212gw.storage.embedded import start_embedded, stop_embedded
+from hj212gw.storage.embedded import SERVER_SETTINGS, start_embedded, stop_embedded
 from hj212gw.storage.migrate import load_migrations, migrate_dsn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -19,6 +19,12 @@ async def test_embedded_server_starts_migrates_stops_and_restarts(tmp_path: Path
     server = await asyncio.to_thread(start_embedded, data_dir, port=5439)
     try:
         assert await migrate_dsn(server.dsn, "hj212gw") == [m.version for m in load_migrations()]
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            for name, value in SERVER_SETTINGS.items():  # the write-path settings are in force
+                assert await conn.fetchval(f"SHOW {name}") == value
+        finally:
+            await conn.close()
         await asyncio.to_thread(stop_embedded, data_dir)
         with pytest.raises(OSError):
             await asyncpg.connect(server.dsn, timeout=5)

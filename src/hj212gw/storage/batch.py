@@ -7,9 +7,9 @@ resend leaves the row untouched. Within one batch the last submitted row for a k
 
 Nearly every batch holds only keys that do not exist yet, and for those a plain COPY into `data`
 costs PostgreSQL about half of COPY into a staging table + `INSERT … ON CONFLICT`. So a batch
-first tries the direct COPY inside a savepoint; a unique violation (a resend, a duplicate, the
-same key twice in the batch) or a deadlock with another writer undoes only that COPY, and the
-batch takes the staged upsert, which gives every case its defined meaning. After a conflict the
+first tries the direct COPY; a unique violation (a resend, a duplicate, the same key twice in the
+batch) or a deadlock with another writer rolls its transaction back, and the batch is written
+again with the staged upsert, which gives every case its defined meaning. After a conflict the
 next `DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the
 upsert.
 """
@@ -168,33 +168,50 @@ async def write_batch(
 
     `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
     rows when it arrives); `data_rows` are encoded here. Without a `guard`, or with `may_copy`
-    False (the batch carries resends), data takes the staged upsert.
+    False (the batch carries resends), data takes the staged upsert. A direct COPY that meets
+    an existing key (or a deadlock) rolls the whole transaction back, and the batch is written
+    again with the upsert: no savepoint, so the common batch costs BEGIN, two COPYs and COMMIT.
     """
+    data = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]]) if data_rows or data_copy else None
+    frames = pgcopy.copy_data([pgcopy.frame_row(r) for r in frame_rows]) if frame_rows else None
+    devices = _device_arrays(devices_seen) if devices_seen else None
+    tried = data is not None and guard is not None and may_copy and guard.try_direct()
+    if tried:
+        try:
+            changed = await _write(conn, data, frames, devices, direct=True)
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            pass  # rolled back: nothing of this batch was written
+        else:
+            if guard is not None:
+                guard.record(tried=True, copied=True)
+            return changed
+    if guard is not None and data is not None:
+        guard.record(tried=tried, copied=False)
+    return await _write(conn, data, frames, devices, direct=False)
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    data: memoryview | None,
+    frames: memoryview | None,
+    devices: list[list[object]] | None,
+    *,
+    direct: bool,
+) -> int:
+    """One transaction: data (straight COPY or staged upsert), raw frames, device sightings."""
     changed = 0
     async with conn.transaction():
-        if data_rows or data_copy:
-            source = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]])
-            tried = guard is not None and may_copy and guard.try_direct()
-            copied = await _copy_new(conn, source) if tried else None
-            if guard is not None:
-                guard.record(tried=tried, copied=copied is not None)
-            changed = await _upsert(conn, source) if copied is None else copied
-        if frame_rows:
-            frames = pgcopy.copy_data([pgcopy.frame_row(r) for r in frame_rows])
+        if data is not None:
+            if direct:
+                status = await conn.copy_to_table("data", source=data, columns=DATA_COLUMNS, format="binary")
+                changed = int(status.rsplit(" ", 1)[-1])
+            else:
+                changed = await _upsert(conn, data)
+        if frames is not None:
             await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
-        if devices_seen:
-            await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
+        if devices is not None:
+            await conn.execute(UPSERT_DEVICES_SQL, *devices)
     return changed
-
-
-async def _copy_new(conn: asyncpg.Connection, source: memoryview) -> int | None:
-    """COPY the rows straight into `data`; None (and nothing written) if a key already exists."""
-    try:
-        async with conn.transaction():  # a savepoint: a conflict undoes this COPY only
-            status = await conn.copy_to_table("data", source=source, columns=DATA_COLUMNS, format="binary")
-    except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
-        return None
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _upsert(conn: asyncpg.Connection, source: memoryview) -> int:

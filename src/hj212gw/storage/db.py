@@ -73,6 +73,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL):
+    our pooled connections set no session state (search_path is a startup parameter, the staging
+    table is meant to stay), and the query was one more round trip for every batch. asyncpg still
+    rolls back a transaction left open before calling this."""
+
+
 class Database:
     """An asyncpg pool bound to one schema; `connect()` migrates and creates partitions ahead."""
 
@@ -126,6 +133,7 @@ class Database:
                 timeout=self.connect_timeout_s,
                 server_settings={"search_path": f'"{self.schema}"'},
                 init=_init_connection,
+                reset=_keep_session,
             )
             await self.ensure_partitions_ahead(datetime.now(UTC))
         except OUTAGE_ERRORS as err:

