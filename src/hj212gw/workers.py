@@ -48,17 +48,20 @@ def worker_settings(settings: Settings, index: int, database_url: str) -> Settin
     )
 
 
-def _worker_main(settings: Settings) -> None:
+def _worker_main(settings: Settings, supervisor: int) -> None:
     from hj212gw.app import run  # imported in the worker: the supervisor needs no event loop
 
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.bind_contextvars(gateway_id=settings.gateway_id)
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_stop_when_orphaned, args=(supervisor,), daemon=True).start()
     raise SystemExit(run(settings))
 
 
 def _stop_when_orphaned(supervisor: int) -> None:
-    """If the supervisor dies without stopping us (kill -9), drain and exit as on SIGTERM."""
+    """If the supervisor dies without stopping us (kill -9), drain and exit as on SIGTERM.
+
+    `supervisor` is the pid the supervisor passed, not our getppid() at start-up: a worker that is
+    still starting when the supervisor dies would read its new parent's pid and never notice."""
     while os.getppid() == supervisor:
         time.sleep(1.0)
     log.warning("supervisor_gone", supervisor_pid=supervisor)
@@ -76,7 +79,9 @@ class _Worker:
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")  # no inherited loop, pool or sockets
-        self.process = context.Process(target=_worker_main, args=(self.settings,), name=f"hj212gw-worker-{self.index}")
+        self.process = context.Process(
+            target=_worker_main, args=(self.settings, os.getpid()), name=f"hj212gw-worker-{self.index}"
+        )
         self.process.start()
         self.started_at = time.monotonic()
         log.info("worker_started", worker=self.index, pid=self.process.pid, http=self.settings.http)

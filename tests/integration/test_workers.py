@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,20 @@ async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(supervis
         while any(Path(f"/proc/{pid}").exists() and _not_zombie(pid) for pid in workers):
             await asyncio.sleep(0.2)
     assert "supervisor_gone" in supervisor.log.read_text()
+
+
+async def test_workers_still_starting_when_the_supervisor_is_killed_stop_too(supervisor: GatewayChild) -> None:
+    # Killed before any worker is ready: a worker that read its parent's pid only once it was up
+    # would see its new parent and run on forever.
+    with supervisor.log.open("ab") as out:
+        supervisor.process = subprocess.Popen(supervisor.args, stdout=out, stderr=subprocess.STDOUT)
+    async with asyncio.timeout(20):
+        while len(workers := worker_pids(supervisor.process.pid)) < 2:
+            await asyncio.sleep(0.01)
+    supervisor.kill()
+    async with asyncio.timeout(20):
+        while any(Path(f"/proc/{pid}").exists() and _not_zombie(pid) for pid in workers):
+            await asyncio.sleep(0.2)
 
 
 def _not_zombie(pid: int) -> bool:
