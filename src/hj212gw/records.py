@@ -32,7 +32,7 @@ _EXTRA_SLOT = 12
 _float8 = pgcopy.pack_float8
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
-_DATA_TIMES: dict[tuple[str | None, tzinfo], tuple[datetime | None, tuple[int, int]]] = {}
+_DATA_TIMES: dict[tuple[str | None, tzinfo], tuple[datetime, tuple[int, int]]] = {}
 _DATA_TIME_CACHE_SIZE = 512
 
 
@@ -130,12 +130,12 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         return None
     if not (layout.rows if layout is not None else factors) or not packet.mn:
         return None
-    data_time, month = _data_time(data_time_text, tz)
-    suspect = data_time is None
-    if data_time is None:
-        data_time, month = received_at, month_of(received_at)
-    elif data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance:
-        suspect = True
+    known = _data_time(data_time_text, tz)
+    if known is None:  # no DataTime, or not a time: stored at the receive time and marked
+        data_time, month, suspect = received_at, month_of(received_at), True
+    else:
+        data_time, month = known
+        suspect = data_time - received_at > policy.future_tolerance or received_at - data_time > policy.past_tolerance
     packet_columns = pgcopy.row_head(packet.mn, packet.cn, data_time, packet.qn, received_at, resend, suspect)
     if layout is not None:
         assert isinstance(data, DataCp)
@@ -155,17 +155,18 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     return DataBlock(b"".join(parts), len(factors), month, resend)
 
 
-def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime | None, tuple[int, int]]:
-    """DataTime read in the device zone, as a UTC moment, and its partition month; cached, as every
-    device sends the same few DataTimes (this minute, this hour) at about the same time. In UTC,
-    arithmetic with the (UTC) receive time needs no zone lookups."""
+def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime, tuple[int, int]] | None:
+    """DataTime read in the device zone, as a UTC moment, and its partition month; None if it is
+    no time. Cached: every device sends the same few DataTimes (this minute, this hour) at about
+    the same time. In UTC, arithmetic with the (UTC) receive time needs no zone lookups."""
     key = (text, tz)
     known = _DATA_TIMES.get(key)
     if known is None:
         moment = device_time(text, tz)
-        if moment is not None:
-            moment = moment.astimezone(UTC)
-        known = (moment, month_of(moment) if moment is not None else (0, 0))
+        if moment is None:
+            return None
+        utc = moment.astimezone(UTC)
+        known = (utc, month_of(utc))
         if len(_DATA_TIMES) >= _DATA_TIME_CACHE_SIZE:
             _DATA_TIMES.clear()
         _DATA_TIMES[key] = known
