@@ -73,7 +73,9 @@ class WriterSettings(BaseModel):
 
     max_batch_rows: int = Field(default=4000, ge=1)
     linger_ms: float = Field(default=5.0, ge=0, description="Wait this long for more rows before a commit.")
-    writers: int = Field(default=3, ge=1, description="Concurrent writer connections.")
+    # 2, not 3: at 5,000 packets/s the third writer's extra, smaller batches cost gateway and
+    # PostgreSQL CPU and ack latency (docs/benchmarks.md, round 4); at saturation it is a wash.
+    writers: int = Field(default=2, ge=1, description="Concurrent writer connections.")
     max_pending_items: int = Field(default=50000, ge=1, description="Queued packets before sockets pause.")
     pool_size: int = Field(default=8, ge=2)
 
