@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from hj212gw.storage.batch import DirectInsertGuard
-from hj212gw.storage.db import Database
+from hj212gw.storage.db import SESSION_SETTINGS, Database
 from hj212gw.storage.queries import BadCursor
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
 
@@ -195,3 +195,11 @@ async def test_connections_are_recorded_open_and_closed(db: Database, conn: asyn
 
 def late() -> datetime:
     return RECEIVED + timedelta(minutes=10)
+
+
+async def test_pooled_connections_carry_the_session_settings_and_keep_them_across_batches(db: Database) -> None:
+    await db.save_batch([row()])
+    async with db.pool.acquire() as conn:  # returned without a reset query: still set
+        for name, value in SESSION_SETTINGS.items():
+            assert await conn.fetchval(f"SHOW {name}") == value
+        assert await conn.fetchval("SHOW search_path") == f'"{db.schema}"'
