@@ -55,8 +55,8 @@ def _months_ahead(now: datetime, count: int) -> list[datetime]:
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    # Binary jsonb: version byte 1, then JSON text. A str is JSON text already (the hot path
-    # builds it with json.dumps once per row); anything else is encoded here.
+    # Binary jsonb: version byte 1, then JSON text. A str is taken as JSON text already; anything
+    # else is encoded here. (The write path encodes its jsonb itself: storage.pgcopy.)
     if isinstance(value, str):
         return b"\x01" + value.encode()
     return b"\x01" + json.dumps(value, ensure_ascii=False).encode()
@@ -67,7 +67,7 @@ def _decode_jsonb(data: bytes) -> Any:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Binary format so COPY (copy_records_to_table) can use it too.
+    # jsonb in and out as Python values (queries read `extra` as a dict), in the binary format.
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
