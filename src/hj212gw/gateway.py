@@ -28,6 +28,7 @@ from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.db import OUTAGE_ERRORS, Database
+from hj212gw.storage.rows import DeviceSeen
 
 _ID_BLOCK = 500
 _CONNECTION_LOG_LIMIT = 200_000
@@ -75,6 +76,7 @@ class Gateway:
         self.port: int | None = None
         self.db_up = True
         self._ids: list[int] = []
+        self._sightings: dict[str, DeviceSeen] = {}  # the latest per MN, until the next flush
         self._opened: list[tuple[Any, ...]] = []
         self._closed: list[tuple[Any, ...]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,8 +121,9 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(*OUTAGE_ERRORS):  # best effort: the connection log is not data
+        with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # best effort: neither is data
             await self._flush_connection_log()
+            await self._flush_sightings()
         if self._listener is not None:
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await self._listener.close(timeout=2)
@@ -272,6 +275,7 @@ class Gateway:
                 await self._listen()
                 await self._send_announcements()
                 await self._flush_connection_log()
+                await self._flush_sightings()
                 if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
                     await self.registry.refresh(self.db)
                     last_refresh = time.monotonic()
@@ -305,6 +309,27 @@ class Gateway:
             self._closed.append(
                 (conn.connection_id, datetime.now(UTC), reason, conn.session.mn, conn.frames_ok, conn.frames_rejected)
             )
+
+    # -- device sightings ----------------------------------------------------------------------
+
+    def record_sighting(self, seen: DeviceSeen) -> None:
+        """A device was seen (a connection's first packet, then at most every 10 s). Written to
+        `devices` by the housekeeping task within about a second, not in the batch its packet's
+        ack waits for: an ack vouches for the data and the raw frame, not for `last_seen`."""
+        kept = self._sightings.get(seen.mn)
+        if kept is None or seen.seen_at >= kept.seen_at:
+            self._sightings[seen.mn] = seen
+
+    async def _flush_sightings(self) -> None:
+        if not self._sightings:
+            return
+        sightings, self._sightings = self._sightings, {}
+        try:
+            await self.db.save_sightings(list(sightings.values()))
+        except (*OUTAGE_ERRORS, asyncpg.PostgresError):
+            for seen in sightings.values():  # kept for the next try; newer sightings win
+                self.record_sighting(seen)
+            raise
 
     async def _flush_connection_log(self) -> None:
         if not self._opened and not self._closed:

@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, Database
-from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow
+from hj212gw.storage.rows import DataBlock, FrameRow
 
 # A bad value in one row (out of range, NUL in text, ...) fails the whole batch; split to find it.
 _ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -37,18 +37,18 @@ class ItemRejected(Exception):
 
 
 class IngestItem(NamedTuple):
-    """What ONE packet stores: its data rows, its raw frame(s), the device sighting.
+    """What ONE packet stores before its ack: its data rows and its raw frame(s). (Its device
+    sighting is not part of it: the gateway writes sightings apart, about once a second.)
 
     NamedTuples here and in storage.rows, not frozen dataclasses: one of each is built per packet,
     and a frozen dataclass's __init__ sets every field through object.__setattr__."""
 
     frame_rows: Sequence[FrameRow] = ()
-    device_seen: DeviceSeen | None = None
     data: DataBlock | None = None  # the packet's data rows, encoded when it arrived
 
     @property
     def row_count(self) -> int:
-        return (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + 1
+        return (self.data.rows if self.data is not None else 0) + len(self.frame_rows)
 
 
 class WriterObserver(Protocol):
@@ -256,9 +256,8 @@ class BatchWriter:
         started = time.monotonic()
         blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
-        seen = [e.item.device_seen for e in entries if e.item.device_seen is not None]
         try:
-            await self.db.save_batch((), frames, seen, data_blocks=blocks)
+            await self.db.save_batch((), frames, data_blocks=blocks)
         except _ROW_ERRORS as err:
             if len(entries) == 1:
                 self._reject(entries[0], err)
@@ -289,7 +288,7 @@ class BatchWriter:
     def _reject(self, entry: _Pending, err: Exception) -> None:
         self._in_flight -= 1
         self._update_room()
-        mn = entry.item.device_seen.mn if entry.item.device_seen else None
+        mn = next((r.mn for r in entry.item.frame_rows if r.mn), None)
         self.log.warning("item_rejected_by_database", mn=mn, error=type(err).__name__, detail=str(err)[:200])
         self._done(entry, ItemRejected(str(err)))
 

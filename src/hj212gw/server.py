@@ -81,9 +81,10 @@ def mask_pw(raw: bytes) -> bytes:
 
 
 _LOG = structlog.get_logger("hj212gw.server")
-# A connection writes its device's sighting (devices.last_seen, peer, version) with its first
-# packet and then at most this often: one devices row update per packet cost PostgreSQL as much
-# as the raw archive row. The live state (GET /api/v1/devices/{mn}) is exact regardless.
+# A connection records its device's sighting (devices.last_seen, peer, version; the gateway
+# writes them about once a second) with its first packet and then at most this often: one
+# devices row update per packet cost PostgreSQL as much as the raw archive row. The live state
+# (GET /api/v1/devices/{mn}) is exact regardless.
 SIGHTING_INTERVAL_S = 10.0
 
 
@@ -316,12 +317,12 @@ class DasConnection(asyncio.Protocol):
         data = None
         if admission.action == "store" and not fragment:
             data = data_block(packet, now, deps.time_policy, resend=backfill)
-        seen = None
         if packet.mn != self._seen_mn or arrived - self._seen_at >= SIGHTING_INTERVAL_S:
             status = "quarantined" if admission.reason == "quarantined" else "accepted"
             seen = device_seen(packet, self.peer, now, status=status)
             if seen is not None:
                 self._seen_mn, self._seen_at = seen.mn, arrived
+                deps.gateway.record_sighting(seen)
                 if admission.action == "store":
                     deps.registry.remember(seen.mn)
         item = IngestItem(
@@ -329,7 +330,6 @@ class DasConnection(asyncio.Protocol):
             frame_rows=(
                 frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
             ),
-            device_seen=seen,
         )
         if ack:
             self._submit(item, lambda error: self._stored(error) if error else self._ack(packet, arrived))

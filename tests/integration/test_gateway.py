@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -14,6 +15,7 @@ from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.protocol.framing import encode_frame
 from tests.integration.das import MN, DasClient, data_packet, settings_for
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,11 @@ async def test_quarantine_registers_the_device_archives_and_acks_but_stores_no_d
     await das.send(data_packet("20240315101000001"))
     reply = await das.reply()
     assert (reply.packet.cn, reply.packet.qn) == ("9014", "20240315101000001")  # the raw frame is stored
-    assert await conn.fetchval("SELECT status FROM devices WHERE mn = $1", MN) == "quarantined"
+
+    async def registered() -> bool:  # sightings are written within about a second, not with the batch
+        return await conn.fetchval("SELECT status FROM devices WHERE mn = $1", MN) == "quarantined"
+
+    await eventually(registered)
     assert await conn.fetchval("SELECT count(*) FROM raw_frames WHERE mn = $1 AND verdict = 'ok'", MN) == 1
     assert await conn.fetchval("SELECT count(*) FROM data") == 0
     await das.close()
@@ -99,18 +105,33 @@ async def test_a_connection_refreshes_its_device_sighting_at_most_every_ten_seco
     gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema)
+
+    async def last_seen() -> datetime | None:
+        return await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN)  # type: ignore[no-any-return]
+
     das = await connect(running)
     await das.send(data_packet("20240315101000001"))
     assert (await das.reply()).packet.cn == "9014"
-    first = await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN)
+
+    async def sighted() -> bool:  # written by the housekeeping task, about once a second
+        return await last_seen() is not None
+
+    await eventually(sighted)
+    first = await last_seen()
     await das.send(data_packet("20240315101000002", data_time="20240315100100"))
     assert (await das.reply()).packet.cn == "9014"
-    assert await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN) == first
+    await asyncio.sleep(1.5)  # a housekeeping round later: no new sighting from the same connection
+    assert await last_seen() == first
     assert await conn.fetchval("SELECT count(*) FROM data WHERE mn = $1", MN) == 2  # both stored
     again = await connect(running)  # a new connection writes a sighting with its first packet
     await again.send(data_packet("20240315101000003", data_time="20240315100200"))
     assert (await again.reply()).packet.cn == "9014"
-    assert await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN) > first
+
+    async def moved_on() -> bool:
+        seen = await last_seen()
+        return seen is not None and first is not None and seen > first
+
+    await eventually(moved_on)
     await das.close()
     await again.close()
 

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from hj212gw.ingest import BatchWriter, IngestItem
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
-from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow, month_of
+from hj212gw.storage.rows import DataBlock, DataRow, FrameRow, month_of
 from tests.integration.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -21,13 +21,13 @@ T0 = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 def item(n: int, mn: str = "MN0001") -> IngestItem:
-    """One packet: two factors at minute n, its frame and the device sighting."""
+    """One packet: two factors at minute n and its frame."""
     at = T0 + timedelta(minutes=n)
     now = datetime.now(UTC)
     rows = [DataRow(mn=mn, cn="2051", data_time=at, factor=f, received_at=now, avg=n) for f in ("w01018", "w21003")]
     data = DataBlock(b"".join(pgcopy.data_row(r) for r in rows), len(rows), month_of(at))
     frame = FrameRow(received_at=now, raw=f"frame {n}".encode(), mn=mn, cn="2051")
-    return IngestItem([frame], DeviceSeen(mn, 2017, "32", "127.0.0.1:1", now), data)
+    return IngestItem([frame], data)
 
 
 async def count_rows(conn: asyncpg.Connection) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -17,8 +18,10 @@ from structlog.testing import capture_logs
 from hj212gw import app
 from hj212gw.api import bound_port
 from hj212gw.app import Running
-from tests.integration.das import DasClient, data_packet, settings_for
+from hj212gw.storage.db import OUTAGE_ERRORS
+from tests.integration.das import MN, DasClient, data_packet, settings_for
 from tests.integration.proxy import TcpProxy
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +114,29 @@ async def test_a_das_that_gives_up_during_the_outage_resends_and_is_stored_once(
     assert [a.packet.qn for a in acks] == [f"20240315101{n:06d}" for n in range(1, 4)]
     rows = await conn.fetch("SELECT qn, avg, revisions FROM data ORDER BY qn")
     assert [tuple(r) for r in rows] == [(f"20240315101{n:06d}", float(n), 0) for n in range(1, 4)]
+
+
+async def test_a_sighting_made_during_an_outage_is_written_after_it(
+    running: Running, das: DasClient, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    # The device's only sighting happens while PostgreSQL is unreachable: a flush then fails and
+    # keeps it, and the housekeeping round after the restore writes it. Nothing else sights the
+    # device afterwards, so the row can only come from the kept sighting.
+    proxy.cut()
+    before = datetime.now(UTC)
+    await das.send(packet(1))
+    assert await das.nothing_within(0.5)
+    with pytest.raises(OUTAGE_ERRORS):
+        await running.gateway._flush_sightings()
+    await das.close()
+    assert await conn.fetchval("SELECT count(*) FROM devices WHERE mn = $1", MN) == 0
+    proxy.restore()
+
+    async def written() -> bool:
+        seen = await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN)
+        return seen is not None and seen >= before
+
+    await eventually(written, timeout_s=15.0)
 
 
 async def test_acks_never_run_ahead_of_the_database_across_repeated_cuts(

@@ -31,6 +31,7 @@ from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.storage.db import Database
 from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet, settings_for
+from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
 
@@ -82,20 +83,6 @@ async def dial(start_gateway: StartGateway) -> AsyncIterator[Dial]:
 
 def sample(running: Running, name: str, **labels: str) -> float:
     return running.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    """Poll `check` until it is true (the rows of a packet nobody acks commit in the background)."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.02)
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll a cheap in-process condition (a metric) until it holds."""
-    async with asyncio.timeout(timeout_s):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 def qns(start: int, count: int) -> list[str]:

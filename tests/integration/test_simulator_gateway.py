@@ -25,6 +25,7 @@ from hj212gw.simulator.delivery import Outgoing
 from hj212gw.simulator.scenarios import Scenario
 from hj212gw.simulator.stats import Summary
 from tests.integration.das import settings_for
+from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +97,11 @@ async def test_a_mixed_fleet_stores_everything_it_was_acked(gateway: Running, co
     config = _config(gateway, count=120, speed=1200, sim_duration_s=3 * 3600 + 60)
     summary, acked = await _simulate(config)
     await _assert_acked_equals_stored(summary, acked, conn)
-    versions = await conn.fetch("SELECT DISTINCT protocol_version FROM devices")
-    assert len(versions) == 3
+
+    async def every_version_seen() -> bool:  # sightings are written within about a second
+        return len(await conn.fetch("SELECT DISTINCT protocol_version FROM devices")) == 3
+
+    await eventually(every_version_seen)
     _heartbeats_answered(summary, config)
 
 

@@ -214,6 +214,12 @@ async def _write(
     return changed
 
 
+async def write_sightings(conn: asyncpg.Connection, devices_seen: Sequence[DeviceSeen]) -> None:
+    """Upsert device sightings on their own (one statement, so one transaction)."""
+    if devices_seen:
+        await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
+
+
 async def _upsert(conn: asyncpg.Connection, source: memoryview) -> int:
     """Stage the rows and upsert them; the number of rows inserted or changed."""
     await conn.execute(CREATE_STAGE_SQL)

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from hj212gw.storage import queries
-from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch
+from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
 from hj212gw.storage.migrate import check_schema_name, migrate
 from hj212gw.storage.queries import DataPage
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
@@ -191,6 +191,11 @@ class Database:
             return await write_batch(
                 conn, data_rows, frame_rows, devices_seen, copies, self.direct_guard, may_copy=not resends
             )
+
+    async def save_sightings(self, devices_seen: Sequence[DeviceSeen]) -> None:
+        """Upsert device sightings outside any batch (the gateway writes them once a second)."""
+        async with self.pool.acquire() as conn:
+            await write_sightings(conn, devices_seen)
 
     async def fetch_devices(self) -> list[dict[str, Any]]:
         """Every device, ordered by mn, without `pw`."""
