@@ -15,8 +15,9 @@ import contextlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -29,6 +30,10 @@ from hj212gw.server import DasConnection, Deps, session_config_from, time_policy
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.db import OUTAGE_ERRORS, Database
 from hj212gw.storage.rows import DeviceSeen
+
+_Row = TypeVar("_Row")
+# PostgreSQL refused a value in a row (not an outage): retrying the same row cannot succeed.
+_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 _ID_BLOCK = 500
 _CONNECTION_LOG_LIMIT = 200_000
@@ -284,6 +289,9 @@ class Gateway:
                 up = await self.db.ping()
             except OUTAGE_ERRORS:
                 up = False
+            except asyncpg.PostgresError as err:  # never let one refused statement end housekeeping
+                self.log.warning("housekeeping_failed", error=type(err).__name__, detail=str(err)[:200])
+                up = self.db_up
             self.db_up = up
 
     # -- the connections table -----------------------------------------------------------------
@@ -325,31 +333,57 @@ class Gateway:
             return
         sightings, self._sightings = self._sightings, {}
         try:
-            await self.db.save_sightings(list(sightings.values()))
+            await self._write_rows("sighting", list(sightings.values()), self.db.save_sightings)
         except (*OUTAGE_ERRORS, asyncpg.PostgresError):
             for seen in sightings.values():  # kept for the next try; newer sightings win
                 self.record_sighting(seen)
             raise
+
+    async def _write_rows(self, what: str, rows: list[_Row], write: Callable[[list[_Row]], Awaitable[None]]) -> None:
+        """Write rows in one go; if PostgreSQL refuses a value (a NUL byte from a tolerated header,
+        say), write them one at a time and drop each refused one with a WARNING. Writes are
+        idempotent, so a retry after an outage may repeat some."""
+        try:
+            await write(rows)
+        except _ROW_ERRORS:
+            for row in rows:
+                try:
+                    await write([row])
+                except _ROW_ERRORS as err:
+                    self.log.warning(
+                        f"{what}_rejected_by_database",
+                        row=repr(row)[:200],
+                        error=type(err).__name__,
+                        detail=str(err)[:200],
+                    )
 
     async def _flush_connection_log(self) -> None:
         if not self._opened and not self._closed:
             return
         opened, closed = self._opened, self._closed
         self._opened, self._closed = [], []
-        try:
-            async with self.db.pool.acquire() as db_conn, db_conn.transaction():
-                if opened:
-                    await db_conn.executemany(
-                        "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
-                        " ON CONFLICT (id) DO NOTHING",
-                        opened,
-                    )
-                if closed:
-                    await db_conn.executemany(
-                        "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
-                        " frames_ok = $5, frames_rejected = $6 WHERE id = $1",
-                        closed,
-                    )
+
+        async def insert_opened(rows: list[tuple[Any, ...]]) -> None:
+            async with self.db.pool.acquire() as db_conn:
+                await db_conn.executemany(
+                    "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    rows,
+                )
+
+        async def update_closed(rows: list[tuple[Any, ...]]) -> None:
+            async with self.db.pool.acquire() as db_conn:
+                await db_conn.executemany(
+                    "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
+                    " frames_ok = $5, frames_rejected = $6 WHERE id = $1",
+                    rows,
+                )
+
+        try:  # opened before closed: a connection's row exists before its close is recorded
+            if opened:
+                await self._write_rows("connection_log", opened, insert_opened)
+            if closed:
+                await self._write_rows("connection_log", closed, update_closed)
         except (*OUTAGE_ERRORS, asyncpg.PostgresError):
             self._opened = opened + self._opened
             self._closed = closed + self._closed

@@ -148,3 +148,31 @@ async def test_the_access_password_never_reaches_a_log_line(gateways: list[Runni
     assert rejected and "PW=***" in rejected[0]["raw"]
     assert all("S3cr3t" not in repr(entry) for entry in logs)
     await das.close()
+
+
+async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_stops_nothing_else(
+    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    # HJ 212 tolerates NUL bytes in header values; PostgreSQL text cannot hold them. The sighting
+    # and the connection-log row of such an MN are refused: each is dropped with a WARNING, and
+    # the housekeeping that writes them goes on writing everybody else's.
+    running = await start(gateways, pg_dsn, schema)
+    with capture_logs() as logs:
+        odd = await connect(running)
+        await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))
+        await odd.nothing_within(0.3)  # its data is refused too: no ack
+        await odd.close()
+        await asyncio.sleep(1.5)  # a housekeeping round meets the refused rows
+        das = await connect(running)
+        await das.send(data_packet("20240315101000002"))
+        assert (await das.reply()).packet.cn == "9014"
+        await das.close()
+
+        async def written() -> bool:
+            seen = await conn.fetchval("SELECT count(*) FROM devices WHERE mn = $1", MN)
+            closed = await conn.fetchval("SELECT count(*) FROM connections WHERE mn = $1", MN)
+            return bool(seen and closed)
+
+        await eventually(written, timeout_s=10.0)
+    refused = {e["event"] for e in logs if e["event"].endswith("_rejected_by_database")}
+    assert {"sighting_rejected_by_database", "connection_log_rejected_by_database"} <= refused
