@@ -126,9 +126,9 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # best effort: neither is data
-            await self._flush_connection_log()
-            await self._flush_sightings()
+        for flush in (self._flush_connection_log, self._flush_sightings):  # best effort: neither is data
+            with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
+                await flush()
         if self._listener is not None:
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await self._listener.close(timeout=2)
