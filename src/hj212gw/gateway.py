@@ -363,21 +363,21 @@ class Gateway:
         opened, closed = self._opened, self._closed
         self._opened, self._closed = [], []
 
-        async def insert_opened(rows: list[tuple[Any, ...]]) -> None:
-            async with self.db.pool.acquire() as db_conn:
-                await db_conn.executemany(
-                    "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    rows,
-                )
+        def statement(sql: str) -> Callable[[list[tuple[Any, ...]]], Awaitable[None]]:
+            async def run(rows: list[tuple[Any, ...]]) -> None:
+                async with self.db.pool.acquire() as db_conn:
+                    await db_conn.executemany(sql, rows)
 
-        async def update_closed(rows: list[tuple[Any, ...]]) -> None:
-            async with self.db.pool.acquire() as db_conn:
-                await db_conn.executemany(
-                    "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
-                    " frames_ok = $5, frames_rejected = $6 WHERE id = $1",
-                    rows,
-                )
+            return run
+
+        insert_opened = statement(
+            "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+        update_closed = statement(
+            "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
+            " frames_ok = $5, frames_rejected = $6 WHERE id = $1"
+        )
 
         try:  # opened before closed: a connection's row exists before its close is recorded
             if opened:
