@@ -114,7 +114,7 @@ async def test_metrics_exposes_the_given_registry(api: Harness) -> None:
 async def test_devices_merge_registry_with_live_state_and_never_show_pw(
     api: Harness, db: Database, conn: asyncpg.Connection
 ) -> None:
-    await db.save_batch([], devices_seen=[seen(MN), seen(OTHER, 2005)])
+    await db.save_sightings([seen(MN), seen(OTHER, 2005)])
     await conn.execute("UPDATE devices SET pw = 'sekret-pw', name = '污水厂 1' WHERE mn = $1", MN)
     connected = datetime(2024, 5, 1, 16, 0, tzinfo=UTC)
     api.live.devices[MN] = LiveDevice(
@@ -142,7 +142,7 @@ async def test_devices_merge_registry_with_live_state_and_never_show_pw(
 
 
 async def test_one_device_by_mn_and_unknown_mn_is_404(api: Harness, db: Database) -> None:
-    await db.save_batch([], devices_seen=[seen(MN)])
+    await db.save_sightings([seen(MN)])
     one = await api.get(f"/api/v1/devices/{MN}")
     assert one["mn"] == MN and one["online"] is False and one["last_seen"] == "2024-05-01T08:00:05.123456Z"
     missing = await api.get("/api/v1/devices/NOPE", status=404)

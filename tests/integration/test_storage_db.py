@@ -43,7 +43,8 @@ async def test_save_batch_stores_every_field_and_flag(db: Database, conn: asyncp
                      mn=MN, cn="2051", qn=full.qn, verdict="ok",
                      tolerances=("lowercase_crc", "missing_crlf"))  # fmt: skip
     seen = DeviceSeen(mn=MN, protocol_version=2017, st="32", peer="10.0.0.1:4000", seen_at=RECEIVED)
-    assert await db.save_batch([full], [frame], [seen]) == 1
+    assert await db.save_batch([full], [frame]) == 1
+    await db.save_sightings([seen])
 
     (got,) = await stored(conn)
     names = ("factor", "factor_2017", "rtd", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max", "flag", "eflag",
@@ -172,8 +173,8 @@ async def test_fetch_data_pages_return_every_row_exactly_once(db: Database) -> N
 
 async def test_devices_keep_first_seen_and_advance_last_seen(db: Database) -> None:
     early, late = RECEIVED, RECEIVED + timedelta(minutes=5)
-    await db.save_batch([], [], [DeviceSeen(MN, 2017, "32", "a:1", late), DeviceSeen(MN, 2017, "32", "b:2", early)])
-    await db.save_batch([], [], [DeviceSeen(MN, 2005, "31", "c:3", early - timedelta(days=1))])
+    await db.save_sightings([DeviceSeen(MN, 2017, "32", "a:1", late), DeviceSeen(MN, 2017, "32", "b:2", early)])
+    await db.save_sightings([DeviceSeen(MN, 2005, "31", "c:3", early - timedelta(days=1))])
     (device,) = await db.fetch_devices()
     assert device["first_seen"] == early - timedelta(days=1) and device["last_seen"] == late
     assert device["status"] == "accepted" and device["enabled"] is True and device["crc_variants"] == []

@@ -1,4 +1,5 @@
-"""The write path of one batch: partitions, data (direct COPY or staged upsert), raw frames, devices.
+"""The write path of one batch: partitions, data (direct COPY or staged upsert), raw frames; and
+the upsert of device sightings, which the gateway writes apart from the batches.
 
 Owns the SQL that `Database.save_batch` runs and the per-process cache of month partitions
 known to exist. Resend semantics (documented in docs/schema.md): a row whose values differ
@@ -158,13 +159,12 @@ async def write_batch(
     conn: asyncpg.Connection,
     data_rows: Sequence[DataRow],
     frame_rows: Sequence[FrameRow],
-    devices_seen: Sequence[DeviceSeen],
     data_copy: Sequence[bytes] = (),
     guard: DirectInsertGuard | None = None,
     *,
     may_copy: bool = True,
 ) -> int:
-    """Write everything in ONE transaction; return the number of data rows inserted or changed.
+    """Write data and raw frames in ONE transaction; return the number of data rows inserted or changed.
 
     `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
     rows when it arrives); `data_rows` are encoded here. Without a `guard`, or with `may_copy`
@@ -174,11 +174,10 @@ async def write_batch(
     """
     data = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]]) if data_rows or data_copy else None
     frames = pgcopy.copy_data([pgcopy.frame_row(r) for r in frame_rows]) if frame_rows else None
-    devices = _device_arrays(devices_seen) if devices_seen else None
     tried = data is not None and guard is not None and may_copy and guard.try_direct()
     if tried:
         try:
-            changed = await _write(conn, data, frames, devices, direct=True)
+            changed = await _write(conn, data, frames, direct=True)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             pass  # rolled back: nothing of this batch was written
         else:
@@ -187,18 +186,17 @@ async def write_batch(
             return changed
     if guard is not None and data is not None:
         guard.record(tried=tried, copied=False)
-    return await _write(conn, data, frames, devices, direct=False)
+    return await _write(conn, data, frames, direct=False)
 
 
 async def _write(
     conn: asyncpg.Connection,
     data: memoryview | None,
     frames: memoryview | None,
-    devices: list[list[object]] | None,
     *,
     direct: bool,
 ) -> int:
-    """One transaction: data (straight COPY or staged upsert), raw frames, device sightings."""
+    """One transaction: data (straight COPY or staged upsert), raw frames."""
     changed = 0
     async with conn.transaction():
         if data is not None:
@@ -209,13 +207,11 @@ async def _write(
                 changed = await _upsert(conn, data)
         if frames is not None:
             await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
-        if devices is not None:
-            await conn.execute(UPSERT_DEVICES_SQL, *devices)
     return changed
 
 
 async def write_sightings(conn: asyncpg.Connection, devices_seen: Sequence[DeviceSeen]) -> None:
-    """Upsert device sightings on their own (one statement, so one transaction)."""
+    """Upsert device sightings (one statement, so one transaction); the latest per MN wins."""
     if devices_seen:
         await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
 

@@ -172,7 +172,6 @@ class Database:
         self,
         data_rows: Sequence[DataRow],
         frame_rows: Sequence[FrameRow] = (),
-        devices_seen: Sequence[DeviceSeen] = (),
         *,
         data_blocks: Sequence[DataBlock] = (),
     ) -> int:
@@ -180,7 +179,8 @@ class Database:
 
         Missing month partitions are created first (their own short transaction), then data
         (`data_blocks` as encoded by the gateway, `data_rows` encoded here; direct COPY or staged
-        upsert, see storage.batch), raw frames (COPY) and devices commit in ONE transaction.
+        upsert, see storage.batch) and raw frames (COPY) commit in ONE transaction. Device
+        sightings are not part of a batch: `save_sightings`.
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
@@ -188,9 +188,7 @@ class Database:
             await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
             resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
             copies = [block.copy for block in data_blocks]
-            return await write_batch(
-                conn, data_rows, frame_rows, devices_seen, copies, self.direct_guard, may_copy=not resends
-            )
+            return await write_batch(conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends)
 
     async def save_sightings(self, devices_seen: Sequence[DeviceSeen]) -> None:
         """Upsert device sightings outside any batch (the gateway writes them once a second)."""
