@@ -28,12 +28,10 @@ from hj212gw.metrics import Metrics
 from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
-from hj212gw.storage.db import OUTAGE_ERRORS, Database
+from hj212gw.storage.db import OUTAGE_ERRORS, ROW_ERRORS, Database
 from hj212gw.storage.rows import DeviceSeen
 
 _Row = TypeVar("_Row")
-# PostgreSQL refused a value in a row (not an outage): retrying the same row cannot succeed.
-_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 _ID_BLOCK = 500
 _CONNECTION_LOG_LIMIT = 200_000
@@ -345,11 +343,11 @@ class Gateway:
         idempotent, so a retry after an outage may repeat some."""
         try:
             await write(rows)
-        except _ROW_ERRORS:
+        except ROW_ERRORS:
             for row in rows:
                 try:
                     await write([row])
-                except _ROW_ERRORS as err:
+                except ROW_ERRORS as err:
                     self.log.warning(
                         f"{what}_rejected_by_database",
                         row=repr(row)[:200],

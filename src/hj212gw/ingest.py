@@ -18,14 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-import asyncpg
 import structlog
 
-from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, Database
+from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, ROW_ERRORS, Database
 from hj212gw.storage.rows import DataBlock, FrameRow
-
-# A bad value in one row (out of range, NUL in text, ...) fails the whole batch; split to find it.
-_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 class WriterClosed(Exception):
@@ -258,7 +254,7 @@ class BatchWriter:
         frames = [r for e in entries for r in e.item.frame_rows]
         try:
             await self.db.save_batch((), frames, data_blocks=blocks)
-        except _ROW_ERRORS as err:
+        except ROW_ERRORS as err:  # one bad value fails the whole batch: split to find it
             if len(entries) == 1:
                 self._reject(entries[0], err)
                 return

@@ -38,6 +38,9 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
 )
+# PostgreSQL refused a value in a row (out of range, a NUL byte in text, ...): retrying the same
+# rows cannot succeed; the callers isolate and drop the refused row.
+ROW_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 AHEAD_MONTHS = 2
 
 
