@@ -16,19 +16,17 @@ from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
-from hj212gw.row_layout import layout_of
+from hj212gw.row_layout import NUMBER_SUFFIXES, TEXT_SUFFIXES, layout_of
 from hj212gw.storage import pgcopy
 from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
 
 # Per-factor suffixes with a column of their own, and its place after `factor_2017`: first the
-# floats (storage.pgcopy.NUMBER_COLUMNS), then flag, eflag, sample_time; every other field goes to extra.
-_SLOTS = {
-    "Rtd": 0, "Min": 1, "Avg": 2, "Max": 3, "Cou": 4, "ZsRtd": 5, "ZsMin": 6, "ZsAvg": 7, "ZsMax": 8,
-    "Flag": 9, "EFlag": 10, "SampleTime": 11,
-}  # fmt: skip
-_FLAG_SLOT = 9
-_SAMPLE_TIME_SLOT = 11
-_EXTRA_SLOT = 12
+# floats (storage.pgcopy.NUMBER_COLUMNS), then flag, eflag, sample_time; every other field goes to
+# extra. The same order as the compiled layouts' (row_layout).
+_SLOTS = {suffix: slot for slot, suffix in enumerate((*NUMBER_SUFFIXES, *TEXT_SUFFIXES, "SampleTime"))}
+_FLAG_SLOT = _SLOTS["Flag"]
+_SAMPLE_TIME_SLOT = _SLOTS["SampleTime"]
+_EXTRA_SLOT = _SAMPLE_TIME_SLOT + 1
 _float8 = pgcopy.pack_float8
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
