@@ -1,4 +1,4 @@
-"""Integration fixtures: one PostgreSQL per session, a fresh schema per test, dropped afterwards.
+"""Fixtures for every test that needs services: one PostgreSQL per session, a fresh schema per test.
 
 `HJ212GW_TEST_DATABASE_URL` names a server to use (CI sets it to the local service); unset, an
 embedded PostgreSQL is started once per session in a temporary directory.
