@@ -28,6 +28,7 @@ from hj212gw.metrics import Metrics
 from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
+from hj212gw.splits import SplitSweeper
 from hj212gw.storage.db import OUTAGE_ERRORS, ROW_ERRORS, Database
 from hj212gw.storage.rows import DeviceSeen
 
@@ -65,6 +66,7 @@ class Gateway:
             time_policy=time_policy_from(settings),
             gateway=self,
         )
+        self.splits = SplitSweeper(db, self.deps.time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
         self.log = structlog.get_logger("hj212gw.gateway")
         self.connections: set[DasConnection] = set()
         self.by_mn: dict[str, DasConnection] = {}
@@ -279,6 +281,7 @@ class Gateway:
                 await self._send_announcements()
                 await self._flush_connection_log()
                 await self._flush_sightings()
+                await self.splits.sweep(datetime.now(UTC))
                 if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
                     await self.registry.refresh(self.db)
                     last_refresh = time.monotonic()

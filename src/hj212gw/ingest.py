@@ -22,6 +22,7 @@ import structlog
 
 from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, ROW_ERRORS, Database
 from hj212gw.storage.rows import DataBlock, FrameRow
+from hj212gw.storage.split_parts import SplitPartRow
 
 
 class WriterClosed(Exception):
@@ -41,6 +42,7 @@ class IngestItem(NamedTuple):
 
     frame_rows: Sequence[FrameRow] = ()
     data: DataBlock | None = None  # the packet's data rows, encoded when it arrived
+    split_parts: Sequence[SplitPartRow] = ()  # a split part, kept until its transfer is assembled
 
     @property
     def row_count(self) -> int:
@@ -252,8 +254,9 @@ class BatchWriter:
         started = time.monotonic()
         blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
+        splits = [r for e in entries for r in e.item.split_parts]
         try:
-            await self.db.save_batch((), frames, data_blocks=blocks)
+            await self.db.save_batch((), frames, data_blocks=blocks, split_parts=splits)
         except ROW_ERRORS as err:  # one bad value fails the whole batch: split to find it
             if len(entries) == 1:
                 self._reject(entries[0], err)

@@ -157,6 +157,12 @@ class Metrics:
         self.split_missing = Counter(
             "hj212gw_split_parts_missing_total", "Split-packet parts that never arrived.", registry=r
         )
+        self.split_transfers = Counter(
+            "hj212gw_split_transfers_total",
+            "Split transfers of fragments finished: assembled, unparsable (joined CP refused), expired.",
+            ["outcome"],
+            registry=r,
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 

@@ -40,11 +40,12 @@ from hj212gw.protocol.session import (
     Send,
     SessionConfig,
     SplitPartsMissing,
-    SplitReassembled,
 )
 from hj212gw.records import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.registry import DeviceRegistry
 from hj212gw.settings import Settings
+from hj212gw.splits import split_part_row
+from hj212gw.storage.rows import DataBlock, FrameRow
 
 if TYPE_CHECKING:
     from hj212gw.gateway import Gateway
@@ -294,8 +295,6 @@ class DasConnection(asyncio.Protocol):
             case SplitPartsMissing(cn=cn, data_time=data_time, missing=missing):
                 metrics.split_missing.inc(len(missing))
                 self.log.warning("split_parts_missing", cn=cn, data_time=data_time, missing=list(missing))
-            case SplitReassembled(packet=packet, backfill=backfill):
-                self._store_reassembled(packet, backfill)
 
     def _on_packet(
         self, packet: Packet, frame: Frame, *, ack: bool, backfill: bool, fragment: bool, arrived: float
@@ -325,23 +324,45 @@ class DasConnection(asyncio.Protocol):
                 deps.gateway.record_sighting(seen)
                 if admission.action == "store":
                     deps.registry.remember(seen.mn)
-        item = IngestItem(
-            data=data,
-            frame_rows=(
-                frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
-            ),
-        )
-        if ack:
-            self._submit(item, lambda error: self._stored(error) if error else self._ack(packet, arrived))
+        frames = (frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),)
+        if admission.action == "store" and (fragment or (packet.split and data is not None)):
+            self._submit_split_part(
+                packet, frames, data, ack=ack, fragment=fragment, backfill=backfill, arrived=arrived
+            )
+        elif ack:
+            self._submit(
+                IngestItem(frames, data), lambda error: self._stored(error) if error else self._ack(packet, arrived)
+            )
         else:
-            self._submit(item, self._stored)
+            self._submit(IngestItem(frames, data), self._stored)
 
-    def _store_reassembled(self, packet: Packet, backfill: bool) -> None:
-        if self.deps.registry.admit(packet.mn, packet.pw).action != "store":
-            return
-        data = data_block(packet, datetime.now(UTC), self.deps.time_policy, resend=backfill)
-        if data is not None:
-            self._submit(IngestItem(data=data), self._stored)
+    def _submit_split_part(
+        self,
+        packet: Packet,
+        frames: tuple[FrameRow],
+        data: DataBlock | None,
+        *,
+        ack: bool,
+        fragment: bool,
+        backfill: bool,
+        arrived: float,
+    ) -> None:
+        """A split part commits with its `split_parts` row; the gateway's sweep assembles its transfer."""
+        now = frames[0].received_at
+        row = split_part_row(
+            packet, fragment=fragment, backfill=backfill, received_at=now, connection_id=self.connection_id
+        )
+        splits = self.deps.gateway.splits
+
+        def done(error: BaseException | None) -> None:
+            if error is None and row is not None:
+                splits.stored(row.key)
+            if error is None and ack:
+                self._ack(packet, arrived)
+            else:
+                self._stored(error)
+
+        self._submit(IngestItem(frames, data, () if row is None else (row,)), done)
 
     def _submit(self, item: IngestItem, on_done: OnDone) -> None:
         """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""
@@ -450,6 +471,10 @@ def session_config_from(settings: Settings, registry: DeviceRegistry) -> Session
         device_tz=ZoneInfo(settings.device_timezone),
         send_time_after_1013=proto.time_calibration,
         max_consecutive_rejects=settings.connections.max_consecutive_rejects,
+        split_timeout_s=proto.split_timeout_s,
+        max_split_groups=proto.max_split_groups,
+        max_split_parts=proto.max_split_parts,
+        max_split_bytes=proto.max_split_bytes,
     )
 
 

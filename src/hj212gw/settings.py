@@ -54,6 +54,14 @@ class ProtocolSettings(BaseModel):
     time_calibration: bool = Field(default=True, description="Answer 1013 with 9013 then 1012 (platform time).")
     future_tolerance_s: float = Field(default=3600.0, description="DataTime further ahead is marked time_suspect.")
     past_tolerance_days: float = Field(default=400.0, description="DataTime older than this is marked time_suspect.")
+    split_timeout_s: float = Field(
+        default=120.0, gt=0, description="A split transfer still incomplete this long after its first part expires."
+    )
+    max_split_groups: int = Field(default=64, ge=1, description="Open split transfers tracked per connection.")
+    max_split_parts: int = Field(default=256, ge=2, le=9999, description="Largest PNUM accepted for fragments.")
+    max_split_bytes: int = Field(
+        default=262144, ge=4096, description="Per connection: split tracking plus fragments awaiting assembly."
+    )
 
 
 class DeviceSettings(BaseModel):

@@ -25,8 +25,8 @@ from hj212gw.protocol.session import (
     Send,
     SessionConfig,
     SplitPartsMissing,
-    SplitReassembled,
 )
+from hj212gw.protocol.split import assemble_parts
 from tests.protocol.conftest import BAD, FIRST, GOOD, T0, expected, fixture_id
 
 STD = FIRST.parent
@@ -339,7 +339,6 @@ def test_split_parts_standing_alone_are_tracked_not_joined() -> None:
     events = session.receive_data(std("2051-e6-split-part-1") + std("2051-e6-split-part-2"), now=T0)
     received = [e for e in events if isinstance(e, PacketReceived)]
     assert [r.ack for r in received] == [True, True] and not any(r.fragment for r in received)
-    assert not any(isinstance(e, SplitReassembled) for e in events)
     assert session.poll(T0 + timedelta(hours=1)) == []
 
 
@@ -357,31 +356,35 @@ CUT_CP = (
 
 
 def fragments(cut: int, pnum: int = 2) -> list[bytes]:
+    """A transfer cut mid-factor-group; every part carries the transfer's QN."""
     bounds = [0, cut, len(CUT_CP)] if pnum == 2 else [0, cut // 2, cut, len(CUT_CP)]
     parts = [CUT_CP[a:b] for a, b in itertools.pairwise(bounds)]
     return [
-        frame(f"QN=2024031510100077{n};ST=32;CN=2051;PW=123456;MN={MN};Flag=7;PNUM={pnum};PNO={n};CP=&&{p}&&")
+        frame(f"QN=20240315101000770;ST=32;CN=2051;PW=123456;MN={MN};Flag=7;PNUM={pnum};PNO={n};CP=&&{p}&&")
         for n, p in enumerate(parts, 1)
     ]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(30, len(CUT_CP) - 5), st.sampled_from([2, 3]), st.randoms(use_true_random=False))
-def test_fragments_are_joined_in_pno_order_whatever_the_arrival_order(cut: int, pnum: int, rng: random.Random) -> None:
+def test_fragments_are_acked_parts_that_assemble_in_pno_order_whatever_the_arrival_order(
+    cut: int, pnum: int, rng: random.Random
+) -> None:
     parts = fragments(cut, pnum)
     rng.shuffle(parts)
     session = DasSession()
     events: list[Event] = []
     for part in parts:
         events += session.receive_data(part, now=T0)
-    [joined] = [e for e in events if isinstance(e, SplitReassembled)]
-    assert joined.packet.cp == CUT_CP and joined.packet.pnum is None and joined.packet.flag == 5
-    readings = joined.packet.data.readings  # type: ignore[union-attr]
+    received = [e for e in events if isinstance(e, PacketReceived)]
+    assert len(received) == pnum and all(r.ack for r in received) and any(r.fragment for r in received)
+    joined = assemble_parts([r.packet for r in received])
+    assert joined.cp == CUT_CP and joined.pnum is None and joined.flag == 5
+    readings = joined.data.readings  # type: ignore[union-attr]
     assert [r.code for r in readings] == ["w00000", "w01018"]
     assert readings[1].values == {"Cou": "0.421", "Avg": "40.1", "Flag": "N"}
-    assert all(
-        isinstance(e, PacketReceived) and e.ack for e in events if not isinstance(e, (SplitReassembled, MnBound))
-    )
+    assert session.split_bytes == 0  # the session saw the whole transfer: nothing left tracked
+    assert session.poll(T0 + timedelta(hours=1)) == []
 
 
 def test_split_parts_in_any_order_give_the_same_records() -> None:

@@ -33,7 +33,7 @@ from hj212gw.protocol.errors import Hj212Error, MnMismatch, SegmentError
 from hj212gw.protocol.framing import Frame, FrameBuffer, FrameLimits
 from hj212gw.protocol.models import Packet, format_hj_time, format_qn
 from hj212gw.protocol.segment import parse_segment
-from hj212gw.protocol.split import SplitTracker
+from hj212gw.protocol.split import SplitError, SplitTracker, check_part
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +50,9 @@ class SessionConfig:
     send_time_after_1013: bool = True
     max_consecutive_rejects: int = 10
     split_timeout_s: float = 120.0
-    max_split_groups: int = 64
-    max_split_bytes: int = 65536
+    max_split_groups: int = 64  # open split transfers per connection
+    max_split_parts: int = 256  # PNUM accepted for a transfer of fragments
+    max_split_bytes: int = 262144  # per connection: tracking plus fragments awaiting assembly
     raw_head_bytes: int = 120
 
 
@@ -61,7 +62,8 @@ class SessionConfig:
 @dataclass(frozen=True, slots=True)
 class PacketReceived:
     """A valid packet. `ack`: send 9014 after it is stored. `backfill`: RF=1 or a fetch answer.
-    `fragment`: a split part that only makes sense reassembled (store it raw, not as data)."""
+    `fragment`: a split part that only makes sense assembled (store it as a split part, not as
+    data). Every split part with PNUM/PNO passed `split.check_part`."""
 
     packet: Packet
     frame: Frame
@@ -126,14 +128,6 @@ class SplitPartsMissing:
     missing: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class SplitReassembled:
-    """Parts that did not stand alone, joined in PNO order into one packet (store its data)."""
-
-    packet: Packet
-    backfill: bool
-
-
 Event = (
     PacketReceived
     | FrameRejected
@@ -144,7 +138,6 @@ Event = (
     | RequestFinished
     | RequestFailed
     | SplitPartsMissing
-    | SplitReassembled
 )
 
 
@@ -307,9 +300,9 @@ class DasSession:
         # Uploads, answers to our gets, and unknown DAS commands alike: 9014 after storage when
         # asked (HJ 212-2017 §15 recommends acking unknown non-9xxx CNs so the DAS stops retrying).
         ack = packet.ack_requested and not cn.startswith("9")
+        if (fragment or packet.split) and not self._track_split(packet, frame, now, fragment, events):
+            return
         events.append(PacketReceived(packet, frame, ack=ack, backfill=backfill, fragment=fragment))
-        if packet.split and packet.pnum:
-            self._track_split(packet, now, fragment, backfill, events)
 
     def _reply_heartbeat(self, packet: Packet, events: list[Event]) -> None:
         choice = self.config.heartbeat_reply_per_mn.get(packet.mn or "", self.config.heartbeat_reply)
@@ -327,16 +320,32 @@ class DasSession:
         frame = build_set_time(target, qn, format_hj_time(local), pol_id)
         return self.send_request(frame, qn=qn, cn=Cn.SET_TIME, now=now)
 
-    def _track_split(self, packet: Packet, now: datetime, fragment: bool, backfill: bool, events: list[Event]) -> None:
+    def _track_split(self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]) -> bool:
+        """False (and a FrameRejected) for a fragment the transfer caps refuse; a standalone part
+        with a bad PNUM/PNO still stands alone, it is only not tracked."""
+        config = self.config
         if self._splits is None:
             self._splits = SplitTracker(
-                timeout_s=self.config.split_timeout_s,
-                max_groups=self.config.max_split_groups,
-                max_bytes=self.config.max_split_bytes,
+                timeout_s=config.split_timeout_s,
+                max_transfers=config.max_split_groups,
+                max_parts=config.max_split_parts,
+                max_bytes=config.max_split_bytes,
             )
-        joined = self._splits.add(packet, now, fragment)
-        if joined is not None:
-            events.append(SplitReassembled(joined, backfill))
+        try:
+            check_part(packet, fragment=fragment, max_parts=config.max_split_parts)
+            self._splits.add(packet, now, fragment=fragment)
+        except SplitError as error:
+            if fragment:
+                self._reject(events, error, frame.raw, packet=packet, frame=frame)
+                return False
+        finally:  # reported now, not at the next poll: a flood would pile them up meanwhile
+            events.extend(SplitPartsMissing(*missing) for missing in self._splits.take_evicted())
+        return True
+
+    @property
+    def split_bytes(self) -> int:
+        """Bytes this connection's split tracking accounts for (bounded by `max_split_bytes`)."""
+        return self._splits.size if self._splits is not None else 0
 
     # -- platform requests ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import asyncpg
 from hj212gw.storage import pgcopy
 from hj212gw.storage.pgcopy import DATA_COLUMNS, FRAME_COLUMNS, NUMBER_COLUMNS
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
+from hj212gw.storage.split_parts import SplitPartRow, insert_parts
 
 STAGE_TABLE = "data_stage"
 _COMPARED = ("factor_2017", *NUMBER_COLUMNS, "flag", "eflag", "sample_time", "extra")
@@ -163,6 +164,7 @@ async def write_batch(
     guard: DirectInsertGuard | None = None,
     *,
     may_copy: bool = True,
+    split_parts: Sequence[SplitPartRow] = (),
 ) -> int:
     """Write data and raw frames in ONE transaction; return the number of data rows inserted or changed.
 
@@ -177,7 +179,7 @@ async def write_batch(
     tried = data is not None and guard is not None and may_copy and guard.try_direct()
     if tried:
         try:
-            changed = await _write(conn, data, frames, direct=True)
+            changed = await _write(conn, data, frames, direct=True, split_parts=split_parts)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             pass  # rolled back: nothing of this batch was written
         else:
@@ -186,7 +188,7 @@ async def write_batch(
             return changed
     if guard is not None and data is not None:
         guard.record(tried=tried, copied=False)
-    return await _write(conn, data, frames, direct=False)
+    return await _write(conn, data, frames, direct=False, split_parts=split_parts)
 
 
 async def _write(
@@ -195,8 +197,9 @@ async def _write(
     frames: memoryview | None,
     *,
     direct: bool,
+    split_parts: Sequence[SplitPartRow] = (),
 ) -> int:
-    """One transaction: data (straight COPY or staged upsert), raw frames."""
+    """One transaction: data (straight COPY or staged upsert), raw frames, split parts."""
     changed = 0
     async with conn.transaction():
         if data is not None:
@@ -207,6 +210,7 @@ async def _write(
                 changed = await _upsert(conn, data)
         if frames is not None:
             await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
+        await insert_parts(conn, split_parts)  # a split part's ack means stored, even as a fragment
     return changed
 
 

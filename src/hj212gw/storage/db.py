@@ -15,11 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from hj212gw.storage import queries
+from hj212gw.storage import queries, split_parts
 from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
 from hj212gw.storage.migrate import check_schema_name, migrate
 from hj212gw.storage.queries import DataPage
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
+from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow, StoredPart
 
 # Errors meaning "the database or the path to it is gone", as opposed to a bad statement.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -177,13 +178,14 @@ class Database:
         frame_rows: Sequence[FrameRow] = (),
         *,
         data_blocks: Sequence[DataBlock] = (),
+        split_parts: Sequence[SplitPartRow] = (),
     ) -> int:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
         Missing month partitions are created first (their own short transaction), then data
         (`data_blocks` as encoded by the gateway, `data_rows` encoded here; direct COPY or staged
-        upsert, see storage.batch) and raw frames (COPY) commit in ONE transaction. Device
-        sightings are not part of a batch: `save_sightings`.
+        upsert, see storage.batch), raw frames (COPY) and split parts commit in ONE transaction.
+        Device sightings are not part of a batch: `save_sightings`.
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
@@ -191,7 +193,44 @@ class Database:
             await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
             resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
             copies = [block.copy for block in data_blocks]
-            return await write_batch(conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends)
+            return await write_batch(
+                conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends, split_parts=split_parts
+            )
+
+    # -- split transfers (storage.split_parts; assembled by hj212gw.splits) ----------------------
+
+    async def fetch_complete_splits(self, keys: Sequence[SplitKey] | None, limit: int = 1000) -> list[SplitKey]:
+        """Complete, unassembled transfers with a fragment: among `keys`, or any (None)."""
+        async with self.pool.acquire() as conn:
+            return await split_parts.fetch_complete(conn, keys, limit)
+
+    async def fetch_split_parts(self, key: SplitKey) -> list[StoredPart]:
+        async with self.pool.acquire() as conn:
+            return await split_parts.fetch_parts(conn, key)
+
+    async def finish_split(self, key: SplitKey, pnos: Sequence[int], data: DataBlock | None) -> bool:
+        """Store an assembled transfer's data and mark its parts, once across replicas.
+
+        In one transaction: lock the parts, and only if they are still exactly `pnos` and
+        unassembled, upsert `data` (None: nothing to store) and mark them assembled. Returns
+        whether this call did it.
+        """
+        async with self.pool.acquire() as conn:
+            if data is not None:
+                await self.partitions.ensure(conn, months_needed((), (), {data.month}))
+            async with conn.transaction():
+                if not await split_parts.claim(conn, key, pnos):
+                    return False
+                if data is not None:
+                    await write_batch(conn, (), (), [data.copy])
+                await split_parts.mark_assembled(conn, key)
+            return True
+
+    async def expire_splits(self, cutoff: datetime, limit: int = 1000) -> list[ExpiredTransfer]:
+        """Delete transfers begun before `cutoff` that are not waiting for assembly; each is
+        returned to exactly one caller (replicas sweep concurrently)."""
+        async with self.pool.acquire() as conn:
+            return await split_parts.expire(conn, cutoff, limit)
 
     async def save_sightings(self, devices_seen: Sequence[DeviceSeen]) -> None:
         """Upsert device sightings outside any batch (the gateway writes them once a second)."""
