@@ -34,8 +34,9 @@ class ItemRejected(Exception):
 
 
 class IngestItem(NamedTuple):
-    """What ONE packet stores before its ack: its data rows and its raw frame(s). (Its device
-    sighting is not part of it: the gateway writes sightings apart, about once a second.)
+    """What ONE packet stores before its ack: its data rows, its raw frame(s) and, for a split
+    part, its `split_parts` row. (Its device sighting is not part of it: the gateway writes
+    sightings apart, about once a second.)
 
     NamedTuples here and in storage.rows, not frozen dataclasses: one of each is built per packet,
     and a frozen dataclass's __init__ sets every field through object.__setattr__."""

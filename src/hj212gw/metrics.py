@@ -159,7 +159,7 @@ class Metrics:
         )
         self.split_transfers = Counter(
             "hj212gw_split_transfers_total",
-            "Split transfers of fragments finished: assembled, unparsable (joined CP refused), expired.",
+            "Split transfers of fragments finished: assembled, unparsable, rejected (by PostgreSQL), expired.",
             ["outcome"],
             registry=r,
         )

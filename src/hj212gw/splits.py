@@ -23,7 +23,7 @@ from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import encode_segment, parse_segment
 from hj212gw.protocol.split import assemble_parts
 from hj212gw.records import TimePolicy, data_block
-from hj212gw.storage.db import Database
+from hj212gw.storage.db import ROW_ERRORS, Database
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow
 
 _LOG = structlog.get_logger("hj212gw.splits")
@@ -96,25 +96,22 @@ class SplitSweeper:
         pnos = [p.pno for p in parts]
         if pnos != list(range(1, key[3] + 1)):
             return False
-        block, error = None, None
+        block, outcome, error = None, "assembled", ""
         try:
             packet = assemble_parts([parse_segment(p.segment, parse_data=False) for p in parts])
             block = data_block(packet, now, self.policy, resend=any(p.backfill for p in parts))
         except Hj212Error as err:  # the raw frames keep it; marked assembled so it is not retried
-            error = err
-        if not await self.db.finish_split(key, pnos, block):
+            outcome, error = "unparsable", f"{err.reason}: {err}"
+        try:
+            done = await self.db.finish_split(key, pnos, block)
+        except ROW_ERRORS as err:  # a value PostgreSQL refuses: marked, so one transfer never blocks the sweep
+            outcome, error = "rejected", f"{type(err).__name__}: {err}"
+            done = await self.db.finish_split(key, pnos, None)
+        if not done:
             return False
-        self.metrics.split_transfers.labels(outcome="assembled" if error is None else "unparsable").inc()
-        if error is not None:
-            _LOG.warning(
-                "split_unparsable",
-                mn=key[0],
-                cn=key[1],
-                qn=key[2],
-                pnum=key[3],
-                reason=error.reason,
-                detail=str(error)[:200],
-            )
+        self.metrics.split_transfers.labels(outcome=outcome).inc()
+        if error:
+            _LOG.warning(f"split_{outcome}", mn=key[0], cn=key[1], qn=key[2], pnum=key[3], detail=error[:200])
         return True
 
     def _report(self, expired: ExpiredTransfer) -> None:

@@ -9,6 +9,7 @@ transfers are reported once, and a flood of parts on one connection stays within
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +31,13 @@ CP = (
     "DataTime=20240315100000;w00000-Cou=10.5,w00000-Avg=17.5,w00000-Flag=N;"
     "w01018-Cou=0.421,w01018-Avg=40.1,w01018-Flag=N;w21003-Avg=7.25,w21003-Flag=N"
 )
-CUTS = (40, 95)  # mid-value: parts 2 and 3 do not parse alone, part 1 does (with a cut last value)
+CUTS = (38, 95)  # mid-value: parts 2 and 3 do not parse alone, part 1 does, with w00000-Cou=10 (of 10.5)
 
 
 def parts(qn: str, cp: str = CP, cuts: tuple[int, ...] = CUTS, mn: str = MN) -> list[bytes]:
     """The framed parts of one split transfer (Flag=7: each part wants its 9014), one QN for all."""
     bounds = [0, *cuts, len(cp)]
-    texts = [cp[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    texts = [cp[a:b] for a, b in itertools.pairwise(bounds)]
     return [
         encode_frame(f"QN={qn};ST=32;CN=2051;PW={PW};MN={mn};Flag=7;PNUM={len(texts)};PNO={n};CP=&&{t}&&".encode())
         for n, t in enumerate(texts, 1)
@@ -100,6 +101,8 @@ async def test_a_transfer_whose_parts_arrive_on_two_connections_is_stored(
     await send_acked(running, three)  # and sends the last one on a new connection
     await stored_whole(conn)
     assert await conn.fetchval("SELECT count(*) FROM split_parts WHERE assembled_at IS NULL") == 0
+    # The cut first part was stored at once as it parsed (Cou=10); the assembled value replaced it.
+    assert await conn.fetchval("SELECT cou FROM data WHERE mn = $1 AND factor = 'w00000'", MN) == 10.5
 
 
 async def test_a_transfer_across_a_gateway_restart_and_a_replica_change_is_stored(
