@@ -73,6 +73,7 @@ GROUP BY mn, cn, qn, pnum
 HAVING count(*) = pnum AND bool_and(assembled_at IS NULL) AND bool_or(fragment)"""
 ALL_COMPLETE_SQL = """
 SELECT mn, cn, qn, pnum FROM split_parts
+WHERE (mn, cn, qn, pnum) IN (SELECT mn, cn, qn, pnum FROM split_parts WHERE fragment AND assembled_at IS NULL)
 GROUP BY mn, cn, qn, pnum
 HAVING count(*) = pnum AND bool_and(assembled_at IS NULL) AND bool_or(fragment)
 LIMIT $1"""

@@ -20,3 +20,6 @@ CREATE TABLE split_parts (
     CHECK (pno BETWEEN 1 AND pnum)
 );
 CREATE INDEX split_parts_received_at ON split_parts (received_at);
+-- The transfers that may need assembling: most rows are standalone parts (stored as data anyway),
+-- so the periodic "any complete transfer?" sweep starts from this small partial index.
+CREATE INDEX split_parts_open_fragments ON split_parts (mn, cn, qn, pnum) WHERE fragment AND assembled_at IS NULL;
