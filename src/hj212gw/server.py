@@ -45,7 +45,6 @@ from hj212gw.records import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.registry import DeviceRegistry
 from hj212gw.settings import Settings
 from hj212gw.splits import split_part_row
-from hj212gw.storage.rows import DataBlock, FrameRow
 
 if TYPE_CHECKING:
     from hj212gw.gateway import Gateway
@@ -324,33 +323,26 @@ class DasConnection(asyncio.Protocol):
                 deps.gateway.record_sighting(seen)
                 if admission.action == "store":
                     deps.registry.remember(seen.mn)
-        frames = (frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),)
+        item = IngestItem(
+            data=data,
+            frame_rows=(
+                frame_row(frame, now, verdict="ok", connection_id=self.connection_id, peer=self.peer, packet=packet),
+            ),
+        )
         if admission.action == "store" and (fragment or (packet.split and data is not None)):
-            self._submit_split_part(
-                packet, frames, data, ack=ack, fragment=fragment, backfill=backfill, arrived=arrived
-            )
+            self._submit_split_part(packet, item, ack=ack, fragment=fragment, backfill=backfill, arrived=arrived)
         elif ack:
-            self._submit(
-                IngestItem(frames, data), lambda error: self._stored(error) if error else self._ack(packet, arrived)
-            )
+            self._submit(item, lambda error: self._stored(error) if error else self._ack(packet, arrived))
         else:
-            self._submit(IngestItem(frames, data), self._stored)
+            self._submit(item, self._stored)
 
     def _submit_split_part(
-        self,
-        packet: Packet,
-        frames: tuple[FrameRow],
-        data: DataBlock | None,
-        *,
-        ack: bool,
-        fragment: bool,
-        backfill: bool,
-        arrived: float,
+        self, packet: Packet, item: IngestItem, *, ack: bool, fragment: bool, backfill: bool, arrived: float
     ) -> None:
         """A split part commits with its `split_parts` row; the gateway's sweep assembles its transfer."""
-        now = frames[0].received_at
+        received_at = item.frame_rows[0].received_at
         row = split_part_row(
-            packet, fragment=fragment, backfill=backfill, received_at=now, connection_id=self.connection_id
+            packet, fragment=fragment, backfill=backfill, received_at=received_at, connection_id=self.connection_id
         )
         splits = self.deps.gateway.splits
 
@@ -362,7 +354,7 @@ class DasConnection(asyncio.Protocol):
             else:
                 self._stored(error)
 
-        self._submit(IngestItem(frames, data, () if row is None else (row,)), done)
+        self._submit(item if row is None else item._replace(split_parts=(row,)), done)
 
     def _submit(self, item: IngestItem, on_done: OnDone) -> None:
         """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""

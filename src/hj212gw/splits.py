@@ -21,7 +21,7 @@ from hj212gw.metrics import Metrics
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import encode_segment, parse_segment
-from hj212gw.protocol.split import assemble_parts
+from hj212gw.protocol.split import MAX_KEY_CHARS, assemble_parts
 from hj212gw.records import TimePolicy, data_block
 from hj212gw.storage.db import ROW_ERRORS, Database
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow
@@ -35,16 +35,17 @@ def split_part_row(
     packet: Packet, *, fragment: bool, backfill: bool, received_at: datetime, connection_id: int | None
 ) -> SplitPartRow | None:
     """The `split_parts` row of a split part; None for a standalone part that names no transfer
-    (no MN or QN, PNO outside 1..PNUM: nothing could join it, and its data is stored on its own).
-    The session refuses such fragments (`split.check_part`)."""
-    if not (packet.mn and packet.qn and packet.pnum and packet.pno and packet.pno <= packet.pnum):
+    (no MN or QN, or one too long for the key; PNO outside 1..PNUM: nothing could join it, and
+    its data is stored on its own). The session refuses such fragments (`split.check_part`)."""
+    mn, qn, pnum, pno = packet.mn, packet.qn, packet.pnum, packet.pno
+    if not (mn and qn and pnum and pno and pno <= pnum) or max(len(mn), len(qn)) > MAX_KEY_CHARS:
         return None
     return SplitPartRow(
-        packet.mn,
+        mn,
         packet.cn,
-        packet.qn,
-        packet.pnum,
-        packet.pno,
+        qn,
+        pnum,
+        pno,
         fragment,
         backfill,
         received_at,

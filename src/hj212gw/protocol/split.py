@@ -27,6 +27,10 @@ Missing = tuple[str | None, str, str | None, tuple[int, ...]]
 # What one tracked transfer costs besides its PNO bits and key text: the dataclass, the key
 # tuple, the OrderedDict entry (measured with tracemalloc: about 330 bytes on CPython 3.11).
 TRANSFER_OVERHEAD_BYTES = 400
+# MN and QN of a fragment name its transfer in the `split_parts` key (a B-tree row is limited to
+# about 2.7 kB). The standard's widths are 24 and 20; real units send longer MNs (14-char 2005
+# forms, vendor formats), never anything near this.
+MAX_KEY_CHARS = 128
 
 
 class SplitError(SegmentError):
@@ -102,7 +106,8 @@ def check_part(packet: Packet, *, fragment: bool, max_parts: int) -> tuple[int, 
     """(PNUM, PNO) of a split part.
 
     Raises:
-        BadSplitPart: PNUM/PNO absent or PNO outside 1..PNUM; a fragment without MN or QN.
+        BadSplitPart: PNUM/PNO absent or PNO outside 1..PNUM; a fragment without MN or QN, or
+            with one longer than MAX_KEY_CHARS.
         SplitTooLarge: PNUM above `max_parts`.
     """
     pnum, pno = packet.pnum, packet.pno
@@ -112,6 +117,8 @@ def check_part(packet: Packet, *, fragment: bool, max_parts: int) -> tuple[int, 
         raise SplitTooLarge(pnum=pnum, limit=max_parts)
     if fragment and not (packet.mn and packet.qn):
         raise BadSplitPart("a part that does not stand alone needs the MN and QN of its transfer")
+    if fragment and max(len(packet.mn or ""), len(packet.qn or "")) > MAX_KEY_CHARS:
+        raise BadSplitPart(f"a part's MN or QN is longer than {MAX_KEY_CHARS} characters")
     return pnum, pno
 
 
