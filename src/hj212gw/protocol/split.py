@@ -169,15 +169,7 @@ class SplitTracker:
             SplitBudgetExceeded: a fragment that would go over `max_transfers` or `max_bytes`.
         """
         pnum, pno = packet.pnum or 0, packet.pno or 0
-        mn, cn = packet.mn, packet.cn
-        cut_first = False
-        if fragment:
-            key: tuple[object, ...] = ("qn", mn, cn, packet.qn, pnum)
-            cut_first = self._drop_cut_first_part(mn, cn, packet.qn, pnum)
-        elif pno == 1 and ("qn", mn, cn, packet.qn, pnum) in self._open:
-            key = ("qn", mn, cn, packet.qn, pnum)  # the cut first part of a fragment transfer
-        else:
-            key = ("dt", mn, cn, getattr(packet.data, "data_time", None), pnum)
+        key, cut_first = self._key_of(packet, fragment)
         transfer = self._open.get(key)
         if (transfer is not None and transfer.has(pno)) or hash(key) in self._done:
             return  # a resend of a part seen already
@@ -200,6 +192,16 @@ class SplitTracker:
             self._done[hash(key)] = None
             if len(self._done) > self.max_transfers:
                 self._done.popitem(last=False)
+
+    def _key_of(self, packet: Packet, fragment: bool) -> tuple[tuple[object, ...], bool]:
+        """The transfer a part belongs to, and whether a cut first part of it was tracked apart."""
+        mn, cn, qn, pnum = packet.mn, packet.cn, packet.qn, packet.pnum or 0
+        by_qn: tuple[object, ...] = ("qn", mn, cn, qn, pnum)
+        if fragment:
+            return by_qn, self._drop_cut_first_part(mn, cn, qn, pnum)
+        if packet.pno == 1 and by_qn in self._open:
+            return by_qn, False  # the cut first part of a fragment transfer seen already
+        return ("dt", mn, cn, getattr(packet.data, "data_time", None), pnum), False
 
     def _room(self, key: tuple[object, ...], cost: int, *, fragment: bool) -> bool:
         new = key not in self._open
