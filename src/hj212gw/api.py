@@ -1,13 +1,18 @@
 """The aiohttp admin server: Prometheus metrics, health/readiness probes and a read-only JSON API.
 
 Owns HTTP only: request parsing, JSON shapes (see docs/api.md) and error mapping. Reads stored
-data through `Database` and live connections through the `LiveState` the server implements;
-never touches sockets of data loggers, never parses HJ 212 and never returns a device's PW.
-Every time in a response is RFC 3339 in UTC with a `Z` suffix.
+data through `Database` (the API's own small pool, see `Database.for_reading`) and live
+connections through the `LiveState` the server implements; never touches sockets of data
+loggers, never parses HJ 212 and never returns a device's PW. PostgreSQL's error text goes to the
+log, never to a client: errors carry a `request_id` to find it. Every time in a response is
+RFC 3339 in UTC with a `Z` suffix. Where the token comes from and when it is required: api_auth.py.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import math
 import re
@@ -21,9 +26,10 @@ import asyncpg
 import prometheus_client
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
-from hj212gw.storage.db import OUTAGE_ERRORS, Database, DatabaseUnavailable
+from hj212gw.storage.db import OUTAGE_ERRORS, Database, DatabaseUnavailable, PoolBusy
 from hj212gw.storage.queries import BadCursor, decode_cursor
 
 log = structlog.get_logger("hj212gw.api")
@@ -43,6 +49,8 @@ DEVICE_FIELDS = (
     "heartbeat_reply", "crc_variants",
 )  # fmt: skip
 DATA_ROUTE = "/api/v1/data"
+MAX_CURSOR_CHARS = 8192
+REQUEST_ID_HEADER = "X-Request-Id"
 UNAVAILABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *OUTAGE_ERRORS)
 
 
@@ -73,11 +81,12 @@ class LiveState(Protocol):
 class ApiError(Exception):
     """A request that gets a JSON error answer instead of a result."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -100,8 +109,12 @@ def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[s
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
-def error_response(status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return json_response({"error": error, "detail": detail}, status=status, headers=headers)
+def error_response(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None, request_id: str | None = None
+) -> web.Response:
+    """The JSON error shape; `request_id` (5xx and refused parameters) names the log line with the detail."""
+    body = {"error": error, "detail": detail} | ({"request_id": request_id} if request_id else {})
+    return json_response(body, status=status, headers=headers)
 
 
 # --- request parsing -------------------------------------------------------------------------
@@ -161,10 +174,38 @@ def check_cursor(cursor: str) -> None:
         raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
 
 
+def encode_device_cursor(mn: str) -> str:
+    """Opaque keyset position after the device `mn`."""
+    return base64.urlsafe_b64encode(json.dumps(["mn", mn]).encode()).decode().rstrip("=")
+
+
+def decode_device_cursor(cursor: str) -> str:
+    """The MN a devices cursor points after; raises ApiError(400) for one this API did not issue."""
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        kind, mn = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if kind != "mn" or not isinstance(mn, str) or "\x00" in mn:
+            raise ValueError("not a devices cursor")
+    except (ValueError, TypeError, binascii.Error) as err:
+        raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
+    return mn
+
+
 async def _db(call: Awaitable[T]) -> T:
-    """Await a Database call; an outage becomes 503, not a bug."""
+    """Await a Database call; an outage becomes 503, a full API pool 503, a statement timeout 504."""
     try:
         return await call
+    except PoolBusy as err:
+        log.warning("api_pool_busy", detail=str(err))
+        raise ApiError(
+            503, "busy", "every API database connection is in use; try again shortly", {"Retry-After": "1"}
+        ) from err
+    except asyncpg.QueryCanceledError as err:
+        log.warning("api_query_timeout", detail=str(err))
+        raise ApiError(
+            504, "query_timeout", "the query ran longer than the API's statement timeout; ask for less"
+        ) from err
     except UNAVAILABLE as err:
         log.warning("api_database_unavailable", error=type(err).__name__, detail=str(err))
         raise ApiError(503, "database_unavailable", "PostgreSQL cannot be reached; try again later") from err
@@ -175,21 +216,69 @@ async def _db(call: Awaitable[T]) -> T:
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """ApiError and HTTP errors become JSON; anything else is a bug: one ERROR log, a bare 500."""
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(err.status, err.error, err.detail)
-    except web.HTTPException as err:
-        if err.status < 400:
-            raise
+    """Every response gets an X-Request-Id; errors become JSON (see `_error_for`)."""
+    request_id = uuid.uuid4().hex[:12]
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            response = _error_for(request, err, request_id)
+        except Exception as err:
+            response = _error_for(request, err, request_id)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _error_for(request: web.Request, err: Exception, request_id: str) -> web.Response:
+    """ApiError and HTTP errors as they are; PostgreSQL's text only to the log (a value it refused
+    is the client's 400, anything else a 500); any other exception is a bug: one ERROR, a bare 500."""
+    if isinstance(err, ApiError):
+        shown_id = request_id if err.status >= 500 else None
+        return error_response(err.status, err.error, err.detail, err.headers, shown_id)
+    if isinstance(err, web.HTTPException):
         error = (err.reason or "error").lower().replace(" ", "_")
         headers = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
         return error_response(err.status, error, f"{request.method} {request.path}: {err.reason}", headers)
-    except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("api_request_failed", method=request.method, path=request.path, error_id=error_id)
-        return error_response(500, "internal_error", f"unexpected error; see the gateway log for error_id={error_id}")
+    if isinstance(err, asyncpg.DataError):  # a parameter value PostgreSQL cannot take: the client's input
+        log.info(
+            "api_parameter_refused",
+            path=request.path,
+            request_id=request_id,
+            error=type(err).__name__,
+            detail=str(err)[:500],
+        )
+        detail = f"a parameter value is out of range for the database; see the gateway log for request_id={request_id}"
+        return error_response(400, "bad_parameter", detail, request_id=request_id)
+    log.error("api_request_failed", method=request.method, path=request.path, request_id=request_id, exc_info=err)
+    detail = f"unexpected error; see the gateway log for request_id={request_id}"
+    return error_response(500, "internal_error", detail, request_id=request_id)
+
+
+# The probes a load balancer or orchestrator calls without credentials; they reveal nothing.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def require_bearer_token(token: str) -> Middleware:
+    """Middleware: `Authorization: Bearer <token>` on every path but OPEN_PATHS, compared in constant time."""
+    expected = token.encode()
+
+    @web.middleware
+    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
+                log.warning("api_unauthorized", path=request.path[:200], peer=request.remote)
+                raise ApiError(
+                    401, "unauthorized", "this endpoint needs Authorization: Bearer <token>", UNAUTHORIZED_HEADERS
+                )
+        return await handler(request)
+
+    return bearer_token
+
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="hj212gw"'}
 
 
 class Api:
@@ -220,11 +309,20 @@ class Api:
         return error_response(503, "not_ready", "the database is down or the DAS listener is not accepting yet")
 
     async def devices(self, request: web.Request) -> web.Response:
-        stored = await _db(self.db.fetch_devices())
+        """One page of stored and live devices, keyset-paged by mn (code point order)."""
+        cursor = _optional(request, "cursor")
+        after = decode_device_cursor(cursor) if cursor is not None else None
+        limit = parse_limit(_optional(request, "limit"))
+        stored = await _db(self.db.fetch_devices(after=after, limit=limit + 1))
         online = self.live.online()
         by_mn = {row["mn"]: row for row in stored}
-        mns = sorted(by_mn.keys() | online.keys())
-        return json_response({"devices": [device_json(mn, by_mn.get(mn), online.get(mn)) for mn in mns]})
+        # The first `limit` of the union are each among the first `limit` + 1 of their own source.
+        mns = sorted(by_mn.keys() | {mn for mn in online if after is None or mn > after})
+        page = mns[:limit]
+        next_cursor = encode_device_cursor(page[-1]) if len(mns) > limit else None
+        next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
+        devices = [device_json(mn, by_mn.get(mn), online.get(mn)) for mn in page]
+        return json_response({"devices": devices, "count": len(devices), "next_cursor": next_cursor, "next": next_url})
 
     async def device(self, request: web.Request) -> web.Response:
         mn = _clean_text("mn", request.match_info["mn"])
@@ -240,8 +338,6 @@ class Api:
             page = await _db(self.db.fetch_data(q.mn, q.cn, q.start, q.end, q.code, limit=q.limit, cursor=q.cursor))
         except BadCursor as err:
             raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
-        except asyncpg.DataError as err:  # a value PostgreSQL cannot take as a parameter: the client's input
-            raise ApiError(400, "bad_parameter", str(err)) from err
         next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
         rows = [{key: _json_value(value) for key, value in row.items()} for row in page.rows]
         return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
@@ -297,10 +393,15 @@ def build_app(
     live: LiveState,
     metrics_registry: prometheus_client.CollectorRegistry | None,
     ready: Callable[[], bool],
+    token: str | None = None,
 ) -> web.Application:
-    """The admin application; `metrics_registry=None` exposes prometheus_client's default registry."""
+    """The admin application; `metrics_registry=None` exposes prometheus_client's default registry.
+
+    With a `token`, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    """
     api = Api(db, live, metrics_registry or prometheus_client.REGISTRY, ready)
-    app = web.Application(middlewares=[errors_as_json])
+    guards = [] if token is None else [require_bearer_token(token)]
+    app = web.Application(middlewares=[errors_as_json, *guards])
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)

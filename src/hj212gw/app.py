@@ -1,28 +1,36 @@
 """`hj212gw serve`: wires settings into the database, the gateway and the admin HTTP server, and
 runs them until SIGTERM/SIGINT, then shuts down in order.
 
-Order on start: embedded PostgreSQL (when no URL; its start blocks, so in a thread), migrations,
-gateway, HTTP. Order on stop: stop accepting, flush and ack what committed, close connections,
-HTTP, database pool, embedded PostgreSQL.
+Order on start: embedded PostgreSQL (when no URL; its start blocks, so in a thread) and its
+watchdog, migrations, the writers' pool, the admin API's own small pool, gateway, HTTP; a start
+that fails takes down what it had started and is one ERROR line (`gateway_start_failed`, exit 1).
+Order on stop: stop accepting, flush and ack what committed, close connections, HTTP, database
+pools, embedded PostgreSQL.
 """
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
 
 from hj212gw.api import build_app, start_http, stop_http
+from hj212gw.api_auth import HttpAccessError, http_access_token
+from hj212gw.embedded_watchdog import EmbeddedWatchdog
 from hj212gw.gateway import Gateway
 from hj212gw.metrics import Metrics
 from hj212gw.settings import Settings, split_host_port
-from hj212gw.storage.db import Database
-from hj212gw.storage.embedded import start_embedded, stop_embedded
+from hj212gw.storage.db import Database, DatabaseUnavailable
+from hj212gw.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError, start_embedded, stop_embedded
 
 log = structlog.get_logger("hj212gw.app")
+T = TypeVar("T")
 
 # The cyclic garbage collector's first-generation threshold while serving (CPython's default: 700).
 # Every packet waiting for its commit holds a few dozen container objects; at the default a
@@ -39,46 +47,115 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+class PortUnavailable(Exception):
+    """A listening address cannot be bound (in use, not local, privileged)."""
+
+
+# Start-up failures an operator causes and can fix: one ERROR line, no traceback.
+START_ERRORS: tuple[type[Exception], ...] = (
+    HttpAccessError,
+    EmbeddedPostgresError,
+    DatabaseUnavailable,
+    PermissionError,
+    PortUnavailable,
+)
+_BIND_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
 @dataclass(slots=True)
 class Running:
     """A started gateway process: what `stop()` has to take down."""
 
     settings: Settings
     db: Database
+    api_db: Database
     gateway: Gateway
     http_runner: web.AppRunner
-    embedded: bool
+    embedded: EmbeddedPostgres | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
         await self.gateway.stop()
         await stop_http(self.http_runner)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.api_db.close()
         await self.db.close()
-        if self.embedded:
-            await asyncio.to_thread(stop_embedded, self.settings.data_dir / "postgres")
-            log.info("embedded_postgres_stopped")
+        if self.embedded is not None:
+            await _stop_embedded(self.embedded)
 
 
-async def resolve_database_url(settings: Settings) -> tuple[str, bool]:
-    """The DSN to use, and whether it is an embedded server this process started."""
+async def _stop_embedded(server: EmbeddedPostgres) -> None:
+    await asyncio.to_thread(stop_embedded, server.data_dir)
+    log.info("embedded_postgres_stopped", data_dir=str(server.data_dir))
+
+
+async def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use, and the embedded server this process started (None: `database_url`)."""
     if settings.database_url:
-        return settings.database_url, False
-    data_dir = settings.data_dir / "postgres"
+        return settings.database_url, None
+    data_dir = (settings.data_dir / "postgres").expanduser().absolute()
     log.info("embedded_postgres_starting", data_dir=str(data_dir))
     embedded = await asyncio.to_thread(start_embedded, data_dir)
-    return embedded.dsn, True
+    return embedded.dsn, embedded
+
+
+async def _listening(what: str, address: str, starting: Awaitable[T]) -> T:
+    """Await a listener's start; a bind error becomes PortUnavailable naming the setting."""
+    try:
+        return await starting
+    except OSError as err:
+        if err.errno not in _BIND_ERRNOS:
+            raise
+        raise PortUnavailable(f"cannot listen on {address} ({what}): {err.strerror or err}") from err
+
+
+def _watch(task: asyncio.Task[None]) -> None:
+    """A watchdog that ends on its own is a bug: say so at ERROR (readiness then stays as it was)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task_died", task=task.get_name(), exc_info=task.exception())
 
 
 async def start(settings: Settings) -> Running:
-    dsn, embedded = await resolve_database_url(settings)
-    db = Database(dsn, schema=settings.database_schema, max_size=settings.writer.pool_size)
-    await db.connect()
-    metrics = Metrics()
-    gateway = Gateway(settings, db, metrics)
-    await gateway.start()
-    app = build_app(db=db, live=gateway, metrics_registry=metrics.registry, ready=gateway.ready)
-    host, port = split_host_port(settings.http)
-    runner = await start_http(app, host, port)
-    return Running(settings, db, gateway, runner, embedded)
+    """Start everything; on failure, stop what had started and raise (START_ERRORS for an operator's)."""
+    token = http_access_token(settings)
+    async with contextlib.AsyncExitStack() as started:
+        dsn, embedded = await resolve_database_url(settings)
+        if embedded is not None:
+            started.push_async_callback(_stop_embedded, embedded)
+        db = Database(dsn, schema=settings.database_schema, max_size=settings.writer.pool_size)
+        started.push_async_callback(db.close)
+        await db.connect()
+        api_db = Database.for_reading(
+            dsn,
+            schema=settings.database_schema,
+            pool_size=settings.http_pool_size,
+            statement_timeout_s=settings.http_statement_timeout_s,
+            acquire_timeout_s=settings.http_acquire_timeout_s,
+        )
+        started.push_async_callback(api_db.close)
+        await api_db.connect()
+        metrics = Metrics()
+        gateway = Gateway(settings, db, metrics)
+        started.push_async_callback(gateway.stop)  # safe on a half-started gateway: stops its writers
+        await _listening("listen", settings.listen, gateway.start())
+        watchdog = EmbeddedWatchdog(embedded) if embedded is not None else None
+        app = build_app(
+            db=api_db,
+            live=gateway,
+            metrics_registry=metrics.registry,
+            ready=gateway.ready if watchdog is None else lambda: watchdog.up and gateway.ready(),
+            token=token,
+        )
+        host, port = split_host_port(settings.http)
+        runner = await _listening("http", settings.http, start_http(app, host, port))
+        started.pop_all()
+    tasks = []
+    if watchdog is not None:
+        tasks.append(asyncio.create_task(watchdog.run(), name="embedded-postgres-watchdog"))
+        tasks[-1].add_done_callback(_watch)
+    return Running(settings, db, api_db, gateway, runner, embedded, tasks)
 
 
 async def serve(settings: Settings) -> int:
@@ -88,7 +165,11 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):  # signal handlers exist only on Unix loops
             loop.add_signal_handler(sig, stop_requested.set)
-    running = await start(settings)
+    try:
+        running = await start(settings)
+    except START_ERRORS as err:
+        log.error("gateway_start_failed", reason=type(err).__name__, detail=str(err))
+        return 1
     tune_gc()
     log.info("gateway_started", listen=settings.listen, http=settings.http)
     await stop_requested.wait()

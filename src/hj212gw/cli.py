@@ -7,6 +7,7 @@ Loads Settings once (flags > env > TOML > defaults) and hands plain objects down
 import argparse
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,29 +71,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Setting names whose values are secrets wherever they appear (a password, token or key).
+_SECRET_NAME = re.compile(r"pass(word)?|secret|token|key", re.IGNORECASE)
+# libpq query parameters that carry a secret: `?password=`, and `sslpassword=` for the client key.
+# Also the `key=value` form (`host=db password=x`).
+_SECRET_DSN_PARAM = re.compile(r"((?:^|[?&\s])(?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_dsn(url: str) -> str:
+    """`url` with the password of its user-info and of its query string shown as ***."""
+    scheme, sep, rest = url.partition("//")
+    if sep:
+        authority, slash, tail = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            authority = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        url = f"{scheme}//{authority}{slash}{tail}"
+    return _SECRET_DSN_PARAM.sub(r"\1***", url)
+
+
+def _redact_secrets(data: Any) -> Any:
+    """Every value under a secret-looking name, at any depth, as ***; *_file names stay (a path)."""
+    if isinstance(data, dict):
+        return {
+            key: "***" if _SECRET_NAME.search(key) and not key.endswith("_file") and value else _redact_secrets(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [_redact_secrets(value) for value in data]
+    return data
+
+
 def _redacted(settings: Settings) -> dict[str, Any]:
-    data = settings.model_dump(mode="json")
-    url = data.get("database_url")
-    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = url.split("//", 1)
-        user = rest.split("@", 1)[0].split(":", 1)[0]
-        data["database_url"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+    data: dict[str, Any] = _redact_secrets(settings.model_dump(mode="json"))
+    if data.get("database_url"):
+        data["database_url"] = redact_dsn(data["database_url"])
     return data
 
 
 async def _migrate(settings: Settings) -> int:
+    """Migrate and exit; an embedded server in use by a running gateway is refused, not stopped."""
     from hj212gw.app import resolve_database_url
-    from hj212gw.storage.embedded import stop_embedded
+    from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgresError, stop_embedded
     from hj212gw.storage.migrate import migrate_dsn
 
-    dsn, embedded = await resolve_database_url(settings)
+    try:
+        dsn, embedded = await resolve_database_url(settings)
+    except EmbeddedPostgresError as err:
+        hint = (
+            "; stop it first (serve applies migrations itself at every start)" if isinstance(err, EmbeddedInUse) else ""
+        )
+        print(f"hj212gw: {err}{hint}", file=sys.stderr)
+        return 1
     try:
         applied = await migrate_dsn(dsn, settings.database_schema)
     finally:
-        if embedded:
-            await asyncio.to_thread(stop_embedded, settings.data_dir / "postgres")
+        if embedded is not None:
+            await asyncio.to_thread(stop_embedded, embedded.data_dir)
     print(f"applied migrations: {applied or 'none (up to date)'}")
     return 0
+
+
+def _check_http_access(settings: Settings) -> int | None:
+    """Exit code 2 with one line when the admin HTTP server must not start as configured."""
+    from hj212gw.api_auth import HttpAccessError, http_access_token
+
+    try:
+        http_access_token(settings)
+    except HttpAccessError as err:
+        print(f"hj212gw: {err}", file=sys.stderr)
+        return 2
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    refused = _check_http_access(settings)
+    if refused is not None:
+        return refused
     if settings.workers > 1:
         from hj212gw.workers import supervise
 

@@ -1,15 +1,35 @@
 """structlog setup: JSON lines in production, a console renderer on a TTY; the raw wire logger.
 
 Log events are snake_case constants (`das_connected`, `frame_rejected`) with key=value context.
+Values often carry bytes a device or an HTTP client chose, so the console renderer shows every
+control character escaped (`\x1b`, `\n`): a frame cannot move the cursor, retitle the terminal or
+forge a second log line. JSON lines escape them by JSON's own rules.
 """
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
 
 WIRE_LOGGER = "hj212gw.wire"
+
+# C0 controls, DEL, C1 controls, and the bidirectional overrides that reorder what a terminal shows.
+_UNSAFE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPED = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _UNSAFE}
+# A traceback keeps its line breaks; the text inside it is escaped otherwise like any value.
+_ESCAPED_KEEPING_LINES = {code: text for code, text in _ESCAPED.items() if code != 0x0A}
+
+
+def escape_control_characters(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Processor: every str value with its control characters as visible escapes (console only)."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = value.translate(_ESCAPED_KEEPING_LINES if key == "exception" else _ESCAPED)
+    return event_dict
 
 
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
@@ -37,6 +57,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                *([escape_control_characters] if use_console else []),
                 renderer,
             ],
         )

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,6 +97,12 @@ class Settings(BaseSettings):
 
     listen: str = Field(default="0.0.0.0:9212", description="HOST:PORT the data loggers connect to.")
     http: str = Field(default="127.0.0.1:9213", description="HOST:PORT of the admin HTTP server (metrics, API).")
+    # Admin HTTP access and its own database pool (api.py): a token is required beyond loopback.
+    http_token_file: Path | None = Field(default=None, description="File holding the admin HTTP bearer token.")
+    http_token: SecretStr | None = Field(default=None, description="The bearer token itself (HJ212GW_HTTP_TOKEN).")
+    http_pool_size: int = Field(default=2, ge=1, le=16, description="PostgreSQL connections for API queries.")
+    http_statement_timeout_s: float = Field(default=5.0, gt=0, description="Cancel an API query running longer.")
+    http_acquire_timeout_s: float = Field(default=2.0, gt=0, description="503 when no API connection is free by then.")
     database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset: embedded PostgreSQL.")
     database_schema: str = Field(default="hj212gw", description="Schema holding hj212gw's tables.")
     data_dir: Path = Field(default=Path("./hj212gw-data"), description="Embedded PostgreSQL and local state.")

@@ -10,7 +10,8 @@ exactly as between replicas on different hosts (gateway.py).
 
 A worker that exits on its own is restarted, after a pause that grows while it keeps dying.
 SIGTERM/SIGINT is passed on to every worker, which drains as a single gateway does; then the
-embedded PostgreSQL stops. Exit code 0 after an orderly stop. A worker whose supervisor dies
+embedded PostgreSQL stops. The supervisor also watches the embedded server it started and
+restarts it if it dies (embedded_watchdog.py). Exit code 0 after an orderly stop. A worker whose supervisor dies
 without stopping it (kill -9) notices within a second and stops as on SIGTERM.
 """
 
@@ -24,9 +25,10 @@ from types import FrameType
 
 import structlog
 
+from hj212gw.embedded_watchdog import CHECK_INTERVAL_S, EmbeddedWatchdog
 from hj212gw.logs import configure_logging
 from hj212gw.settings import Settings, split_host_port
-from hj212gw.storage.embedded import start_embedded, stop_embedded
+from hj212gw.storage.embedded import EmbeddedPostgresError, start_embedded, stop_embedded
 
 log = structlog.get_logger("hj212gw.workers")
 
@@ -118,12 +120,17 @@ class _Worker:
 
 def supervise(settings: Settings) -> int:
     """Run `settings.workers` gateway processes until SIGTERM/SIGINT; 0 after an orderly stop."""
-    embedded_dir = None
+    embedded_dir, watchdog = None, None
     database_url = settings.database_url
     if not database_url:
-        embedded_dir = settings.data_dir / "postgres"
+        embedded_dir = (settings.data_dir / "postgres").expanduser().absolute()
         log.info("embedded_postgres_starting", data_dir=str(embedded_dir))
-        database_url = start_embedded(embedded_dir).dsn
+        try:
+            server = start_embedded(embedded_dir)
+        except EmbeddedPostgresError as err:
+            log.error("gateway_start_failed", reason=type(err).__name__, detail=str(err))
+            return 1
+        database_url, watchdog = server.dsn, EmbeddedWatchdog(server)
     stopping = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -134,11 +141,15 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     workers = [_Worker(i, worker_settings(settings, i, database_url)) for i in range(settings.workers)]
     log.info("gateway_started", listen=settings.listen, workers=settings.workers)
+    next_check = time.monotonic() + CHECK_INTERVAL_S
     try:
         while not stopping:
             now = time.monotonic()
             for worker in workers:
                 worker.check(now)
+            if watchdog is not None and now >= next_check:
+                watchdog.check()
+                next_check = now + CHECK_INTERVAL_S
             time.sleep(0.2)
     finally:
         log.info("gateway_stopping", workers=len(workers))

@@ -264,7 +264,7 @@ async def test_a_bug_is_one_error_log_and_a_bare_500(db: Database) -> None:
     assert "internal detail" not in text and "Traceback" not in text
     (error,) = [e for e in logs if e["log_level"] == "error"]
     assert error["event"] == "api_request_failed" and error["path"] == "/readyz" and error["exc_info"]
-    assert error["error_id"] in text
+    assert error["request_id"] in text and resp.headers["X-Request-Id"] == error["request_id"]
 
 
 async def test_database_outage_is_503_not_a_bug(pg_dsn: str, schema: str) -> None:

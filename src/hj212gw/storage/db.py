@@ -8,8 +8,9 @@ outage from a bug. Never logs `devices.pw`.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,10 @@ AHEAD_MONTHS = 2
 
 class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached or dropped the connection."""
+
+
+class PoolBusy(Exception):
+    """No pooled connection became free within the acquire timeout (a reader pool's limit)."""
 
 
 def _months_ahead(now: datetime, count: int) -> list[datetime]:
@@ -95,7 +100,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    """An asyncpg pool bound to one schema; `connect()` migrates and creates partitions ahead."""
+    """An asyncpg pool bound to one schema; `connect()` migrates and creates partitions ahead.
+
+    `Database.for_reading` makes the admin API's own small pool instead: read-only transactions,
+    a server-side statement timeout and an acquire timeout, no migrations or partitions, so a slow
+    or piled-up API query never holds a connection the batch writers wait for.
+    """
 
     def __init__(
         self,
@@ -107,6 +117,9 @@ class Database:
         command_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         migrate_on_connect: bool = True,
+        read_only: bool = False,
+        statement_timeout_s: float | None = None,
+        acquire_timeout_s: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
@@ -114,10 +127,54 @@ class Database:
         self.max_size = max_size
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.migrate_on_connect = migrate_on_connect
+        self.migrate_on_connect = migrate_on_connect and not read_only
+        self.read_only = read_only
+        self.statement_timeout_s = statement_timeout_s
+        self.acquire_timeout_s = acquire_timeout_s
         self.partitions = PartitionCache()
         self.direct_guard = DirectInsertGuard()
         self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    def for_reading(
+        cls, dsn: str, *, schema: str, pool_size: int, statement_timeout_s: float, acquire_timeout_s: float
+    ) -> Database:
+        """The admin API's pool: `pool_size` read-only connections; statements are cancelled by
+        PostgreSQL after `statement_timeout_s` (QueryCanceledError); `PoolBusy` when no connection
+        is free within `acquire_timeout_s`."""
+        return cls(
+            dsn,
+            schema=schema,
+            min_size=1,
+            max_size=pool_size,
+            command_timeout_s=statement_timeout_s + 5.0,  # client-side backstop if the server hangs
+            connect_timeout_s=acquire_timeout_s,
+            read_only=True,
+            statement_timeout_s=statement_timeout_s,
+            acquire_timeout_s=acquire_timeout_s,
+        )
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"search_path": f'"{self.schema}"', **SESSION_SETTINGS}
+        if self.statement_timeout_s is not None:
+            settings["statement_timeout"] = f"{max(1, round(self.statement_timeout_s * 1000))}ms"
+        if self.read_only:
+            settings["default_transaction_read_only"] = "on"
+        return settings
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a read, within `acquire_timeout_s` when set; raises PoolBusy."""
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError as err:
+            if self.acquire_timeout_s is None:
+                raise
+            raise PoolBusy(f"no connection free within {self.acquire_timeout_s}s") from err
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -145,11 +202,12 @@ class Database:
                 max_size=self.max_size,
                 command_timeout=self.command_timeout_s,
                 timeout=self.connect_timeout_s,
-                server_settings={"search_path": f'"{self.schema}"', **SESSION_SETTINGS},
+                server_settings=self._server_settings(),
                 init=_init_connection,
                 reset=_keep_session,
             )
-            await self.ensure_partitions_ahead(datetime.now(UTC))
+            if not self.read_only:
+                await self.ensure_partitions_ahead(datetime.now(UTC))
         except OUTAGE_ERRORS as err:
             raise DatabaseUnavailable(str(err)) from err
 
@@ -237,14 +295,14 @@ class Database:
         async with self.pool.acquire() as conn:
             await write_sightings(conn, devices_seen)
 
-    async def fetch_devices(self) -> list[dict[str, Any]]:
-        """Every device, ordered by mn, without `pw`."""
-        async with self.pool.acquire() as conn:
-            return await queries.fetch_devices(conn)
+    async def fetch_devices(self, *, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Devices ordered by mn, without `pw`: those after mn `after`, at most `limit` (None: all)."""
+        async with self._acquire() as conn:
+            return await queries.fetch_devices(conn, after=after, limit=limit)
 
     async def fetch_device(self, mn: str, *, with_secret: bool = False) -> dict[str, Any] | None:
         """One device or None; `pw` is included only with `with_secret=True`."""
-        async with self.pool.acquire() as conn:
+        async with self._acquire() as conn:
             return await queries.fetch_device(conn, mn, with_secret=with_secret)
 
     async def fetch_data(
@@ -271,7 +329,7 @@ class Database:
         Raises:
             BadCursor: `cursor` was not produced by this code.
         """
-        async with self.pool.acquire() as conn:
+        async with self._acquire() as conn:
             return await queries.fetch_data(
                 conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor
             )

@@ -54,8 +54,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor(f"invalid cursor {cursor[:40]!r}") from err
 
 
-async def fetch_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    records = await conn.fetch(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY mn")
+async def fetch_devices(conn: asyncpg.Connection, *, after: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """Devices with mn > `after` (None: from the first), ordered by mn, at most `limit` (None: all).
+
+    Ordered by code point (COLLATE "C"), as Python sorts str, so the API can merge live MNs in.
+    """
+    records = await conn.fetch(
+        f"""SELECT {DEVICE_COLUMNS} FROM devices WHERE ($1::text IS NULL OR mn COLLATE "C" > $1)
+            ORDER BY mn COLLATE "C" LIMIT $2""",
+        after,
+        limit,
+    )
     return [dict(r) for r in records]
 
 
