@@ -488,6 +488,7 @@ def main() -> None:
     phases = set(args.phases.split(","))
     fd_limit = raise_fd_limit()  # inherited by the gateway and the generators
     workdir = Path(tempfile.mkdtemp(prefix="hj212gw-bench-"))
+    workdir.chmod(0o711)  # as root, the embedded PostgreSQL's own user must reach workdir/pg
     embedded = None
     dsn = args.database_url
     if not dsn:

@@ -6,7 +6,10 @@ embedded PostgreSQL is started once per session in a temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,19 +22,42 @@ from hj212gw.storage.embedded import start_embedded, stop_embedded
 from tests.integration.proxy import TcpProxy
 
 
+@contextlib.contextmanager
+def reachable_tmp_dir() -> Iterator[Path]:
+    """A fresh folder under the system temp dir that every user may traverse (mode 0711).
+
+    pytest's own tmp_path lies below a 0700 folder; as root, the embedded PostgreSQL runs as
+    another user and must reach its data directory (hj212gw never changes folders above it).
+    """
+    base = Path(tempfile.mkdtemp(prefix="hj212gw-test-"))
+    base.chmod(0o711)  # our own new folder
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded_base() -> Iterator[Path]:
+    """A folder for embedded PostgreSQL data directories (see reachable_tmp_dir)."""
+    with reachable_tmp_dir() as base:
+        yield base
+
+
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """DSN of the session's PostgreSQL server."""
     url = os.environ.get("HJ212GW_TEST_DATABASE_URL")
     if url:
         yield url
         return
-    data_dir: Path = tmp_path_factory.mktemp("embedded-pg") / "data"
-    server = start_embedded(data_dir)
-    try:
-        yield server.dsn
-    finally:
-        stop_embedded(data_dir)
+    with reachable_tmp_dir() as base:
+        data_dir = base / "data"
+        server = start_embedded(data_dir)
+        try:
+            yield server.dsn
+        finally:
+            stop_embedded(data_dir)
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from hj212gw.storage.migrate import load_migrations, migrate_dsn
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def test_embedded_server_starts_migrates_stops_and_restarts(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+async def test_embedded_server_starts_migrates_stops_and_restarts(embedded_base: Path) -> None:
+    data_dir = embedded_base / "pg"
     server = await asyncio.to_thread(start_embedded, data_dir, port=5439)
     try:
         assert await migrate_dsn(server.dsn, "hj212gw") == [m.version for m in load_migrations()]
