@@ -48,3 +48,55 @@ def test_check_dispatches_to_the_packet_explainer(capsys: pytest.CaptureFixture[
     assert main(["check", STANDARD]) == 0
     assert "VALID" in capsys.readouterr().out
     assert main(["check", STANDARD.replace("1C80", "0000")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://gw@db.example/hj?password=s3cret", "postgresql://gw@db.example/hj?password=***"),
+        (
+            "postgresql://gw@db/hj?sslmode=require&PASSWORD=s3cret&sslpassword=s3cret&application_name=x",
+            "postgresql://gw@db/hj?sslmode=require&PASSWORD=***&sslpassword=***&application_name=x",
+        ),
+        (
+            "postgresql://gw:s3cret@db.example:5433/hj?password=s3cret",
+            "postgresql://gw:***@db.example:5433/hj?password=***",
+        ),
+        ("postgresql://gw:p%40ss@s3cret@db/hj", "postgresql://gw:***@db/hj"),
+        ("host=db user=gw password=s3cret dbname=hj", "host=db user=gw password=*** dbname=hj"),
+    ],
+)
+def test_check_config_hides_passwords_in_the_dsn_query_string_too(
+    url: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", "--database-url", url]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["database_url"] == shown
+    assert "s3cret" not in printed
+
+
+def test_check_config_hides_the_http_token(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HJ212GW_HTTP_TOKEN", "s3cret-token-0123456789")
+    assert main(["check-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["http_token"] == "***" and "s3cret" not in json.dumps(shown)
+
+
+def test_serve_beyond_loopback_without_a_token_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # An unreachable database: had the check not refused first, serve would fail there instead.
+    argv = ["serve", "--http", "0.0.0.0:9213", "--database-url", "postgresql://nobody@127.0.0.1:1/none"]
+    assert main([*argv, "--log-format", "json"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "beyond loopback, without a token" in line and "http_token_file" in line
+
+
+def test_serve_refuses_a_short_or_unreadable_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HJ212GW_HTTP_TOKEN_FILE", str(tmp_path / "absent"))
+    assert main(["serve", "--http", "0.0.0.0:9213", "--log-format", "json"]) == 2
+    assert "cannot read http_token_file" in capsys.readouterr().err
+    (tmp_path / "short").write_text("abc\n")
+    monkeypatch.setenv("HJ212GW_HTTP_TOKEN_FILE", str(tmp_path / "short"))
+    assert main(["serve", "--http", "127.0.0.1:9213", "--log-format", "json"]) == 2
+    assert "shorter than 16" in capsys.readouterr().err

@@ -173,12 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(_redacted(settings), indent=2, ensure_ascii=False))
         return 0
+    if args.command == "serve" and (refused := _check_http_access(settings)) is not None:
+        return refused
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
-    refused = _check_http_access(settings)
-    if refused is not None:
-        return refused
     if settings.workers > 1:
         from hj212gw.workers import supervise
 
