@@ -10,7 +10,11 @@ RUN useradd --system --create-home --home-dir /var/lib/hj212gw hj212gw
 COPY --from=build /install /usr/local
 USER hj212gw
 WORKDIR /var/lib/hj212gw
+# The admin HTTP server listens beyond loopback here, so it needs a bearer token (it refuses to
+# start without one): mount it as a secret file, e.g. `docker run -v ./http_token:/run/secrets/
+# hj212gw_http_token:ro` or compose `secrets:` (deploy/compose.yaml). /healthz needs no token.
 ENV HJ212GW_HTTP=0.0.0.0:9213 \
+    HJ212GW_HTTP_TOKEN_FILE=/run/secrets/hj212gw_http_token \
     HJ212GW_DATA_DIR=/var/lib/hj212gw/data \
     HJ212GW_LOG_FORMAT=json
 EXPOSE 9212 9213
