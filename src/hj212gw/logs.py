@@ -67,3 +67,6 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     root.setLevel(level)
     logging.getLogger(WIRE_LOGGER).setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # asyncpg's pools log a WARNING with a traceback for every failed reconnect while PostgreSQL is
+    # down; the gateway reports an outage itself (one WARNING database_down, one INFO database_up).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

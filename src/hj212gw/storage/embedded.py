@@ -177,13 +177,6 @@ def _dsn(data_dir: Path, port: int, database: str) -> str:
     return f"postgresql://postgres@/{database}?host={data_dir}&port={port}"
 
 
-def _is_running(data_dir: Path, user: str | None) -> bool:
-    if not (data_dir / "postmaster.pid").exists():
-        return False
-    status = subprocess.run([str(_bin_dir() / "pg_ctl"), "status", "-D", str(data_dir)], user=user, capture_output=True)
-    return status.returncode == 0
-
-
 def start_embedded(
     data_dir: Path, *, port: int = 5432, database: str = "postgres", timeout_s: float = 60.0
 ) -> EmbeddedPostgres:
@@ -212,7 +205,7 @@ def start_embedded(
     if not (data_dir / "PG_VERSION").exists():
         initdb = [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust"]
         _run([*initdb, "--encoding=UTF8", "--no-instructions"], user, timeout_s)
-    if not _is_running(data_dir, user):
+    if not postmaster_alive(data_dir):
         settings = " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items())
         options = f"-c listen_addresses='' -k {shlex.quote(str(data_dir))} -p {port} {settings}"
         log = data_dir / "server.log"
@@ -242,7 +235,7 @@ def stop_embedded(data_dir: Path, *, mode: str = "fast", timeout_s: float = 60.0
     _lock(data_dir)  # never stop a server another process is using
     user = _run_as()
     try:
-        if _is_running(data_dir, user):
+        if postmaster_alive(data_dir):
             _run([str(_bin_dir() / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(data_dir)], user, timeout_s)
     finally:
         _unlock(data_dir)
