@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import math
 import re
@@ -26,9 +25,9 @@ import asyncpg
 import prometheus_client
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
+from hj212gw.api_auth import require_bearer_token
 from hj212gw.storage.db import OUTAGE_ERRORS, Database, DatabaseUnavailable, PoolBusy
 from hj212gw.storage.queries import BadCursor, decode_cursor
 
@@ -254,31 +253,6 @@ def _error_for(request: web.Request, err: Exception, request_id: str) -> web.Res
     log.error("api_request_failed", method=request.method, path=request.path, request_id=request_id, exc_info=err)
     detail = f"unexpected error; see the gateway log for request_id={request_id}"
     return error_response(500, "internal_error", detail, request_id=request_id)
-
-
-# The probes a load balancer or orchestrator calls without credentials; they reveal nothing.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-def require_bearer_token(token: str) -> Middleware:
-    """Middleware: `Authorization: Bearer <token>` on every path but OPEN_PATHS, compared in constant time."""
-    expected = token.encode()
-
-    @web.middleware
-    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
-                log.warning("api_unauthorized", path=request.path[:200], peer=request.remote)
-                raise ApiError(
-                    401, "unauthorized", "this endpoint needs Authorization: Bearer <token>", UNAUTHORIZED_HEADERS
-                )
-        return await handler(request)
-
-    return bearer_token
-
-
-UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="hj212gw"'}
 
 
 class Api:

@@ -3,17 +3,28 @@
 The token comes from `http_token_file` (a file only the gateway can read: a container secret, a
 0600 file) or from `HJ212GW_HTTP_TOKEN`; there is deliberately no command-line flag (flags are
 visible to every user in `ps`). Listening beyond loopback without a token is refused: the API
-shows every device, its peers and its data. Checking a request's token is api.py's middleware.
-Imports only settings.
+shows every device, its peers and its data. The middleware that checks each request is here too
+(api.py installs it); it imports nothing of api.py, so its 401 is built here in the API's shape.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
+import json
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from hj212gw.settings import Settings, split_host_port
 
+log = structlog.get_logger("hj212gw.api")
+
 MIN_TOKEN_CHARS = 16
+# The probes a load balancer or orchestrator calls without credentials; they reveal nothing.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+UNAUTHORIZED = {"error": "unauthorized", "detail": "this endpoint needs Authorization: Bearer <token>"}
 
 
 class HttpAccessError(Exception):
@@ -63,3 +74,24 @@ def http_access_token(settings: Settings) -> str | None:
             "put one in a file named by http_token_file (or set HJ212GW_HTTP_TOKEN), or listen on 127.0.0.1"
         )
     return token
+
+
+def require_bearer_token(token: str) -> Middleware:
+    """Middleware: `Authorization: Bearer <token>` on every path but OPEN_PATHS, compared in constant time."""
+    expected = token.encode()
+
+    @web.middleware
+    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
+                log.warning("api_unauthorized", path=request.path[:200], peer=request.remote)
+                return web.Response(
+                    text=json.dumps(UNAUTHORIZED),
+                    status=401,
+                    content_type="application/json",
+                    headers={"WWW-Authenticate": 'Bearer realm="hj212gw"'},
+                )
+        return await handler(request)
+
+    return bearer_token
