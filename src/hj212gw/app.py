@@ -72,6 +72,7 @@ class Running:
     gateway: Gateway
     http_runner: web.AppRunner
     embedded: EmbeddedPostgres | None
+    watchdog: EmbeddedWatchdog | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -80,6 +81,8 @@ class Running:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.watchdog is not None:
+            await asyncio.to_thread(self.watchdog.close)  # no restart may race the stop below
         await self.api_db.close()
         await self.db.close()
         if self.embedded is not None:
@@ -155,7 +158,7 @@ async def start(settings: Settings) -> Running:
     if watchdog is not None:
         tasks.append(asyncio.create_task(watchdog.run(), name="embedded-postgres-watchdog"))
         tasks[-1].add_done_callback(_watch)
-    return Running(settings, db, api_db, gateway, runner, embedded, tasks)
+    return Running(settings, db, api_db, gateway, runner, embedded, watchdog, tasks)
 
 
 async def serve(settings: Settings) -> int:

@@ -12,6 +12,7 @@ nothing, as for any PostgreSQL outage.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import structlog
@@ -33,11 +34,21 @@ class EmbeddedWatchdog:
         self._down_since = 0.0
         self._attempts = 0
         self._last_error = ""
+        self._closed = False
+        self._checking = threading.Lock()  # a check runs in a thread; close() waits for it
+
+    def close(self) -> None:
+        """No more checks or restarts (before stopping the server); waits for one under way. Blocks."""
+        with self._checking:
+            self._closed = True
 
     def check(self) -> None:
         """One check, restarting the server if it died. Blocks for the restart (pg_ctl -w)."""
-        if postmaster_alive(self.server.data_dir):
-            return
+        with self._checking:
+            if not self._closed and not postmaster_alive(self.server.data_dir):
+                self._restart()
+
+    def _restart(self) -> None:
         if self.up:
             self.up, self._down_since, self._attempts = False, time.monotonic(), 0
             log.warning("embedded_postgres_died", data_dir=str(self.server.data_dir))
