@@ -23,8 +23,10 @@ import asyncpg
 import structlog
 
 from hj212gw.api import LiveDevice
+from hj212gw.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.ingest import BatchWriter
 from hj212gw.metrics import Metrics
+from hj212gw.pinning import Pinner
 from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
@@ -47,7 +49,11 @@ class Gateway:
         self.db = db
         self.metrics = metrics or Metrics()
         self.metrics.watch_data_batches(db.direct_guard)
-        self.registry = DeviceRegistry(unknown_mn=settings.devices.unknown_mn, wrong_pw=settings.devices.wrong_pw)
+        devices = settings.devices
+        self.registry = DeviceRegistry(unknown_mn=devices.unknown_mn, auth=devices.auth)
+        self.pinner = Pinner(db, self.registry, self.metrics)
+        self.wrong_pw_backoff = WrongPwBackoff(base_s=devices.wrong_pw_backoff_s, max_s=devices.wrong_pw_backoff_max_s)
+        self.sm4_keys = load_sm4_keys(devices)
         w = settings.writer
         self.writer = BatchWriter(
             db,
@@ -62,7 +68,7 @@ class Gateway:
             writer=self.writer,
             registry=self.registry,
             metrics=self.metrics,
-            session_config=session_config_from(settings, self.registry),
+            session_config=session_config_from(settings, self.registry, self.sm4_keys),
             time_policy=time_policy_from(settings),
             gateway=self,
         )
@@ -70,8 +76,9 @@ class Gateway:
         self.log = structlog.get_logger("hj212gw.gateway")
         self.connections: set[DasConnection] = set()
         self.by_mn: dict[str, DasConnection] = {}
-        self._mn_of: dict[DasConnection, str] = {}
+        self._mn_of: dict[DasConnection, tuple[str, ...]] = {}  # the MNs each connection carries
         self._bound_at: dict[str, float] = {}  # MN -> wall-clock time of its current binding
+        self._moved_at: dict[str, float] = {}  # MN -> monotonic time of its last move (bound MNs only)
         self._announce: list[str] = []
         self._listener: asyncpg.Connection | None = None
         self.channel = f"hj212gw_mn_bound:{db.schema}"
@@ -126,6 +133,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pinner.stop()
         for flush in (self._flush_connection_log, self._flush_sightings):  # best effort: neither is data
             with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
                 await flush()
@@ -159,29 +167,71 @@ class Gateway:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
-        for mn in (conn.session.mn, self._mn_of.pop(conn, None)):
-            if mn is not None and self.by_mn.get(mn) is conn:
+        for mn in self._mn_of.pop(conn, ()):
+            if self.by_mn.get(mn) is conn:
                 del self.by_mn[mn]
                 self._bound_at.pop(mn, None)
+                self._moved_at.pop(mn, None)
         return True
 
-    def bind_mn(self, conn: DasConnection, mn: str) -> None:
-        """The newest connection for an MN wins; the older one stops reading, sends the acks of what
-        it already queued, and closes within `replace_grace_s` (HJ 212-2017 §15)."""
-        previous = self._mn_of.get(conn)  # a connection holds one MN: no scan of every binding
-        if previous is not None and previous != mn and self.by_mn.get(previous) is conn:
-            del self.by_mn[previous]
-        self._mn_of[conn] = mn
+    def bind_mn(self, conn: DasConnection, mn: str) -> str | None:
+        """Bind `mn`, whose PW `conn` presented, to `conn`; None, or why it may not.
+
+        One connection may carry several MNs (up to `devices.max_mns_per_connection`). An MN that
+        a live connection holds moves to the newer one (HJ 212-2017 §15) at most once per
+        `devices.move_interval_s`; the older connection unbinds it, and if it carries no other MN
+        it stops reading, sends the acks of what it already queued, and closes within
+        `replace_grace_s`.
+        """
+        held = self._mn_of.get(conn, ())
+        if mn not in held and len(held) >= self.settings.devices.max_mns_per_connection:
+            return "too_many_mns"
         old = self.by_mn.get(mn)
-        if old is conn:
-            return
+        if old is not None and old is not conn and not old.gone:
+            now = time.monotonic()
+            last = self._moved_at.get(mn)
+            if last is not None and now - last < self.settings.devices.move_interval_s:
+                self.metrics.mn_moves.labels(outcome="rate_limited").inc()
+                return "mn_move_rate_limited"
+            self._moved_at[mn] = now
+            self.metrics.mn_moves.labels(outcome="moved").inc()
+            self.log.warning("mn_moved", mn=mn, old_peer=old.peer, new_peer=conn.peer, new_conn=conn.connection_id)
+            self._unbind(old, mn, f"connection {conn.connection_id} ({conn.peer})")
+        if mn not in held:
+            self._mn_of[conn] = (*held, mn)
+            if held:
+                conn.log.info("das_mn_added", added=mn, mns=len(held) + 1)
         self.by_mn[mn] = conn
         self._bound_at[mn] = time.time()
         if len(self._announce) < _ANNOUNCE_LIMIT:
             self._announce.append(mn)
-        if old is not None:
-            old.log.info("das_replaced", mn=mn, by=conn.peer)
-            old.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
+        return None
+
+    def _unbind(self, conn: DasConnection, mn: str, by: str) -> None:
+        """`mn` went elsewhere: `conn` keeps its other MNs, or retires if it carried only this one."""
+        held = self._mn_of.get(conn, ())
+        rest = tuple(m for m in held if m != mn)
+        if self.by_mn.get(mn) is conn:
+            del self.by_mn[mn]
+        if rest:
+            self._mn_of[conn] = rest
+            return
+        self._mn_of.pop(conn, None)
+        conn.log.info("das_replaced", mn=mn, by=by)
+        conn.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
+
+    def auth_failed(self, conn: DasConnection, reason: str) -> float:
+        """A packet on `conn` failed authentication: count it; return how long `conn` waits before
+        its answer and close (its source IP's wrong-PW backoff, which also delays new connections)."""
+        self.metrics.auth_failures.labels(reason=reason).inc()
+        return self.wrong_pw_backoff.failed(conn.ip, time.monotonic())
+
+    def auth_wait_s(self, conn: DasConnection) -> float:
+        """How long a new connection waits before it is read: its IP's wrong-PW backoff, if any."""
+        wait = self.wrong_pw_backoff.wait_s(conn.ip, time.monotonic())
+        if wait > 0:
+            self.metrics.auth_throttled.inc()
+        return wait
 
     # -- MN bindings across replicas -----------------------------------------------------------
 
@@ -216,8 +266,7 @@ class Gateway:
         conn = self.by_mn.get(mn)
         if other == self.settings.gateway_id or conn is None or self._bound_at.get(mn, 0.0) > at:
             return
-        conn.log.info("das_replaced", mn=mn, by=f"gateway {other}")
-        conn.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
+        self._unbind(conn, mn, f"gateway {other}")
 
     def pause(self, conn: DasConnection) -> None:
         """Backpressure: stop reading this socket until the write queue has room."""
@@ -244,7 +293,7 @@ class Gateway:
     def online(self) -> dict[str, LiveDevice]:
         found = {}
         for mn, conn in self.by_mn.items():
-            live = conn.live()
+            live = conn.live(mn)
             if live is not None:
                 found[mn] = live
         return found

@@ -163,6 +163,18 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "hj212gw_auth_failures_total", "Packets refused for their PW, by reason.", ["reason"], registry=r
+        )
+        self.auth_throttled = Counter(
+            "hj212gw_auth_throttled_total", "Connections made to wait by their IP's wrong-PW backoff.", registry=r
+        )
+        self.device_pins = Counter(
+            "hj212gw_device_pins_total", "Trust-on-first-use pins of new MNs' PWs, by outcome.", ["outcome"], registry=r
+        )
+        self.mn_moves = Counter(
+            "hj212gw_mn_moves_total", "MNs moving between live connections, by outcome.", ["outcome"], registry=r
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 

@@ -1,16 +1,25 @@
-"""The device registry as the server sees it: an in-memory copy of `devices`, refreshed periodically.
+"""The device registry as the server sees it: an in-memory copy of `devices`, refreshed periodically,
+and the admission decision for every packet (device policy and PW authentication).
 
-Lookups on the per-packet path are dictionary reads; the database is asked every `refresh_s`.
-Holds the PW secrets in memory only; nothing here logs them.
+Lookups on the per-packet path are dictionary reads and one constant-time comparison; the
+database is asked every `refresh_s` (SQL in storage.devices) and, under trust on first use, once
+for a brand-new MN: `admit` answers "pin" and the gateway has PostgreSQL decide the PW before the
+packet goes further. Holds the PW secrets in memory only; nothing here logs them.
 """
 
+import dataclasses
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from hj212gw.storage.db import Database
+from hj212gw.storage.devices import fetch_registry
 
 Status = Literal["accepted", "quarantined", "rejected"]
+AuthMode = Literal["tofu", "registry", "off"]
+# Refusal reasons that are authentication failures: counted, slowed down per source IP.
+AUTH_FAILURES = frozenset({"wrong_pw", "pw_not_registered"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +34,44 @@ class DeviceEntry:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What to do with a packet from `mn`: store its data, archive only, or refuse it."""
+    """What to do with a packet from `mn`: store its data, archive only, refuse it, or first pin
+    its PW (trust on first use; ask again once the pin is known)."""
 
-    action: Literal["store", "archive", "refuse"]
+    action: Literal["store", "archive", "refuse", "pin"]
     reason: str | None = None
 
 
-_STORE = Admission("store")  # the answer for nearly every packet: built once
+# The answers, built once: nearly every packet gets _STORE.
+_STORE = Admission("store")
+_PIN = Admission("pin")
+_NO_MN = Admission("archive", "no_mn")
+_QUARANTINED = Admission("archive", "quarantined")
+_UNKNOWN = Admission("refuse", "unknown_mn")
+_REJECTED = Admission("refuse", "device_rejected")
+_WRONG_PW = Admission("refuse", "wrong_pw")
+_NOT_REGISTERED = Admission("refuse", "pw_not_registered")
+
+
+def _secret(pw: str | None) -> bytes:
+    # A missing PW field counts as the empty PW. Bytes: compare_digest refuses non-ASCII str.
+    return (pw or "").encode("utf-8", "surrogateescape")
 
 
 class DeviceRegistry:
-    """MN -> DeviceEntry, plus the policy for unknown devices and wrong passwords."""
+    """MN -> DeviceEntry, plus the policy for unknown devices and the PW check.
 
-    def __init__(self, *, unknown_mn: str = "accept", wrong_pw: str = "reject") -> None:
+    `auth`: `tofu` pins the first PW an MN presents and then requires it; `registry` admits only
+    MNs whose PW an operator registered; `off` checks no PW.
+    """
+
+    def __init__(self, *, unknown_mn: str = "accept", auth: AuthMode = "tofu") -> None:
         self.unknown_mn = unknown_mn
-        self.wrong_pw = wrong_pw
-        # Tens of thousands of devices are plain accepted ones without a PW: for those only the MN
-        # is kept. Full entries are kept only for devices the policy must look at more closely.
+        self.auth = auth
+        # Most devices are plain accepted ones: for those only the MN (and its PW) is kept. Full
+        # entries are kept only for devices the policy must look at more closely.
         self._known: set[str] = set()
         self._special: dict[str, DeviceEntry] = {}
+        self._pw: dict[str, bytes] = {}
         # Live views handed to every session's config: updated in place on refresh.
         self.heartbeat_overrides: dict[str, str] = {}
         self.crc_overrides: dict[str, frozenset[str]] = {}
@@ -52,17 +80,14 @@ class DeviceRegistry:
         """Replace the registry's content (refresh, tests)."""
         known: set[str] = set()
         special: dict[str, DeviceEntry] = {}
+        pws: dict[str, bytes] = {}
         for entry in entries:
             known.add(entry.mn)
-            if (
-                entry.status != "accepted"
-                or entry.pw
-                or not entry.enabled
-                or entry.heartbeat_reply
-                or entry.crc_variants
-            ):
+            if entry.pw is not None:
+                pws[entry.mn] = _secret(entry.pw)
+            if entry.status != "accepted" or not entry.enabled or entry.heartbeat_reply or entry.crc_variants:
                 special[entry.mn] = entry
-        self._known, self._special = known, special
+        self._known, self._special, self._pw = known, special, pws
         heartbeat = {mn: e.heartbeat_reply for mn, e in special.items() if e.heartbeat_reply}
         crc = {mn: e.crc_variants for mn, e in special.items() if e.crc_variants}
         self.heartbeat_overrides.clear()
@@ -78,11 +103,14 @@ class DeviceRegistry:
         entry = self._special.get(mn)
         if entry is None and mn in self._known:
             entry = DeviceEntry(mn, "accepted", None, True, None, frozenset())
+        pw = self._pw.get(mn)
+        if entry is not None and pw is not None:
+            entry = dataclasses.replace(entry, pw=pw.decode("utf-8", "surrogateescape"))
         return entry
 
     async def refresh(self, db: Database) -> None:
         async with db.pool.acquire() as conn:
-            records = await conn.fetch("SELECT mn, status, pw, enabled, heartbeat_reply, crc_variants FROM devices")
+            records = await fetch_registry(conn)
         self.load(
             DeviceEntry(
                 r["mn"], r["status"], r["pw"], r["enabled"], r["heartbeat_reply"], frozenset(r["crc_variants"] or ())
@@ -93,23 +121,41 @@ class DeviceRegistry:
     def admit(self, mn: str | None, pw: str | None) -> Admission:
         """The policy decision for one packet's MN and PW."""
         if not mn:
-            return Admission("archive", "no_mn")
+            return _NO_MN
         entry = self._special.get(mn)
-        if entry is None:
-            if mn in self._known:
-                return _STORE
-            if self.unknown_mn == "reject":
-                return Admission("refuse", "unknown_mn")
-            if self.unknown_mn == "quarantine":
-                return Admission("archive", "quarantined")
-            return _STORE
-        if entry.status == "rejected" or not entry.enabled:
-            return Admission("refuse", "device_rejected")
-        if entry.pw and pw != entry.pw and self.wrong_pw == "reject":
-            return Admission("refuse", "wrong_pw")
-        if entry.status == "quarantined":
-            return Admission("archive", "quarantined")
-        return _STORE
+        if entry is not None and (entry.status == "rejected" or not entry.enabled):
+            return _REJECTED
+        known = entry is not None or mn in self._known
+        if not known and self.unknown_mn == "reject":
+            return _UNKNOWN
+        if entry is not None:
+            quarantined = entry.status == "quarantined"
+        else:
+            quarantined = not known and self.unknown_mn == "quarantine"
+        if self.auth != "off":
+            pinned = self._pw.get(mn)
+            if pinned is None:
+                if self.auth == "tofu":
+                    return _PIN
+                if not quarantined:  # registry: only a quarantined device may talk without a PW
+                    return _NOT_REGISTERED
+            elif not hmac.compare_digest(pinned, _secret(pw)):
+                return _WRONG_PW
+        return _QUARANTINED if quarantined else _STORE
+
+    def new_device_status(self) -> Status:
+        """The status a device the gateway registers itself gets."""
+        return "quarantined" if self.unknown_mn == "quarantine" else "accepted"
+
+    def learn_pin(self, mn: str, pw: str, status: Status) -> None:
+        """PostgreSQL decided `mn`'s PW (this gateway's pin or an earlier one): use it from now on."""
+        self._known.add(mn)
+        self._pw[mn] = _secret(pw)
+        entry = self._special.get(mn)
+        if entry is not None:
+            self._special[mn] = dataclasses.replace(entry, status=status)
+        elif status != "accepted":
+            self._special[mn] = DeviceEntry(mn, status, None, True, None, frozenset())
 
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""

@@ -42,7 +42,7 @@ from hj212gw.protocol.session import (
     SplitPartsMissing,
 )
 from hj212gw.records import TimePolicy, data_block, device_seen, frame_row
-from hj212gw.registry import DeviceRegistry
+from hj212gw.registry import AUTH_FAILURES, DeviceRegistry
 from hj212gw.settings import Settings
 from hj212gw.splits import split_part_row
 
@@ -51,10 +51,12 @@ if TYPE_CHECKING:
 
 
 class RefusedByPolicy(SessionError):
-    """The device registry refuses this packet (unknown MN under `reject`, wrong PW, disabled)."""
+    """The device registry refuses this packet (unknown MN under `reject`, wrong PW, disabled), or
+    the gateway does not bind its MN here (too many MNs on the connection, a move too soon)."""
 
     _QN_RTN: ClassVar[Mapping[str, QnRtn]] = {
         "wrong_pw": QnRtn.PW_ERROR,
+        "pw_not_registered": QnRtn.PW_ERROR,
         "unknown_mn": QnRtn.MN_ERROR,
         "device_rejected": QnRtn.REJECTED,
     }
@@ -107,6 +109,7 @@ class DasConnection(asyncio.Protocol):
     # Thousands of these live at once: slots and no per-connection bound logger keep each small.
     __slots__ = (
         "_acks",
+        "_held",
         "_loop",
         "_seen_at",
         "_seen_mn",
@@ -144,6 +147,9 @@ class DasConnection(asyncio.Protocol):
         self._seen_at = 0.0
         self._acks: list[bytes] | None = None  # 9014s of one commit round, sent together
         self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() costs a getpid()
+        # Events waiting while reading is held: for a new MN's pin, for the source IP's wrong-PW
+        # backoff, or (never released) after a wrong PW until the connection closes.
+        self._held: list[tuple[Event, float]] | None = None
         self.retiring = False
 
     @property
@@ -178,6 +184,10 @@ class DasConnection(asyncio.Protocol):
         self.deps.metrics.connections_open.inc()
         gateway.record_open(self)
         self.log.info("das_connected")
+        wait_s = gateway.auth_wait_s(self)
+        if wait_s > 0:  # its IP sent wrong PWs lately: read nothing from it until the backoff ends
+            self._hold()
+            self._loop.call_later(wait_s, self._release)
 
     def connection_lost(self, exc: Exception | None) -> None:
         gateway = self.deps.gateway
@@ -212,6 +222,11 @@ class DasConnection(asyncio.Protocol):
             return True
         self._close_when_confirmed()
         return True
+
+    @property
+    def gone(self) -> bool:
+        """Closed, closing or retiring: no longer the live connection of its MNs."""
+        return self.transport is None or self.transport.is_closing() or self.retiring
 
     def _close_when_confirmed(self) -> None:
         if (self.eof or self.retiring) and not self._unconfirmed:
@@ -252,8 +267,13 @@ class DasConnection(asyncio.Protocol):
             self.log.exception("connection_bug", mn=self.session.mn)
             self.close("internal_error")
             return
+        self._after_input()
+
+    def _after_input(self) -> None:
         if self.session.should_close:
             self.close(self.session.close_reason or "session")
+        elif self._held is not None and self.transport is not None:
+            self.transport.pause_reading()  # resumed by backpressure while held: hold on
         elif self.deps.writer.full and self.transport is not None:
             self.deps.gateway.pause(self)
 
@@ -263,7 +283,34 @@ class DasConnection(asyncio.Protocol):
 
     def _handle(self, events: list[Event], arrived: float) -> None:
         for event in events:
-            self._on_event(event, arrived)
+            if self._held is None:
+                self._on_event(event, arrived)
+            else:
+                self._held.append((event, arrived))
+
+    def _hold(self) -> None:
+        """Stop reading; events already read wait in order until `_release`."""
+        if self._held is None:
+            self._held = []
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _release(self) -> None:
+        """Handle the held events (one may hold again: the rest waits on), then read again."""
+        held, self._held = self._held or [], None
+        if self.transport is None or self.transport.is_closing():
+            return
+        for event, arrived in held:
+            self._handle([event], arrived)
+        if self._held is None and self not in self.deps.gateway.paused:
+            self.transport.resume_reading()
+        self._after_input()
+
+    def _pin_done(self, future: "asyncio.Future[None]") -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.close("pin_unavailable")  # no ack was sent: the DAS sends the data again later
+        else:
+            self._release()
 
     def _on_event(self, event: object, arrived: float) -> None:
         metrics = self.deps.metrics
@@ -280,8 +327,11 @@ class DasConnection(asyncio.Protocol):
                 # a wrong PW must not close the device's live connection as "replaced". Log lines
                 # carry the MN from the session from now on.
                 pass
-            case MnChanged(old=old, new=new):
-                self.log.warning("mn_changed", old=old, new=new)
+            case MnChanged():
+                # One connection may carry several MNs (a DAS serving several monitoring points):
+                # the gateway logs each MN a connection adds (das_mn_added) and each move between
+                # connections (mn_moved), not every switch between them.
+                pass
             case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
                 metrics.requests.labels(cn=cn_label(cn), outcome="acknowledged" if qn_rtn == 1 else "refused").inc()
             case RequestFinished(cn=cn, exe_rtn=exe_rtn):
@@ -300,13 +350,20 @@ class DasConnection(asyncio.Protocol):
     ) -> None:
         deps = self.deps
         admission = deps.registry.admit(packet.mn, packet.pw)
-        if admission.action == "refuse":
-            self._reject(RefusedByPolicy(admission.reason or "refused"), frame.raw, packet, frame)
-            self.close(admission.reason or "refused")
+        if admission.action == "pin":  # a new MN: PostgreSQL decides its PW before anything else
+            self._hold()
+            self._held = [(PacketReceived(packet, frame, ack, backfill, fragment), arrived)]
+            deps.gateway.pinner.pin(packet.mn or "", packet.pw).add_done_callback(self._pin_done)
             return
-        mn = self.session.mn
-        if mn is not None and deps.gateway.by_mn.get(mn) is not self:
-            deps.gateway.bind_mn(self, mn)
+        if admission.action == "refuse":
+            self._refuse(admission.reason or "refused", packet, frame)
+            return
+        mn = packet.mn
+        if mn and deps.gateway.by_mn.get(mn) is not self:
+            refusal = deps.gateway.bind_mn(self, mn)
+            if refusal is not None:
+                self._refuse(refusal, packet, frame)
+                return
         self.frames_ok += 1
         deps.metrics.frame_ok(packet.cn)
         for tolerance in packet.tolerances:
@@ -356,6 +413,33 @@ class DasConnection(asyncio.Protocol):
 
         self._submit(item if row is None else item._replace(split_parts=(row,)), done)
 
+    def _refuse(self, reason: str, packet: Packet, frame: Frame) -> None:
+        """A packet the registry or the MN bindings refuse: archived, counted, logged, then closed.
+
+        A wrong PW waits out its IP's backoff first, reading nothing more, and only then gets its
+        9011 (QnRtn=3) and the close: a guesser learns nothing sooner. A move refused as too soon
+        gets no answer (the DAS keeps the data and sends it again later).
+        """
+        error = RefusedByPolicy(reason)
+        if reason in AUTH_FAILURES:
+            delay_s = self.deps.gateway.auth_failed(self, reason)
+            self._reject(error, frame.raw, packet, frame, answer=False, delay_s=round(delay_s, 3))
+            self._hold()  # never released: what else this connection sent is dropped unacked
+            reply = build_request_reply(packet, error.qn_rtn) if self._wants_answer(packet) else None
+            (self._loop or asyncio.get_running_loop()).call_later(delay_s, self._answer_and_close, reply, reason)
+            return
+        self._reject(error, frame.raw, packet, frame, answer=reason != "mn_move_rate_limited")
+        self.close(reason)
+
+    def _answer_and_close(self, reply: bytes | None, reason: str) -> None:
+        if reply is not None:
+            self._write(reply)
+        self.close(reason)
+
+    @staticmethod
+    def _wants_answer(packet: Packet) -> bool:
+        return packet.ack_requested and not packet.cn.startswith("9")
+
     def _submit(self, item: IngestItem, on_done: OnDone) -> None:
         """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""
         try:
@@ -393,8 +477,18 @@ class DasConnection(asyncio.Protocol):
         if acks:
             self._write(acks[0] if len(acks) == 1 else b"".join(acks))
 
-    def _reject(self, error: Hj212Error, raw: bytes, packet: Packet | None, frame: Frame | None) -> None:
-        """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request."""
+    def _reject(
+        self,
+        error: Hj212Error,
+        raw: bytes,
+        packet: Packet | None,
+        frame: Frame | None,
+        *,
+        answer: bool = True,
+        **context: object,
+    ) -> None:
+        """The policy for bad input: a metric, one WARNING, the raw archive, 9011 if it was a request
+        (unless `answer` is false: the caller answers, or not at all). `context`: more log fields."""
         self.frames_rejected += 1
         reason = error.reason
         self.deps.metrics.frames_rejected.labels(reason=reason).inc()
@@ -405,6 +499,7 @@ class DasConnection(asyncio.Protocol):
             detail=str(error)[:200],
             mn=self.session.mn,
             raw=mask_pw(raw[:120]).decode("latin-1"),
+            **context,
         )
         # Every reject is archived, so raw_frames agrees with the metric. A framing defect
         # (declared length over the limit, bad length field) consumes only the `##`: its row has
@@ -419,7 +514,7 @@ class DasConnection(asyncio.Protocol):
             raw=None if frame is not None else raw,
         )
         self._submit(IngestItem(frame_rows=(row,)), self._stored)
-        if packet is not None and packet.ack_requested and not packet.cn.startswith("9"):
+        if answer and packet is not None and self._wants_answer(packet):
             self._write(build_request_reply(packet, error.qn_rtn))
 
     def _write(self, data: bytes) -> None:
@@ -431,10 +526,8 @@ class DasConnection(asyncio.Protocol):
 
     # -- view for the admin API ----------------------------------------------------------------
 
-    def live(self) -> LiveDevice | None:
-        mn = self.session.mn
-        if mn is None:
-            return None
+    def live(self, mn: str) -> LiveDevice | None:
+        """This connection as the holder of `mn` (one of the MNs it carries)."""
         last = self.session.last_packet_at
         version = self.session.version
         return LiveDevice(
@@ -447,11 +540,15 @@ class DasConnection(asyncio.Protocol):
         )
 
 
-def session_config_from(settings: Settings, registry: DeviceRegistry) -> SessionConfig:
-    """Protocol policy from the settings; per-device overrides are live views of the registry."""
+def session_config_from(
+    settings: Settings, registry: DeviceRegistry, sm4_keys: Mapping[str, tuple[bytes, ...]] | None = None
+) -> SessionConfig:
+    """Protocol policy from the settings; per-device overrides are live views of the registry;
+    `sm4_keys`: MN -> SM4 keys of 2025 devices that encrypt their CP (auth.load_sm4_keys)."""
     proto = settings.protocol
     return SessionConfig(
         limits=FrameLimits(max_segment_bytes=proto.max_segment_bytes, max_buffer_bytes=proto.max_buffer_bytes),
+        keys=sm4_keys or {},
         crc_policy=CrcPolicy(
             mode=proto.crc_policy,
             allowed_variants=frozenset(proto.crc_variants),

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,15 +65,35 @@ class ProtocolSettings(BaseModel):
 
 
 class DeviceSettings(BaseModel):
-    """What to do with devices the registry does not know or whose PW is wrong."""
+    """Which devices may send, how they are authenticated, and the SM4 keys of 2025 devices."""
+
+    # A misspelt or retired key (`wrong_pw`, replaced by `auth`) is an error, not silently ignored;
+    # a field error shows only that field's value, never the keys.
+    model_config = ConfigDict(extra="forbid")
 
     unknown_mn: Literal["accept", "quarantine", "reject"] = Field(
         default="accept", description="accept: register and store; quarantine: raw archive only; reject: close."
     )
-    wrong_pw: Literal["accept", "reject"] = Field(
-        default="reject", description="Only applies to devices with a PW in the registry."
+    auth: Literal["tofu", "registry", "off"] = Field(
+        default="tofu",
+        description="tofu: pin the first PW an MN presents, then require it; registry: only PWs an operator "
+        "registered (hj212gw devices); off: no PW check.",
     )
     refresh_s: float = Field(default=30.0, gt=0, description="Reload the device registry this often.")
+    move_interval_s: float = Field(
+        default=30.0, ge=0, description="An MN moves from one live connection to another at most this often."
+    )
+    max_mns_per_connection: int = Field(default=64, ge=1, description="MNs one connection may carry.")
+    wrong_pw_backoff_s: float = Field(
+        default=1.0, gt=0, description="First delay after a wrong PW from an IP; doubles per failure."
+    )
+    wrong_pw_backoff_max_s: float = Field(default=60.0, gt=0, description="Longest wrong-PW delay per IP.")
+    sm4_keys_file: Path | None = Field(
+        default=None, description="TOML file: MN = key or [current, previous] (32 hex digits or 16 characters)."
+    )
+    sm4_keys: dict[str, SecretStr | list[SecretStr]] = Field(
+        default_factory=dict, description="MN -> SM4 key(s), e.g. from HJ212GW_DEVICES__SM4_KEYS as JSON."
+    )
 
 
 class WriterSettings(BaseModel):

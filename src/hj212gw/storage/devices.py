@@ -1,0 +1,124 @@
+"""The device registry's SQL: what the gateway loads, trust-on-first-use pins, and the operator
+commands of `hj212gw devices` (list, add, set-pw, approve/reject, import).
+
+`devices.pw` is a secret: only `fetch_registry` (the gateway's in-memory copy) and `save_pin`
+read it; nothing here logs it, and `fetch_device_list` returns only whether one is set. A pin is
+decided by PostgreSQL, first writer wins: two replicas that see a new MN at the same moment both
+get the PW that committed first. Knows no HJ 212 parsing and no settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+REGISTRY_SQL = "SELECT mn, status, pw, enabled, heartbeat_reply, crc_variants FROM devices"
+
+# ON CONFLICT … WHERE d.pw IS NULL: an existing PW (pinned or set by an operator) is never
+# replaced by a device. The row lock taken by the conflict makes a concurrent pin of the same MN
+# wait for this one's commit and then find the PW set; RETURNING is empty for the loser.
+PIN_SQL = """
+INSERT INTO devices AS d (mn, status, pw, pw_source, pw_set_at) VALUES ($1, $2, $3, 'first_use', now())
+ON CONFLICT (mn) DO UPDATE SET pw = excluded.pw, pw_source = 'first_use', pw_set_at = excluded.pw_set_at
+WHERE d.pw IS NULL
+RETURNING pw, status"""
+
+LIST_SQL = """
+SELECT mn, name, site, tags, status, enabled, pw IS NOT NULL AS pw_set, pw = '' AS pw_empty, pw_source,
+       pw_set_at, first_seen, last_seen, last_peer
+FROM devices WHERE $1::text IS NULL OR status = $1 ORDER BY mn"""
+
+ADD_SQL = """
+INSERT INTO devices (mn, pw, pw_source, pw_set_at, name, site, tags, status)
+VALUES ($1, $2, CASE WHEN $2::text IS NULL THEN NULL ELSE 'operator' END,
+        CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, $3, $4, $5, $6)
+ON CONFLICT (mn) DO NOTHING
+RETURNING mn"""
+
+SET_PW_SQL = """
+UPDATE devices SET pw = $2, pw_source = CASE WHEN $2::text IS NULL THEN NULL ELSE 'operator' END,
+                   pw_set_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END
+WHERE mn = $1"""
+
+SET_STATUS_SQL = "UPDATE devices SET status = $2 WHERE mn = ANY($1::text[]) RETURNING mn"
+
+# Import: a cell left empty keeps what the registry has; a PW given is the operator's.
+IMPORT_SQL = """
+INSERT INTO devices AS d (mn, pw, pw_source, pw_set_at, name, site, tags, status)
+VALUES ($1, $2, CASE WHEN $2::text IS NULL THEN NULL ELSE 'operator' END,
+        CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, $3, $4, $5::text[], coalesce($6, 'accepted'))
+ON CONFLICT (mn) DO UPDATE
+SET pw = coalesce($2, d.pw),
+    pw_source = CASE WHEN $2::text IS NULL THEN d.pw_source ELSE 'operator' END,
+    pw_set_at = CASE WHEN $2::text IS NULL THEN d.pw_set_at ELSE now() END,
+    name = coalesce($3, d.name),
+    site = coalesce($4, d.site),
+    tags = CASE WHEN cardinality($5::text[]) = 0 THEN d.tags ELSE $5::text[] END,
+    status = coalesce($6, d.status)
+RETURNING (xmax = 0) AS inserted"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """One registry row as `hj212gw devices import` and `add` write it (None: leave as is)."""
+
+    mn: str
+    pw: str | None = None
+    name: str | None = None
+    site: str | None = None
+    tags: tuple[str, ...] = ()
+    status: str | None = None
+
+
+async def fetch_registry(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every device with the fields the gateway's admission needs, PW included."""
+    return await conn.fetch(REGISTRY_SQL)  # type: ignore[no-any-return]
+
+
+async def save_pin(conn: asyncpg.Connection, mn: str, pw: str, status: str) -> tuple[str, str] | None:
+    """Pin `pw` for `mn` unless a PW is already set; return the PW and status that hold now.
+
+    A new MN is inserted with `status`. None only if the row vanished between the two statements
+    (an operator deleted it): the caller tries again.
+    """
+    row = await conn.fetchrow(PIN_SQL, mn, status, pw)
+    if row is None:  # a PW was set before: read it in a new statement (a new snapshot sees it)
+        row = await conn.fetchrow("SELECT pw, status FROM devices WHERE mn = $1", mn)
+    if row is None or row["pw"] is None:
+        return None
+    return row["pw"], row["status"]
+
+
+async def fetch_device_list(conn: asyncpg.Connection, status: str | None = None) -> list[dict[str, object]]:
+    """Registry rows for operators: whether a PW is set, never the PW."""
+    return [dict(r) for r in await conn.fetch(LIST_SQL, status)]
+
+
+async def add_device(conn: asyncpg.Connection, device: DeviceRecord) -> bool:
+    """Insert a new device; False if the MN exists already."""
+    added = await conn.fetchval(
+        ADD_SQL, device.mn, device.pw, device.name, device.site, list(device.tags), device.status or "accepted"
+    )
+    return added is not None
+
+
+async def set_pw(conn: asyncpg.Connection, mn: str, pw: str | None) -> bool:
+    """Set (or with None clear, so the next PW presented is pinned) a device's PW; False if unknown."""
+    return await conn.execute(SET_PW_SQL, mn, pw) != "UPDATE 0"  # type: ignore[no-any-return]
+
+
+async def set_status(conn: asyncpg.Connection, mns: Sequence[str], status: str) -> set[str]:
+    """Set the status of the given devices; return the MNs that exist (and were updated)."""
+    return {r["mn"] for r in await conn.fetch(SET_STATUS_SQL, list(mns), status)}
+
+
+async def import_devices(conn: asyncpg.Connection, devices: Sequence[DeviceRecord]) -> tuple[int, int]:
+    """Upsert every device in one transaction (all or nothing); return (added, updated)."""
+    added = 0
+    async with conn.transaction():
+        for d in devices:
+            inserted = await conn.fetchval(IMPORT_SQL, d.mn, d.pw, d.name, d.site, list(d.tags), d.status)
+            added += bool(inserted)
+    return added, len(devices) - added
