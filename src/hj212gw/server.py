@@ -308,7 +308,7 @@ class DasConnection(asyncio.Protocol):
 
     def _pin_done(self, future: "asyncio.Future[None]") -> None:
         if future.cancelled() or future.exception() is not None:
-            self.close("pin_unavailable")  # no ack was sent: the DAS sends the data again later
+            self.close("pin_failed")  # no ack was sent: the DAS sends the data again later
         else:
             self._release()
 

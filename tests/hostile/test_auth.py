@@ -182,6 +182,22 @@ async def test_registry_mode_admits_only_pws_an_operator_registered(
     assert await conn.fetchval("SELECT pw FROM devices WHERE mn = 'STRANGER'") is None
 
 
+async def test_a_pin_postgresql_refuses_closes_only_that_connection(
+    start: Start, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start()
+    with capture_logs() as logs:
+        odd = await dial(running)
+        await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))  # text cannot hold a NUL
+        assert await odd.closed_by_gateway()
+        das = await dial(running)
+        assert await acked(das, "20240315101000002")
+    failed = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["event"] for e in failed] == ["pin_failed"]
+    assert sample(running, "hj212gw_device_pins_total", outcome="failed") == 1
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="pin_failed") == 1)
+
+
 # ---- wrong PWs ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.protocol.framing import encode_frame
-from tests.integration.das import MN, DasClient, data_packet, settings_for
+from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
 from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ async def test_quarantine_registers_the_device_archives_and_acks_but_stores_no_d
     await das.close()
     # After the registry refresh the device stays quarantined: its status is not overwritten.
     await running.gateway.registry.refresh(running.db)
-    assert running.gateway.registry.admit(MN, None).action == "archive"
+    assert running.gateway.registry.admit(MN, PW).action == "archive"  # with its pinned PW
 
 
 async def test_a_replaced_connection_still_gets_the_acks_of_what_it_already_sent(
@@ -156,7 +156,9 @@ async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_st
     # HJ 212 tolerates NUL bytes in header values; PostgreSQL text cannot hold them. The sighting
     # and the connection-log row of such an MN are refused: each is dropped with a WARNING, and
     # the housekeeping that writes them goes on writing everybody else's.
-    running = await start(gateways, pg_dsn, schema)
+    # Without authentication: by default the MN's first-use pin is refused by PostgreSQL first, so
+    # its packet never reaches a sighting (tests/hostile/test_auth.py).
+    running = await start(gateways, pg_dsn, schema, devices={"auth": "off"})
     with capture_logs() as logs:
         odd = await connect(running)
         await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))
