@@ -1,4 +1,4 @@
-"""`hj212gw serve | migrate | check-config | check | replay | simulate`.
+"""`hj212gw serve | migrate | check-config | devices | check | replay | simulate`.
 
 Loads Settings once (flags > env > TOML > defaults) and hands plain objects down. Exit codes:
 0 success, 1 failure (invalid packet, unreachable database, unacked replay), 2 usage.
@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hj212gw import __version__
+from hj212gw import __version__, devices_cli
+from hj212gw.auth import Sm4KeysError, load_sm4_keys
 from hj212gw.logs import configure_logging
 from hj212gw.settings import Settings, load_settings, split_host_port
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(migrate)
     check_config = commands.add_parser("check-config", help="print the effective settings (secrets hidden)")
     _add_settings_flags(check_config)
+    devices_cli.add_parser(commands, _add_settings_flags)
     check = commands.add_parser("check", help="decode and explain HJ 212 packets", add_help=False)
     check.add_argument("rest", nargs=argparse.REMAINDER)
     replay = commands.add_parser("replay", help="re-send a capture file (one frame per line) to a gateway")
@@ -173,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(_redacted(settings), indent=2, ensure_ascii=False))
         return 0
+    if args.command == "devices":
+        return asyncio.run(devices_cli.run(settings, args))
+    try:
+        load_sm4_keys(settings.devices)  # checked before anything starts; the message names no key
+    except Sm4KeysError as exc:
+        print(f"hj212gw: invalid settings: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve" and (refused := _check_http_access(settings)) is not None:
         return refused
     configure_logging(settings.log_format, settings.log_level)

@@ -160,7 +160,10 @@ async def test_connections_of_one_gateway_racing_for_a_new_mn_wait_for_the_same_
     clients = [await dial(running) for _ in range(4)]
     pws = ["100001", "100002", "100003", "100004"]
     await asyncio.gather(
-        *(das.send(data_packet(f"2024031510100000{n}", pw=pw)) for n, (das, pw) in enumerate(zip(clients, pws)))
+        *(
+            das.send(data_packet(f"2024031510100000{n}", pw=pw))
+            for n, (das, pw) in enumerate(zip(clients, pws, strict=True))
+        )
     )
     cns = [(await das.reply()).packet.cn for das in clients]
     assert sorted(cns) == ["9011", "9011", "9011", "9014"]
