@@ -25,6 +25,7 @@ from hj212gw.api import bound_port
 from hj212gw.app import Running
 from hj212gw.storage.db import Database
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
+from tests.integration.proxy import TcpProxy
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -199,6 +200,34 @@ async def test_a_pin_postgresql_refuses_closes_only_that_connection(
     assert [e["event"] for e in failed] == ["pin_failed"]
     assert sample(running, "hj212gw_device_pins_total", outcome="failed") == 1
     await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="pin_failed") == 1)
+
+
+async def test_a_new_mn_during_an_outage_waits_for_its_pin_then_is_stored_and_acked(
+    pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema))
+    try:
+        assert running.gateway.port is not None
+        das = await DasClient.connect(running.gateway.port)
+        proxy.cut()
+        await das.send(data_packet("20240315101000001"))
+        assert await das.nothing_within(0.5)  # no pin, so nothing stored, bound or acked
+        assert running.gateway.by_mn == {}
+        proxy.restore()
+        reply = await das.reply(timeout_s=15)
+        assert (reply.packet.cn, reply.packet.qn) == ("9014", "20240315101000001")
+        assert await conn.fetchval("SELECT pw FROM devices WHERE mn = $1", MN) == PW
+        running.gateway.pinner.timeout_s = 0.5
+        proxy.cut()
+        other = await DasClient.connect(running.gateway.port)
+        await other.send(data_packet("20240315101000002", mn="NEWER"))
+        assert await other.closed_by_gateway(timeout_s=10)  # gave up: the DAS comes back later
+        await das.close()
+        await other.close()
+    finally:
+        proxy.restore()
+        await running.stop()
+    assert sample(running, "hj212gw_device_pins_total", outcome="failed") == 1
 
 
 # ---- wrong PWs ----------------------------------------------------------------------------------
