@@ -300,10 +300,10 @@ class Database:
         async with self._acquire() as conn:
             return await queries.fetch_devices(conn, after=after, limit=limit)
 
-    async def fetch_device(self, mn: str, *, with_secret: bool = False) -> dict[str, Any] | None:
-        """One device or None; `pw` is included only with `with_secret=True`."""
+    async def fetch_device(self, mn: str) -> dict[str, Any] | None:
+        """One device or None, without `pw`."""
         async with self._acquire() as conn:
-            return await queries.fetch_device(conn, mn, with_secret=with_secret)
+            return await queries.fetch_device(conn, mn)
 
     async def fetch_data(
         self,

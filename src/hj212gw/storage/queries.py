@@ -1,7 +1,8 @@
 """Read queries for the HTTP API and the connection log: devices, data pages, connections.
 
 Owns the SQL and the opaque keyset cursor of `fetch_data` pages. Device queries never return
-the `pw` column unless asked for explicitly: it is a secret and must not reach logs or the API.
+the `pw` column: it is a secret and must not reach logs or the API (only the gateway's registry
+reads it, through storage.devices).
 """
 
 from __future__ import annotations
@@ -68,9 +69,8 @@ async def fetch_devices(conn: asyncpg.Connection, *, after: str | None, limit: i
     return [dict(r) for r in records]
 
 
-async def fetch_device(conn: asyncpg.Connection, mn: str, *, with_secret: bool) -> dict[str, Any] | None:
-    columns = DEVICE_COLUMNS + (", pw" if with_secret else "")
-    record = await conn.fetchrow(f"SELECT {columns} FROM devices WHERE mn = $1", mn)
+async def fetch_device(conn: asyncpg.Connection, mn: str) -> dict[str, Any] | None:
+    record = await conn.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE mn = $1", mn)
     return None if record is None else dict(record)
 
 
