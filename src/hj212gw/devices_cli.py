@@ -4,8 +4,9 @@ Owns the operator's side of the registry: argument parsing, validation of MN, PW
 tags and status, reading a PW from a prompt, stdin or a file (never from the command line), and
 the CSV import format. SQL lives in storage.devices. Never prints a PW: `list` says whether one
 is set and by whom. Changes reach running gateways at their next registry refresh
-(`devices.refresh_s`). Exit codes: 0 done, 1 refused (unknown or existing MN, database
-unreachable), 2 bad input.
+(`devices.refresh_s`). With the embedded PostgreSQL, a server a running gateway holds is used
+as it is; otherwise it is started for the command and stopped after. Exit codes: 0 done,
+1 refused (unknown or existing MN, database unreachable), 2 bad input.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
 from hj212gw.storage.db import OUTAGE_ERRORS
 from hj212gw.storage.devices import DeviceRecord
+from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgresError, stop_embedded
 from hj212gw.storage.migrate import MigrationError, migrate
 
 STATUSES = ("accepted", "quarantined", "rejected")
@@ -178,25 +180,41 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 2
-    embedded_was_running = (settings.data_dir / "postgres" / "postmaster.pid").exists()
-    dsn, embedded = await resolve_database_url(settings)
     try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{settings.database_schema}"'})
+        dsn, embedded = await resolve_database_url(settings)
+    except EmbeddedInUse:
+        # A running gateway holds its embedded server: talk to that server, never stop it.
+        dsn, embedded = _embedded_socket_dsn(settings), None
+    except EmbeddedPostgresError as err:
+        print(f"hj212gw devices: {err}", file=sys.stderr)
+        return 1
+    try:
+        return await _connect_and_execute(dsn, settings.database_schema, args, request)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(stop_embedded, embedded.data_dir)
+
+
+def _embedded_socket_dsn(settings: Settings) -> str:
+    """The DSN of the embedded server a running gateway started (start_embedded's defaults)."""
+    data_dir = (settings.data_dir / "postgres").expanduser().resolve()
+    return f"postgresql://postgres@/postgres?host={data_dir}&port=5432"
+
+
+async def _connect_and_execute(dsn: str, schema: str, args: argparse.Namespace, request: Any) -> int:
+    try:
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
     except OUTAGE_ERRORS as err:
         print(f"hj212gw devices: cannot reach PostgreSQL: {type(err).__name__}", file=sys.stderr)
         return 1
     try:
-        await migrate(conn, settings.database_schema)
+        await migrate(conn, schema)
         return await _execute(conn, args, request)
     except MigrationError as err:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 1
     finally:
         await conn.close()
-        if embedded and not embedded_was_running:
-            from hj212gw.storage.embedded import stop_embedded
-
-            await asyncio.to_thread(stop_embedded, settings.data_dir / "postgres")
 
 
 def _prepare(args: argparse.Namespace) -> Any:
