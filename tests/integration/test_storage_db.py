@@ -73,12 +73,14 @@ async def test_identical_resend_changes_nothing(db: Database, conn: asyncpg.Conn
 async def test_changed_resend_replaces_values_and_counts_a_revision(db: Database, conn: asyncpg.Connection) -> None:
     await db.save_batch([row()])
     later = RECEIVED + timedelta(hours=1)
-    fixed = row(avg=99.0, flag="C", received_at=later, resend=True)
+    fixed = row(avg=99.0, received_at=later, resend=True)
     assert await db.save_batch([fixed]) == 1
-    assert await db.save_batch([dataclasses.replace(fixed, avg=98.0)]) == 1
+    assert await db.save_batch([dataclasses.replace(fixed, avg=98.0, received_at=later + timedelta(seconds=1))]) == 1
     (got,) = await stored(conn)
     assert (got["avg"], got["revisions"], got["resend"]) == (98.0, 2, True)
-    assert got["first_received_at"] == RECEIVED and got["received_at"] == later
+    assert got["first_received_at"] == RECEIVED and got["received_at"] == later + timedelta(seconds=1)
+    kept = await conn.fetch("SELECT avg, outcome FROM data_versions ORDER BY id")
+    assert [(v["avg"], v["outcome"]) for v in kept] == [(12.3, "replaced"), (99.0, "replaced")]
 
 
 async def test_same_key_twice_in_one_batch_keeps_the_last(db: Database, conn: asyncpg.Connection) -> None:

@@ -1,18 +1,19 @@
-"""The write path of one batch: partitions, data (direct COPY or staged upsert), raw frames; and
+"""The write path of one batch: partitions, data (direct COPY or staged merge), raw frames; and
 the upsert of device sightings, which the gateway writes apart from the batches.
 
 Owns the SQL that `Database.save_batch` runs and the per-process cache of month partitions
-known to exist. Resend semantics (documented in docs/schema.md): a row whose values differ
-from the stored ones replaces them, `revisions` += 1, `first_received_at` kept; an identical
-resend leaves the row untouched. Within one batch the last submitted row for a key wins.
+known to exist. Resend semantics (docs/schema.md, "Resends"): per key the stored values follow a
+precedence decided by data in the rows (a valid flag beats any other, then the later arrival);
+a value set that loses or is replaced is kept in `data_versions`, `revisions` counts them; an
+identical resend changes nothing. The merge is the SQL function merge_data_stage() (migration 0005).
 
 Nearly every batch holds only keys that do not exist yet, and for those a plain COPY into `data`
-costs PostgreSQL about half of COPY into a staging table + `INSERT … ON CONFLICT`. So a batch
-first tries the direct COPY; a unique violation (a resend, a duplicate, the same key twice in the
-batch) or a deadlock with another writer rolls its transaction back, and the batch is written
-again with the staged upsert, which gives every case its defined meaning. After a conflict the
-next `DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the
-upsert.
+costs PostgreSQL about half of COPY into a staging table + the merge. So a batch first tries the
+direct COPY; a unique violation (a resend, a duplicate, the same key twice in the batch) or a
+deadlock with another writer rolls its transaction back, and the batch is written again with the
+staged merge, which gives every case its defined meaning. After a conflict the next
+`DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the merge.
+Month partitions are asked for only by rows inside the DataTime tolerance window (`months_needed`).
 """
 
 from __future__ import annotations
@@ -23,38 +24,32 @@ from datetime import UTC, datetime
 import asyncpg
 
 from hj212gw.storage import pgcopy
-from hj212gw.storage.pgcopy import DATA_COLUMNS, FRAME_COLUMNS, NUMBER_COLUMNS
+from hj212gw.storage.pgcopy import DATA_COLUMNS, FRAME_COLUMNS
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 from hj212gw.storage.split_parts import SplitPartRow, insert_parts
 
 STAGE_TABLE = "data_stage"
-_COMPARED = ("factor_2017", *NUMBER_COLUMNS, "flag", "eflag", "sample_time", "extra")
-_VALUE_COLUMNS = (*_COMPARED, "qn")
 
 # Key columns compare byte-wise (COLLATE "C", as in `data` since migration 0002): a libc collation
-# costs a strcoll() per comparison in the DISTINCT ON sort and in every index probe.
-CREATE_STAGE_SQL = f"""
-CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
-    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz, qn text,
-    received_at timestamptz, first_received_at timestamptz, resend boolean, time_suspect boolean,
+# costs a strcoll() per comparison in the DISTINCT ON sorts and in every index probe.
+# `data_candidates` is merge_data_stage()'s working table (migration 0005); its column order is
+# the function's.
+_STAGE_VALUES = """
     factor text COLLATE "C", factor_2017 text,
     rtd float8, min float8, avg float8, max float8, cou float8,
     zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
-    flag text, eflag text, sample_time timestamptz, extra jsonb
+    flag text, eflag text, sample_time timestamptz, extra jsonb"""
+CREATE_STAGE_SQL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
+    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz, qn text,
+    received_at timestamptz, first_received_at timestamptz, resend boolean, time_suspect boolean,{_STAGE_VALUES}
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS data_candidates (
+    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz,{_STAGE_VALUES},
+    qn text, received_at timestamptz, resend boolean, time_suspect boolean,
+    pos bigint, stored boolean, fresh boolean, win boolean
 ) ON COMMIT DELETE ROWS"""
-
-_cols = ", ".join(DATA_COLUMNS)
-_updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "received_at", "resend", "time_suspect"))
-_old = ", ".join(f"d.{c}" for c in _COMPARED)
-_new = ", ".join(f"excluded.{c}" for c in _COMPARED)
-UPSERT_DATA_SQL = f"""
-INSERT INTO data AS d ({_cols}, revisions)
-SELECT DISTINCT ON (mn, cn, data_time, factor) {_cols}, 0
-FROM {STAGE_TABLE}
-ORDER BY mn, cn, data_time, factor, ctid DESC  -- ctid: COPY order, so the last submitted wins
-ON CONFLICT (mn, cn, data_time, factor) DO UPDATE
-SET {_updates}, revisions = d.revisions + 1
-WHERE ({_old}) IS DISTINCT FROM ({_new})"""
+MERGE_DATA_SQL = "SELECT merge_data_stage()"
 
 UPSERT_DEVICES_SQL = """
 INSERT INTO devices AS v (mn, protocol_version, st, last_peer, first_seen, status, last_seen)
@@ -72,9 +67,14 @@ SET protocol_version = coalesce(excluded.protocol_version, v.protocol_version),
 def months_needed(
     data_rows: Sequence[DataRow], frame_rows: Sequence[FrameRow], data_months: Iterable[tuple[int, int]] = ()
 ) -> set[tuple[str, tuple[int, int]]]:
-    """Every (parent table, month) the batch writes into."""
+    """Every (parent table, month) the batch needs a partition of.
+
+    `data_months` are the months of the blocks inside the tolerance window; a `time_suspect` row
+    never asks for one (PostgreSQL routes it to its month if that exists, else to `data_default`).
+    `raw_frames` months come from the server's own receive time.
+    """
     needed = {("data", month) for month in data_months}
-    needed |= {("data", month_of(r.data_time)) for r in data_rows}
+    needed |= {("data", month_of(r.data_time)) for r in data_rows if not r.time_suspect}
     needed |= {("raw_frames", month_of(r.received_at)) for r in frame_rows}
     return needed
 
@@ -207,7 +207,7 @@ async def _write(
                 status = await conn.copy_to_table("data", source=data, columns=DATA_COLUMNS, format="binary")
                 changed = int(status.rsplit(" ", 1)[-1])
             else:
-                changed = await _upsert(conn, data)
+                changed = await _merge(conn, data)
         if frames is not None:
             await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
         await insert_parts(conn, split_parts)  # a split part's ack means stored, even as a fragment
@@ -220,9 +220,8 @@ async def write_sightings(conn: asyncpg.Connection, devices_seen: Sequence[Devic
         await conn.execute(UPSERT_DEVICES_SQL, *_device_arrays(devices_seen))
 
 
-async def _upsert(conn: asyncpg.Connection, source: memoryview) -> int:
-    """Stage the rows and upsert them; the number of rows inserted or changed."""
+async def _merge(conn: asyncpg.Connection, source: memoryview) -> int:
+    """Stage the rows and merge them with merge_data_stage(); the number of keys inserted or replaced."""
     await conn.execute(CREATE_STAGE_SQL)
     await conn.copy_to_table(STAGE_TABLE, source=source, columns=DATA_COLUMNS, schema_name="pg_temp", format="binary")
-    status = await conn.execute(UPSERT_DATA_SQL)
-    return int(status.rsplit(" ", 1)[-1])
+    return int(await conn.fetchval(MERGE_DATA_SQL))

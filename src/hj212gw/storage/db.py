@@ -247,7 +247,7 @@ class Database:
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
         async with self.pool.acquire() as conn:
-            months = {block.month for block in data_blocks}
+            months = {block.month for block in data_blocks if not block.time_suspect}
             await self.partitions.ensure(conn, months_needed(data_rows, frame_rows, months))
             resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
             copies = [block.copy for block in data_blocks]

@@ -53,6 +53,7 @@ class DataBlock(NamedTuple):
     rows: int
     month: tuple[int, int]  # (year, month) in UTC of DataTime: the `data` partition it goes into
     resend: bool = False  # RF=1 or a history answer: likely to exist already
+    time_suspect: bool = False  # DataTime outside the tolerance window: never creates a partition
 
 
 class FrameRow(NamedTuple):
