@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 
 from hj212gw.api_auth import require_bearer_token
 from hj212gw.storage.db import OUTAGE_ERRORS, Database, DatabaseUnavailable, PoolBusy
-from hj212gw.storage.queries import BadCursor, decode_cursor
+from hj212gw.storage.queries import BadCursor, DataPage, decode_cursor, decode_version_cursor
 
 log = structlog.get_logger("hj212gw.api")
 
@@ -50,6 +50,7 @@ DEVICE_FIELDS = (
 DATA_ROUTE = "/api/v1/data"
 MAX_CURSOR_CHARS = 8192
 REQUEST_ID_HEADER = "X-Request-Id"
+VERSIONS_ROUTE = "/api/v1/data/versions"
 UNAVAILABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *OUTAGE_ERRORS)
 
 
@@ -162,10 +163,19 @@ def parse_limit(text: str | None) -> int:
     return int(text)
 
 
-def check_cursor(cursor: str) -> None:
+def parse_bool(name: str, text: str | None) -> bool | None:
+    """`true` or `false` (None when absent); raises ApiError(400)."""
+    if text is None:
+        return None
+    if text not in ("true", "false"):
+        raise ApiError(400, "bad_parameter", f"{name}={text[:20]!r} must be true or false")
+    return text == "true"
+
+
+def check_cursor(cursor: str, *, versions: bool = False) -> None:
     """Reject a cursor this API did not issue before it reaches PostgreSQL; raises ApiError(400)."""
     try:
-        when, factor = decode_cursor(cursor)
+        when, factor = decode_version_cursor(cursor)[:2] if versions else decode_cursor(cursor)
         if when.tzinfo is None or "\x00" in factor:
             raise BadCursor("cursor was not issued by this API")
         when.astimezone(UTC)
@@ -308,18 +318,31 @@ class Api:
 
     async def data(self, request: web.Request) -> web.Response:
         q = DataQuery.from_request(request)
-        try:
-            page = await _db(self.db.fetch_data(q.mn, q.cn, q.start, q.end, q.code, limit=q.limit, cursor=q.cursor))
-        except BadCursor as err:
-            raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
-        next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
-        rows = [{key: _json_value(value) for key, value in row.items()} for row in page.rows]
-        return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
+        suspect = parse_bool("time_suspect", _optional(request, "time_suspect"))
+        fetch = self.db.fetch_data(
+            q.mn, q.cn, q.start, q.end, q.code, limit=q.limit, cursor=q.cursor, time_suspect=suspect
+        )
+        return await _page(request, fetch)
+
+    async def versions(self, request: web.Request) -> web.Response:
+        q = DataQuery.from_request(request, versions=True)
+        return await _page(request, self.db.fetch_versions(q.mn, q.cn, q.start, q.end, q.code, q.limit, q.cursor))
+
+
+async def _page(request: web.Request, fetch: Awaitable[DataPage]) -> web.Response:
+    """One page of rows as JSON, with the URL of the next page."""
+    try:
+        page = await _db(fetch)
+    except BadCursor as err:
+        raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
+    next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
+    rows = [{key: _json_value(value) for key, value in row.items()} for row in page.rows]
+    return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
 
 
 @dataclass(frozen=True, slots=True)
 class DataQuery:
-    """The validated parameters of GET /api/v1/data."""
+    """The validated parameters of GET /api/v1/data and /api/v1/data/versions."""
 
     mn: str
     cn: str
@@ -330,7 +353,7 @@ class DataQuery:
     cursor: str | None
 
     @classmethod
-    def from_request(cls, request: web.Request) -> DataQuery:
+    def from_request(cls, request: web.Request, *, versions: bool = False) -> DataQuery:
         """Raises ApiError(400) naming the first bad parameter."""
         mn, cn = _required(request, "mn"), _required(request, "cn")
         start = parse_time("start", _required(request, "start"))
@@ -339,7 +362,7 @@ class DataQuery:
             raise ApiError(400, "bad_parameter", f"end ({rfc3339(end)}) is before start ({rfc3339(start)})")
         cursor = _optional(request, "cursor")
         if cursor is not None:
-            check_cursor(cursor)
+            check_cursor(cursor, versions=versions)
         limit = parse_limit(_optional(request, "limit"))
         return cls(mn, cn, start, end, _optional(request, "code"), limit, cursor)
 
@@ -382,6 +405,7 @@ def build_app(
     app.router.add_get("/api/v1/devices", api.devices)
     app.router.add_get("/api/v1/devices/{mn}", api.device)
     app.router.add_get(DATA_ROUTE, api.data)
+    app.router.add_get(VERSIONS_ROUTE, api.versions)
     return app
 
 

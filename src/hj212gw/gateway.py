@@ -331,6 +331,7 @@ class Gateway:
                 await self._flush_connection_log()
                 await self._flush_sightings()
                 await self.splits.sweep(datetime.now(UTC))
+                await self.db.ensure_partitions_ahead(datetime.now(UTC))  # a round trip only for a new month
                 if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
                     await self.registry.refresh(self.db)
                     last_refresh = time.monotonic()

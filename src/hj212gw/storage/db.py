@@ -1,7 +1,7 @@
 """`Database`: the gateway's asyncpg pool and its public storage API.
 
 Owns connecting (search_path = the configured schema, jsonb codec, running migrations and
-creating the month partitions ahead of time at start) and delegates SQL to batch.py and
+creating the month partitions ahead of time, at start and from the gateway's housekeeping) and delegates SQL to batch.py and
 queries.py. Connection-level failures surface as `DatabaseUnavailable` so callers can tell an
 outage from a bug. Never logs `devices.pw`.
 """
@@ -217,8 +217,14 @@ class Database:
             self._pool = None
 
     async def ensure_partitions_ahead(self, now: datetime) -> None:
-        """Month partitions of data and raw_frames for now's month and the next AHEAD_MONTHS."""
+        """Month partitions of data and raw_frames for now's month and the next AHEAD_MONTHS.
+
+        Called at start and every second by the gateway's housekeeping; a round trip only when a
+        month is not known to exist yet, so batches almost never create a partition themselves.
+        """
         needed = {(t, (m.year, m.month)) for m in _months_ahead(now, AHEAD_MONTHS) for t in ("data", "raw_frames")}
+        if not self.partitions.missing(needed):
+            return
         async with self.pool.acquire() as conn:
             await self.partitions.ensure(conn, needed)
 
@@ -314,6 +320,7 @@ class Database:
         code: str | None = None,
         limit: int = 1000,
         cursor: str | None = None,
+        time_suspect: bool | None = None,
     ) -> DataPage:
         """One page of stored data in [start, end), keyset-paged by (data_time, factor).
 
@@ -325,12 +332,36 @@ class Database:
             code: only this factor (matches `factor` or `factor_2017`).
             limit: rows per page.
             cursor: `next_cursor` of the previous page.
+            time_suspect: only rows with this `time_suspect` (None: all).
 
         Raises:
             BadCursor: `cursor` was not produced by this code.
         """
         async with self._acquire() as conn:
             return await queries.fetch_data(
+                conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor,
+                time_suspect=time_suspect,
+            )  # fmt: skip
+
+    async def fetch_versions(
+        self,
+        mn: str,
+        cn: str,
+        start: datetime,
+        end: datetime,
+        code: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> DataPage:
+        """One page of superseded value sets (`data_versions`) in [start, end), with their raw frame.
+
+        Same arguments as `fetch_data`; keyset-paged by (data_time, factor, version_id).
+
+        Raises:
+            BadCursor: `cursor` was not produced by this code.
+        """
+        async with self.pool.acquire() as conn:
+            return await queries.fetch_versions(
                 conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor
             )
 

@@ -43,7 +43,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT CASE WHEN flag IS NULL OR flag
 -- stored row and each distinct value set of the batch at its first arrival in it; the winner is the
 -- highest (data_flag_rank(flag), received_at, qn), ties to the later written. Every other candidate
 -- that differs from the winner goes to data_versions (a refused one only if that value set is not
--- kept already), and `revisions` grows by the number of versions added. The stored rows are locked
+-- kept already), `revisions` grows by the number of versions added, and `first_received_at` is
+-- the earliest arrival seen for the key. The stored rows are locked
 -- (FOR UPDATE) before they are compared, so two writers decide by the rows' arrival times, never
 -- by their commit order. `data_candidates` is the writer's second temporary table.
 CREATE FUNCTION merge_data_stage() RETURNS bigint
@@ -70,9 +71,11 @@ BEGIN
                                zs_min, zs_avg, zs_max, flag, eflag, sample_time, extra, qn, received_at,
                                first_received_at, resend, time_suspect, revisions)
         SELECT mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou, zs_rtd, zs_min, zs_avg,
-               zs_max, flag, eflag, sample_time, extra, qn, received_at, received_at, resend,
-               time_suspect, 0
-        FROM data_candidates WHERE win
+               zs_max, flag, eflag, sample_time, extra, qn, received_at,
+               (SELECT min(k.received_at) FROM data_candidates k
+                WHERE (k.mn, k.cn, k.data_time, k.factor) = (c.mn, c.cn, c.data_time, c.factor)),
+               resend, time_suspect, 0
+        FROM data_candidates c WHERE win
         ORDER BY mn, data_time, cn, factor
         ON CONFLICT DO NOTHING
         RETURNING d.mn, d.cn, d.data_time, d.factor
@@ -134,9 +137,13 @@ BEGIN
         RETURNING mn, cn, data_time, factor
     ), counted AS (
         SELECT mn, cn, data_time, factor, count(*) AS added FROM kept GROUP BY mn, cn, data_time, factor
+    ), earliest AS (
+        SELECT mn, cn, data_time, factor, min(received_at) AS first
+        FROM data_candidates GROUP BY mn, cn, data_time, factor
     )
-    UPDATE data d SET revisions = d.revisions + counted.added
-    FROM counted
+    UPDATE data d
+    SET revisions = d.revisions + counted.added, first_received_at = least(d.first_received_at, earliest.first)
+    FROM counted JOIN earliest USING (mn, cn, data_time, factor)
     WHERE (d.mn, d.cn, d.data_time, d.factor) = (counted.mn, counted.cn, counted.data_time, counted.factor);
     RETURN inserted + replaced;
 END;
@@ -179,7 +186,10 @@ BEGIN
         RETURN part_name;
     END IF;
     PERFORM pg_advisory_xact_lock(7526411283921408001);
-    IF to_regclass(format('%I.%I', parent_schema, part_name)) IS NOT NULL THEN
+    -- A replica may have created it while we waited: a catalog query (a fresh snapshot) sees that,
+    -- to_regclass's cached catalog lookup may not.
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = parent_schema AND c.relname = part_name) THEN
         RETURN part_name;
     END IF;
     EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS)',
