@@ -113,7 +113,9 @@ async def test_a_valid_flag_beats_a_fault_and_equal_flags_go_to_the_later_arriva
     assert await versions(conn) == [(0.0, "D", "refused"), (10.0, "N", "replaced"), (0.0, "M", "refused")]
 
 
-async def test_a_valid_value_replaces_a_fault_even_if_it_arrived_earlier(db: Database, conn: asyncpg.Connection) -> None:
+async def test_a_valid_value_replaces_a_fault_even_if_it_arrived_earlier(
+    db: Database, conn: asyncpg.Connection
+) -> None:
     await db.save_batch([arrival(5, 0.0, flag="D")])
     await db.save_batch([arrival(1, 10.0)])  # a late backfill of the valid value
     got = await current(conn)
@@ -195,4 +197,3 @@ async def test_versions_are_listed_with_arrival_connection_and_raw_frame(
     assert second["next_cursor"] is None
     resp = await client.get("/api/v1/data/versions", params={**params, "cursor": "bm90IGEgY3Vyc29y"})
     assert resp.status == 400 and (await resp.json())["error"] == "bad_cursor"
-

@@ -1,9 +1,9 @@
 """`Database`: the gateway's asyncpg pool and its public storage API.
 
 Owns connecting (search_path = the configured schema, jsonb codec, running migrations and
-creating the month partitions ahead of time, at start and from the gateway's housekeeping) and delegates SQL to batch.py and
-queries.py. Connection-level failures surface as `DatabaseUnavailable` so callers can tell an
-outage from a bug. Never logs `devices.pw`.
+creating the month partitions ahead of time, at start and from the gateway's housekeeping) and
+delegates SQL to batch.py and queries.py. Connection-level failures surface as
+`DatabaseUnavailable` so callers can tell an outage from a bug. Never logs `devices.pw`.
 """
 
 from __future__ import annotations
