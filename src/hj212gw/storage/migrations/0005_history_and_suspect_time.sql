@@ -63,25 +63,40 @@ BEGIN
     ORDER BY mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou,
              zs_rtd, zs_min, zs_avg, zs_max, flag, eflag, sample_time, extra, received_at, pos;
 
+    -- An arrival identical to the stored row changes nothing (the common resend: an ack was lost).
+    -- Read without a lock: if another writer changes the row meanwhile, this arrival counts as
+    -- merged before that change, which is what an identical resend would have done then.
+    DELETE FROM data_candidates c
+    USING data d
+    WHERE (d.mn, d.cn, d.data_time, d.factor) = (c.mn, c.cn, c.data_time, c.factor)
+      AND (c.factor_2017, c.rtd, c.min, c.avg, c.max, c.cou, c.zs_rtd, c.zs_min, c.zs_avg, c.zs_max,
+           c.flag, c.eflag, c.sample_time, c.extra)
+          IS NOT DISTINCT FROM
+          (d.factor_2017, d.rtd, d.min, d.avg, d.max, d.cou, d.zs_rtd, d.zs_min, d.zs_avg, d.zs_max,
+           d.flag, d.eflag, d.sample_time, d.extra);
+
     -- New keys: the batch's winner goes in. A key a concurrent writer inserted first is waited
     -- for and then handled below with the existing ones.
-    PERFORM _mark_winners();
-    WITH ins AS (
+    WITH w AS (
+        SELECT DISTINCT ON (mn, cn, data_time, factor) *,
+               min(received_at) OVER (PARTITION BY mn, cn, data_time, factor) AS first
+        FROM data_candidates
+        ORDER BY mn, cn, data_time, factor, data_flag_rank(flag) DESC, received_at DESC,
+                 qn DESC NULLS LAST, pos DESC
+    ), ins AS (
         INSERT INTO data AS d (mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou, zs_rtd,
                                zs_min, zs_avg, zs_max, flag, eflag, sample_time, extra, qn, received_at,
                                first_received_at, resend, time_suspect, revisions)
         SELECT mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou, zs_rtd, zs_min, zs_avg,
-               zs_max, flag, eflag, sample_time, extra, qn, received_at,
-               (SELECT min(k.received_at) FROM data_candidates k
-                WHERE (k.mn, k.cn, k.data_time, k.factor) = (c.mn, c.cn, c.data_time, c.factor)),
-               resend, time_suspect, 0
-        FROM data_candidates c WHERE win
+               zs_max, flag, eflag, sample_time, extra, qn, received_at, first, resend, time_suspect, 0
+        FROM w
         ORDER BY mn, data_time, cn, factor
         ON CONFLICT DO NOTHING
         RETURNING d.mn, d.cn, d.data_time, d.factor
     )
-    UPDATE data_candidates c SET fresh = true
-    FROM ins WHERE (c.mn, c.cn, c.data_time, c.factor) = (ins.mn, ins.cn, ins.data_time, ins.factor);
+    UPDATE data_candidates c SET fresh = true, win = (c.pos = w.pos)
+    FROM ins JOIN w USING (mn, cn, data_time, factor)
+    WHERE (c.mn, c.cn, c.data_time, c.factor) = (ins.mn, ins.cn, ins.data_time, ins.factor);
     SELECT count(*) INTO inserted FROM data_candidates WHERE fresh AND win;
 
     -- Existing keys: lock the stored rows (key order), drop what is identical to them, decide again.
@@ -103,6 +118,11 @@ BEGIN
           IS NOT DISTINCT FROM
           (s.factor_2017, s.rtd, s.min, s.avg, s.max, s.cou, s.zs_rtd, s.zs_min, s.zs_avg, s.zs_max,
            s.flag, s.eflag, s.sample_time, s.extra);
+    -- A stored row left alone (every arrival was identical to it) needs nothing more.
+    DELETE FROM data_candidates s
+    WHERE s.stored AND NOT EXISTS (
+        SELECT 1 FROM data_candidates c
+        WHERE NOT c.stored AND (c.mn, c.cn, c.data_time, c.factor) = (s.mn, s.cn, s.data_time, s.factor));
     PERFORM _mark_winners();
 
     UPDATE data d
@@ -116,7 +136,9 @@ BEGIN
     GET DIAGNOSTICS replaced = ROW_COUNT;
 
     -- Every loser is kept: the replaced stored row always, a refused arrival unless its value
-    -- set is kept already. `revisions` counts them.
+    -- set is among the key's latest 64 versions (a bound, so a device that floods one key with
+    -- losing values costs an index range of 64 rows per arrival, not a scan of all it sent).
+    -- `revisions` counts them.
     WITH kept AS (
         INSERT INTO data_versions (mn, cn, data_time, factor, factor_2017, rtd, min, avg, max, cou,
                                    zs_rtd, zs_min, zs_avg, zs_max, flag, eflag, sample_time, extra,
@@ -126,9 +148,10 @@ BEGIN
                CASE WHEN c.stored THEN 'replaced' ELSE 'refused' END, now()
         FROM data_candidates c
         WHERE NOT c.win AND (c.stored OR NOT EXISTS (
-            SELECT 1 FROM data_versions v
-            WHERE (v.mn, v.cn, v.data_time, v.factor) = (c.mn, c.cn, c.data_time, c.factor)
-              AND (v.factor_2017, v.rtd, v.min, v.avg, v.max, v.cou, v.zs_rtd, v.zs_min, v.zs_avg,
+            SELECT 1 FROM (SELECT * FROM data_versions r
+                           WHERE (r.mn, r.cn, r.data_time, r.factor) = (c.mn, c.cn, c.data_time, c.factor)
+                           ORDER BY r.id DESC LIMIT 64) v
+            WHERE (v.factor_2017, v.rtd, v.min, v.avg, v.max, v.cou, v.zs_rtd, v.zs_min, v.zs_avg,
                    v.zs_max, v.flag, v.eflag, v.sample_time, v.extra)
                   IS NOT DISTINCT FROM
                   (c.factor_2017, c.rtd, c.min, c.avg, c.max, c.cou, c.zs_rtd, c.zs_min, c.zs_avg,
@@ -149,17 +172,18 @@ BEGIN
 END;
 $$;
 
--- Sets data_candidates.win on the one candidate per key with the highest precedence. (PL/pgSQL,
+-- Sets data_candidates.win on the one candidate per key with the highest precedence, for the keys
+-- not inserted by this merge yet (they are decided when inserted). (PL/pgSQL,
 -- not SQL: its body names the writer's temporary table, which does not exist at migration time.)
 CREATE FUNCTION _mark_winners() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE data_candidates c SET win = (c.pos = w.pos AND c.stored = w.stored)
     FROM (SELECT DISTINCT ON (mn, cn, data_time, factor) mn, cn, data_time, factor, pos, stored
-          FROM data_candidates
+          FROM data_candidates WHERE NOT fresh
           ORDER BY mn, cn, data_time, factor, data_flag_rank(flag) DESC, received_at DESC,
                    qn DESC NULLS LAST, pos DESC) w
-    WHERE (c.mn, c.cn, c.data_time, c.factor) = (w.mn, w.cn, w.data_time, w.factor);
+    WHERE NOT c.fresh AND (c.mn, c.cn, c.data_time, c.factor) = (w.mn, w.cn, w.data_time, w.factor);
 END;
 $$;
 
