@@ -4,6 +4,7 @@ by housekeeping and attached without locking writers out; the DEFAULT partition'
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,30 @@ async def test_creating_a_month_does_not_wait_for_writers_of_other_months(
                 await pooled.execute("RESET lock_timeout")
     finally:
         await writer.rollback()
+
+
+async def test_a_suspect_row_written_while_its_month_is_attached_moves_with_it(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    at = datetime(2099, 5, 10, tzinfo=UTC)
+    writer = conn.transaction()
+    await writer.start()
+    await conn.execute(
+        "INSERT INTO data (mn, cn, data_time, factor, received_at, first_received_at, time_suspect)"
+        " VALUES ('x', '2051', $1, 'w01018', $1, $1, true)",
+        at,
+    )
+
+    async def attach() -> None:
+        async with db.pool.acquire() as pooled:
+            await db.partitions.ensure(pooled, {("data", (2099, 5))})
+
+    attaching = asyncio.create_task(attach())
+    await asyncio.sleep(0.3)
+    assert not attaching.done()  # waits for the writer instead of failing after it
+    await writer.commit()
+    await attaching
+    assert await conn.fetchval("SELECT tableoid::regclass::text FROM data") == "data_p2099_05"
 
 
 @pytest.fixture

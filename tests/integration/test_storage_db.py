@@ -135,7 +135,7 @@ async def test_concurrent_batches_with_the_same_new_keys_store_each_key_once(
 @pytest.mark.parametrize(
     "at", [datetime(2016, 2, 29, 23, 59, tzinfo=UTC), datetime(2099, 12, 31, 23, 0, tzinfo=UTC)], ids=str
 )
-async def test_old_and_far_future_months_get_real_partitions(
+async def test_rows_inside_the_tolerance_window_get_their_month_whatever_its_year(
     db: Database, conn: asyncpg.Connection, at: datetime
 ) -> None:
     await db.save_batch([row(at=at)], [FrameRow(received_at=at, raw=b"x")])

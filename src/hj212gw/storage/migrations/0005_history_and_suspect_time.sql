@@ -216,6 +216,9 @@ BEGIN
                WHERE n.nspname = parent_schema AND c.relname = part_name) THEN
         RETURN part_name;
     END IF;
+    -- Locked before its rows move: a writer routing a row of this month into it meanwhile would
+    -- make the attach fail (and its batch with it).
+    EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', parent_schema, parent || '_default');
     EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS)',
                    parent_schema, part_name, parent_schema, parent);
     EXECUTE format('WITH moved AS (DELETE FROM %1$I.%2$I WHERE %3$I >= %4$L AND %3$I < %5$L RETURNING *) '
