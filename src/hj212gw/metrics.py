@@ -94,7 +94,7 @@ class _DataBatches:
 
 _DATA_BATCHES_HELP = (
     "Batches written to data: copy (straight in), copy_conflict (a key existed: rolled back, then "
-    "upserted), upsert (resends, or after a conflict)."
+    "merged), upsert (merged at once: resends, or after a conflict)."
 )
 
 
@@ -153,6 +153,11 @@ class Metrics:
         )
         self.requests = Counter(
             "hj212gw_requests_total", "Platform requests by CN, outcome.", ["cn", "outcome"], registry=r
+        )
+        self.data_time_suspect = Counter(
+            "hj212gw_data_time_suspect_total",
+            "Data packets whose DataTime is outside the tolerance window (stored, marked time_suspect).",
+            registry=r,
         )
         self.split_missing = Counter(
             "hj212gw_split_parts_missing_total", "Split-packet parts that never arrived.", registry=r

@@ -372,6 +372,8 @@ class DasConnection(asyncio.Protocol):
         data = None
         if admission.action == "store" and not fragment:
             data = data_block(packet, now, deps.time_policy, resend=backfill)
+            if data is not None and data.time_suspect:
+                deps.metrics.data_time_suspect.inc()
         if packet.mn != self._seen_mn or arrived - self._seen_at >= SIGHTING_INTERVAL_S:
             status = "quarantined" if admission.reason == "quarantined" else "accepted"
             seen = device_seen(packet, self.peer, now, status=status)

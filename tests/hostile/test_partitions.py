@@ -150,6 +150,7 @@ async def test_far_future_and_year_two_data_times_are_acked_shown_and_create_no_
     assert (await das.reply()).packet.cn == "9014"  # a resend of the far-future key: merged, acked
     await das.close()
     assert await partitions(conn) == before
+    assert running.gateway.metrics.registry.get_sample_value("hj212gw_data_time_suspect_total") == 3
     params = {
         "mn": MN, "cn": "2051", "start": "0001-01-01T00:00:00Z", "end": "9999-12-31T23:59:59Z",
         "time_suspect": "true",
