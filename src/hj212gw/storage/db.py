@@ -248,7 +248,7 @@ class Database:
 
         Missing month partitions are created first (their own short transaction), then data
         (`data_blocks` as encoded by the gateway, `data_rows` encoded here; direct COPY or staged
-        upsert, see storage.batch), raw frames (COPY) and split parts commit in ONE transaction.
+        merge, see storage.batch), raw frames (COPY) and split parts commit in ONE transaction.
         Device sightings are not part of a batch: `save_sightings`.
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
@@ -276,12 +276,12 @@ class Database:
         """Store an assembled transfer's data and mark its parts, once across replicas.
 
         In one transaction: lock the parts, and only if they are still exactly `pnos` and
-        unassembled, upsert `data` (None: nothing to store) and mark them assembled. Returns
+        unassembled, merge `data` (None: nothing to store) and mark them assembled. Returns
         whether this call did it.
         """
         async with self.pool.acquire() as conn:
             if data is not None:
-                await self.partitions.ensure(conn, months_needed((), (), {data.month}))
+                await self.partitions.ensure(conn, months_needed((), (), () if data.time_suspect else {data.month}))
             async with conn.transaction():
                 if not await split_parts.claim(conn, key, pnos):
                     return False
