@@ -274,11 +274,13 @@ class Api:
         live: LiveState,
         registry: prometheus_client.CollectorRegistry,
         ready: Callable[[], bool],
+        not_ready_reasons: Callable[[], list[str]] | None = None,
     ) -> None:
         self.db = db
         self.live = live
         self.registry = registry
         self.ready = ready
+        self.not_ready_reasons = not_ready_reasons
 
     async def metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -290,7 +292,9 @@ class Api:
     async def readyz(self, request: web.Request) -> web.Response:
         if self.ready():
             return json_response({"status": "ready"})
-        return error_response(503, "not_ready", "the database is down or the DAS listener is not accepting yet")
+        reasons = self.not_ready_reasons() if self.not_ready_reasons is not None else []
+        detail = "; ".join(reasons) or "the database is down or the DAS listener is not accepting yet"
+        return json_response({"error": "not_ready", "detail": detail, "reasons": reasons}, status=503)
 
     async def devices(self, request: web.Request) -> web.Response:
         """One page of stored and live devices, keyset-paged by mn (code point order)."""
@@ -391,12 +395,14 @@ def build_app(
     metrics_registry: prometheus_client.CollectorRegistry | None,
     ready: Callable[[], bool],
     token: str | None = None,
+    not_ready_reasons: Callable[[], list[str]] | None = None,
 ) -> web.Application:
     """The admin application; `metrics_registry=None` exposes prometheus_client's default registry.
 
     With a `token`, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    `not_ready_reasons` names what keeps `ready` false (shown by /readyz).
     """
-    api = Api(db, live, metrics_registry or prometheus_client.REGISTRY, ready)
+    api = Api(db, live, metrics_registry or prometheus_client.REGISTRY, ready, not_ready_reasons)
     guards = [] if token is None else [require_bearer_token(token)]
     app = web.Application(middlewares=[errors_as_json, *guards])
     app.router.add_get("/metrics", api.metrics)

@@ -14,7 +14,7 @@ import errno
 import gc
 import signal
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -73,14 +73,10 @@ class Running:
     http_runner: web.AppRunner
     embedded: EmbeddedPostgres | None
     watchdog: EmbeddedWatchdog | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
         await self.gateway.stop()
         await stop_http(self.http_runner)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.watchdog is not None:
             await asyncio.to_thread(self.watchdog.close)  # no restart may race the stop below
         await self.api_db.close()
@@ -114,12 +110,6 @@ async def _listening(what: str, address: str, starting: Awaitable[T]) -> T:
         raise PortUnavailable(f"cannot listen on {address} ({what}): {err.strerror or err}") from err
 
 
-def _watch(task: asyncio.Task[None]) -> None:
-    """A watchdog that ends on its own is a bug: say so at ERROR (readiness then stays as it was)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task_died", task=task.get_name(), exc_info=task.exception())
-
-
 async def start(settings: Settings) -> Running:
     """Start everything; on failure, stop what had started and raise (START_ERRORS for an operator's)."""
     token = http_access_token(settings)
@@ -150,15 +140,14 @@ async def start(settings: Settings) -> Running:
             metrics_registry=metrics.registry,
             ready=gateway.ready if watchdog is None else lambda: watchdog.up and gateway.ready(),
             token=token,
+            not_ready_reasons=gateway.not_ready_reasons,
         )
         host, port = split_host_port(settings.http)
         runner = await _listening("http", settings.http, start_http(app, host, port))
         started.pop_all()
-    tasks = []
-    if watchdog is not None:
-        tasks.append(asyncio.create_task(watchdog.run(), name="embedded-postgres-watchdog"))
-        tasks[-1].add_done_callback(_watch)
-    return Running(settings, db, api_db, gateway, runner, embedded, watchdog, tasks)
+    if watchdog is not None:  # supervised: a watchdog that dies is logged, restarted, and readiness says so
+        gateway.supervisor.start("embedded-postgres-watchdog", watchdog.run)
+    return Running(settings, db, api_db, gateway, runner, embedded, watchdog)
 
 
 async def serve(settings: Settings) -> int:

@@ -31,8 +31,9 @@ from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.splits import SplitSweeper
-from hj212gw.storage.db import OUTAGE_ERRORS, ROW_ERRORS, Database
+from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database, is_retryable
 from hj212gw.storage.rows import DeviceSeen
+from hj212gw.supervisor import Supervisor
 
 _Row = TypeVar("_Row")
 
@@ -54,6 +55,7 @@ class Gateway:
         self.pinner = Pinner(db, self.registry, self.metrics)
         self.wrong_pw_backoff = WrongPwBackoff(base_s=devices.wrong_pw_backoff_s, max_s=devices.wrong_pw_backoff_max_s)
         self.sm4_keys = load_sm4_keys(devices)
+        self.supervisor = Supervisor(self.metrics)
         w = settings.writer
         self.writer = BatchWriter(
             db,
@@ -61,7 +63,9 @@ class Gateway:
             linger_s=w.linger_ms / 1000,
             writers=w.writers,
             max_pending_items=w.max_pending_items,
+            max_pending_bytes=w.max_pending_bytes,
             observer=self.metrics,
+            supervisor=self.supervisor,
         )
         self.deps = Deps(
             settings=settings,
@@ -91,7 +95,6 @@ class Gateway:
         self._sightings: dict[str, DeviceSeen] = {}  # the latest per MN, until the next flush
         self._opened: list[tuple[Any, ...]] = []
         self._closed: list[tuple[Any, ...]] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self._resuming = False
         self._stopping = False
 
@@ -114,10 +117,8 @@ class Gateway:
         await self._listen()
         self.port = self.server.sockets[0].getsockname()[1]
         self.metrics.dependency_up.labels(name="postgresql").set(1)
-        self._tasks = [
-            asyncio.create_task(self._tick(), name="gateway-tick"),
-            asyncio.create_task(self._housekeeping(), name="gateway-housekeeping"),
-        ]
+        self.supervisor.start("gateway-tick", self._tick)
+        self.supervisor.start("gateway-housekeeping", self._housekeeping)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
@@ -130,9 +131,7 @@ class Gateway:
         for conn in list(self.connections):
             conn.close("shutdown")
         await asyncio.sleep(0)  # let connection_lost run
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         await self.pinner.stop()
         for flush in (self._flush_connection_log, self._flush_sightings):  # best effort: neither is data
             with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
@@ -299,7 +298,19 @@ class Gateway:
         return found
 
     def ready(self) -> bool:
-        return self.server is not None and not self._stopping and self.writer.ready and self.db_up
+        return not self.not_ready_reasons()
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the gateway is not ready (empty when it is), for /readyz."""
+        reasons = []
+        if self.server is None:
+            reasons.append("the DAS listener is not accepting yet")
+        if self._stopping:
+            reasons.append("shutting down")
+        if not self.writer.ready or not self.db_up:
+            reasons.append("the database is down")
+        reasons.extend(f"task {name} is down (restarting)" for name in self.supervisor.down())
+        return reasons
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -391,21 +402,27 @@ class Gateway:
             raise
 
     async def _write_rows(self, what: str, rows: list[_Row], write: Callable[[list[_Row]], Awaitable[None]]) -> None:
-        """Write rows in one go; if PostgreSQL refuses a value (a NUL byte from a tolerated header,
-        say), write them one at a time and drop each refused one with a WARNING. Writes are
-        idempotent, so a retry after an outage may repeat some."""
+        """Write rows in one go; if PostgreSQL refuses them (anything but an outage or a lock
+        conflict: a NUL byte from a tolerated header, an index row too large for a 3,000-character
+        MN, ...), write them one at a time and drop each refused one with a WARNING. Writes are
+        idempotent, so a retry after an outage may repeat some. Raises outages and conflicts."""
         try:
             await write(rows)
-        except ROW_ERRORS:
+        except DATABASE_ERRORS as err:
+            if is_retryable(err):
+                raise
             for row in rows:
                 try:
                     await write([row])
-                except ROW_ERRORS as err:
+                except DATABASE_ERRORS as row_err:
+                    if is_retryable(row_err):
+                        raise
                     self.log.warning(
                         f"{what}_rejected_by_database",
                         row=repr(row)[:200],
-                        error=type(err).__name__,
-                        detail=str(err)[:200],
+                        error=type(row_err).__name__,
+                        sqlstate=getattr(row_err, "sqlstate", None),
+                        detail=str(row_err)[:200],
                     )
 
     async def _flush_connection_log(self) -> None:

@@ -1,11 +1,12 @@
 """`BatchWriter`: coalesces packets from all connections into batches and confirms each after COMMIT.
 
 Owns the write queue between the server and storage: batching (`max_batch_rows`, `linger_s`), a
-few writer tasks so one batch commits while the next is gathered, retry with backoff while
-PostgreSQL is down (one `database_down` WARNING, one `database_up` INFO), the bounded queue that
-tells the server to stop reading sockets (`full`, `wait_for_room`), and the `WriterObserver` hooks
-for metrics. An item's future resolves only after its batch committed; nothing is dropped.
-Imports no protocol, prometheus_client or settings.
+few supervised writer tasks so one batch commits while the next is gathered, retry with backoff
+while PostgreSQL is down (one `database_down` WARNING, one `database_up` INFO), bisection that
+isolates an item PostgreSQL refuses and archives its raw frames as evidence, the queue bounded in
+items and bytes that tells the server to stop reading sockets (`full`, `wait_for_room`), and the
+`WriterObserver` hooks for metrics. Every item is confirmed exactly once (see `OnDone`), only
+after its batch committed; nothing is dropped. Imports no protocol, prometheus_client or settings.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from hj212gw.storage.db import OUTAGE_ERRORS, RETRYABLE_ERRORS, ROW_ERRORS, Database
+from hj212gw.storage.db import DATABASE_ERRORS, Database, is_outage, is_retryable, sqlstate_of
 from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.storage.split_parts import SplitPartRow
+from hj212gw.supervisor import Supervisor
+
+REFUSED_VERDICT = "refused_by_database"
+"""raw_frames.verdict of a packet whose data PostgreSQL refused, as `refused_by_database:<SQLSTATE>`."""
 
 
 class WriterClosed(Exception):
@@ -30,7 +35,17 @@ class WriterClosed(Exception):
 
 
 class ItemRejected(Exception):
-    """PostgreSQL refused this item's rows even alone (e.g. a value out of range). Not retried."""
+    """PostgreSQL refused this item's rows even alone (a value out of range, an index row too large
+    for a 3,000-character factor code, ...). Not retried: the same rows can never succeed.
+
+    `archived`: its raw frame rows were stored on their own (verdict `refused_by_database:<SQLSTATE>`
+    for an accepted frame; a rejected frame keeps its reject reason), so the evidence is kept.
+    """
+
+    def __init__(self, detail: str, *, sqlstate: str, archived: bool) -> None:
+        super().__init__(detail)
+        self.sqlstate = sqlstate
+        self.archived = archived
 
 
 class IngestItem(NamedTuple):
@@ -54,8 +69,9 @@ class WriterObserver(Protocol):
     """Metrics hooks; metrics.py provides the Prometheus implementation."""
 
     def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None: ...
-    def queue_depth(self, items: int) -> None: ...
+    def queue_depth(self, items: int, nbytes: int) -> None: ...
     def database_up(self, up: bool) -> None: ...
+    def item_refused(self, *, sqlstate_class: str, archived: bool) -> None: ...
 
 
 class NullObserver:
@@ -64,28 +80,64 @@ class NullObserver:
     def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
         pass
 
-    def queue_depth(self, items: int) -> None:
+    def queue_depth(self, items: int, nbytes: int) -> None:
         pass
 
     def database_up(self, up: bool) -> None:
         pass
 
+    def item_refused(self, *, sqlstate_class: str, archived: bool) -> None:
+        pass
+
 
 OnDone = Callable[[BaseException | None], object]
-"""Called once per item: with None after COMMIT, with ItemRejected if PostgreSQL refused the
-item's rows, with WriterClosed if the writer stopped before committing it."""
+"""Called exactly once per item, whatever mix of outages and refused rows its batch met:
+- with None after the COMMIT of its rows;
+- with ItemRejected if PostgreSQL refused the item's rows even alone (`archived` tells whether
+  its raw frames were stored on their own as evidence);
+- with WriterClosed if the writer stopped before committing it;
+- with the exception itself if its writer task crashed (a bug, logged at ERROR by the supervisor).
+Only None and an archived ItemRejected mean that something of the item is stored."""
+
+
+def evidence_kept(error: BaseException | None) -> bool:
+    """`on_done`'s argument says the item's rows, or at least its raw frames, are stored."""
+    return error is None or (isinstance(error, ItemRejected) and error.archived)
+
+
+def encoded_bytes(item: IngestItem) -> int:
+    """What an item holds in the write queue: its encoded data rows, raw frames and split segments."""
+    nbytes = len(item.data.copy) if item.data is not None else 0
+    for row in item.frame_rows:
+        nbytes += len(row.raw)
+    for part in item.split_parts:
+        nbytes += len(part.segment)
+    return nbytes
 
 
 @dataclass(slots=True)
 class _Pending:
     item: IngestItem
-    on_done: OnDone | None = None
+    on_done: OnDone | None
+    nbytes: int
+    done: bool = False  # on_done was called: never again
+    refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
+    anonymous: bool = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
 
 
 @dataclass(slots=True)
 class _Batch:
     entries: list[_Pending] = field(default_factory=list)
     rows: int = 0
+
+
+def _evidence(entry: _Pending) -> list[FrameRow]:
+    """The raw frame rows of a refused item, to be archived on their own."""
+    verdict = f"{REFUSED_VERDICT}:{sqlstate_of(entry.refusal)}" if entry.refusal is not None else REFUSED_VERDICT
+    rows = [r._replace(verdict=verdict) if r.verdict == "ok" else r for r in entry.item.frame_rows]
+    if entry.anonymous:  # the raw bytes still hold the MN; the columns are what PostgreSQL refused
+        rows = [r._replace(mn=None, cn=None, qn=None) for r in rows]
+    return rows
 
 
 class BatchWriter:
@@ -99,44 +151,57 @@ class BatchWriter:
         linger_s: float = 0.01,
         writers: int = 2,
         max_pending_items: int = 10_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         observer: WriterObserver | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.db = db
         self.max_batch_rows = max_batch_rows
         self.linger_s = linger_s
         self.writers = writers
         self.max_pending_items = max_pending_items
+        self.max_pending_bytes = max_pending_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.observer: WriterObserver = observer or NullObserver()
+        self.supervisor = supervisor or Supervisor()
         self.log = structlog.get_logger("hj212gw.ingest")
-        self.ready = True
+        self.ready = True  # False while PostgreSQL is down
         self._queue: deque[_Pending] = deque()
-        self._in_flight = 0
+        self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._gather_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._names: list[str] = []
         self._active: list[_Batch] = []
         self._closing = False
 
     @property
     def pending(self) -> int:
-        """Items submitted and not yet committed (queued + in a batch being written)."""
-        return len(self._queue) + self._in_flight
+        """Items submitted and not yet confirmed (queued + in a batch being written)."""
+        return self._pending
+
+    @property
+    def pending_bytes(self) -> int:
+        """Encoded bytes (data rows + raw frames) of the pending items."""
+        return self._pending_bytes
 
     @property
     def full(self) -> bool:
-        """True when the server should stop reading sockets until `wait_for_room()` returns."""
-        return self.pending >= self.max_pending_items
+        """True when the server should stop reading sockets until `wait_for_room()` returns:
+        `max_pending_items` or `max_pending_bytes` is reached."""
+        return self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes
 
     def start(self) -> None:
-        """Start the writer tasks (call inside the running loop)."""
+        """Start the writer tasks under the supervisor (call inside the running loop)."""
         for n in range(self.writers):
-            self._tasks.append(asyncio.create_task(self._run(), name=f"batch-writer-{n}"))
+            name = f"batch-writer-{n}"
+            self._names.append(name)
+            self.supervisor.start(name, self._run)
 
     def submit(self, item: IngestItem, on_done: OnDone | None = None) -> None:
         """Queue one packet's rows; `on_done(None)` runs right after their batch's COMMIT.
@@ -149,8 +214,17 @@ class BatchWriter:
         """
         if self._closing:
             raise WriterClosed("batch writer is closing")
-        self._queue.append(_Pending(item, on_done))
-        self._update_room()
+        data = item.data  # encoded_bytes(item), inlined: this runs for every packet
+        nbytes = len(data.copy) if data is not None else 0
+        for row in item.frame_rows:
+            nbytes += len(row.raw)
+        for part in item.split_parts:
+            nbytes += len(part.segment)
+        self._queue.append(_Pending(item, on_done, nbytes))
+        self._pending += 1
+        self._pending_bytes += nbytes
+        if self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes:
+            self._room.clear()  # the queue only grows here: no set() needed
         self._wakeup.set()
 
     def submit_future(self, item: IngestItem) -> asyncio.Future[None]:
@@ -172,7 +246,7 @@ class BatchWriter:
         return future
 
     async def wait_for_room(self) -> None:
-        """Return once the queue is below `max_pending_items`."""
+        """Return once the queue is below both `max_pending_items` and `max_pending_bytes`."""
         while self.full:
             await self._room.wait()
 
@@ -185,12 +259,10 @@ class BatchWriter:
             await asyncio.sleep(0.005)
         unflushed = [e for b in self._active for e in b.entries] + list(self._queue)
         self._queue.clear()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop(self._names)
         for entry in unflushed:  # never committed: no ack, the DAS sends it again
-            self._done(entry, WriterClosed("closed before commit"))
+            self._finish(entry, WriterClosed("closed before commit"))
+        self._update_room()
 
     def _update_room(self) -> None:
         # Per item on both ends of the queue, so no metric here: the depth is published per batch.
@@ -201,82 +273,123 @@ class BatchWriter:
 
     async def _run(self) -> None:
         while True:
-            async with self._gather_lock:
-                batch = await self._gather()
-            self._active.append(batch)
+            batch = _Batch()
+            self._active.append(batch)  # from its first item on: close() and a crash must see it
             try:
+                async with self._gather_lock:
+                    await self._gather(batch)
                 await self._commit_with_retry(batch)
+            except BaseException as err:
+                # close() cancelled us, or a bug: no ack for what did not commit, the DAS sends it
+                # again; the supervisor logs a bug with its traceback and restarts this task.
+                closed = isinstance(err, asyncio.CancelledError)
+                for entry in batch.entries:
+                    self._finish(entry, WriterClosed("closed before commit") if closed else err)
+                self._update_room()
+                raise
             finally:
                 self._active.remove(batch)
 
-    async def _gather(self) -> _Batch:
+    async def _gather(self, batch: _Batch) -> None:
         """Wait for a first item, then collect for up to linger_s or max_batch_rows."""
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
-        batch = _Batch()
         deadline = time.monotonic() + self.linger_s
         while True:
             self._take(batch)
             left = deadline - time.monotonic()
             if batch.rows >= self.max_batch_rows or left <= 0 or self._closing:
-                return batch
+                return
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), left)
             except TimeoutError:
                 self._take(batch)
-                return batch
+                return
 
     def _take(self, batch: _Batch) -> None:
         while self._queue and batch.rows < self.max_batch_rows:
             entry = self._queue.popleft()
             batch.entries.append(entry)
             batch.rows += entry.item.row_count
-            self._in_flight += 1
-        self.observer.queue_depth(self.pending)
+        self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:
+        """Write the batch; retry what an outage or conflict interrupted, bisect what PostgreSQL refused.
+
+        `groups` is a stack of entry lists not written yet. A group is confirmed right after its own
+        COMMIT and never pushed again, so an outage in the middle of a bisection retries only the
+        groups still on the stack: every item is confirmed exactly once. (An outage that hides a
+        COMMIT that did happen makes the writer write that group again: its data rows are keyed and
+        unchanged, its raw frames are archived a second time; it is still confirmed once.)
+        """
+        groups = [batch.entries]
         delay = self.retry_initial_s
-        while True:
+        while groups:
+            group = groups.pop()
             try:
-                await self._commit(batch.entries)
-            except RETRYABLE_ERRORS as err:
-                if isinstance(err, OUTAGE_ERRORS):  # a deadlock between replicas is no outage
-                    self._mark_down(err)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.retry_max_s)
+                await self._commit(group)
+            except DATABASE_ERRORS as err:
+                if is_retryable(err):
+                    groups.append(group)
+                    if is_outage(err):  # a deadlock between replicas is no outage
+                        self._mark_down(err)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                self._mark_up()  # PostgreSQL answered
+                groups.extend(self._isolate(group, err))
                 continue
             self._mark_up()
-            return
+            delay = self.retry_initial_s
+
+    def _isolate(self, group: list[_Pending], err: BaseException) -> list[list[_Pending]]:
+        """The groups to write after PostgreSQL refused `group` (pushed on the stack in this order)."""
+        if len(group) > 1:  # one bad value fails the whole batch: split to find it
+            half = len(group) // 2
+            return [group[half:], group[:half]]
+        entry = group[0]
+        if entry.refusal is None:  # refused alone: archive its raw frames on their own
+            entry.refusal = err
+            entry.anonymous = entry.item.data is None  # its frame rows alone were refused
+        elif not entry.anonymous:  # even its frame rows were refused (a 3,000-character MN)
+            entry.anonymous = True
+        else:
+            self._refuse(entry, archived=False)
+            return []
+        if not entry.item.frame_rows:
+            self._refuse(entry, archived=False)
+            return []
+        return [group]
 
     async def _commit(self, entries: list[_Pending]) -> None:
-        """Save entries in one transaction; on a row error split to isolate the bad item."""
+        """Save entries in one transaction and confirm them; a refused item's evidence alone."""
+        if len(entries) == 1 and entries[0].refusal is not None:
+            await self.db.save_batch((), _evidence(entries[0]))
+            self._refuse(entries[0], archived=True)
+            return
         started = time.monotonic()
         blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
         splits = [r for e in entries for r in e.item.split_parts]
-        try:
-            await self.db.save_batch((), frames, data_blocks=blocks, split_parts=splits)
-        except ROW_ERRORS as err:  # one bad value fails the whole batch: split to find it
-            if len(entries) == 1:
-                self._reject(entries[0], err)
-                return
-            half = len(entries) // 2
-            await self._commit(entries[:half])
-            await self._commit(entries[half:])
-            return
+        await self.db.save_batch((), frames, data_blocks=blocks, split_parts=splits)
         values = sum(b.rows for b in blocks)
         self.observer.batch_committed(
             items=len(entries), rows=values + len(frames), values=values, latency_s=time.monotonic() - started
         )
-        self._in_flight -= len(entries)
-        self._update_room()
-        self.observer.queue_depth(self.pending)
         for entry in entries:
-            self._done(entry, None)
+            self._finish(entry, None)
+        self._update_room()
+        self.observer.queue_depth(self._pending, self._pending_bytes)
 
-    def _done(self, entry: _Pending, error: BaseException | None) -> None:
+    def _finish(self, entry: _Pending, error: BaseException | None) -> None:
+        """Confirm one item: exactly once, whatever path reaches it."""
+        if entry.done:
+            return
+        entry.done = True
+        self._pending -= 1
+        self._pending_bytes -= entry.nbytes
         if entry.on_done is None:
             return
         try:
@@ -285,12 +398,22 @@ class BatchWriter:
             # A failing callback is a bug in the caller; the rows are committed regardless.
             self.log.exception("on_done_failed")
 
-    def _reject(self, entry: _Pending, err: Exception) -> None:
-        self._in_flight -= 1
-        self._update_room()
+    def _refuse(self, entry: _Pending, *, archived: bool) -> None:
+        err = entry.refusal
+        assert err is not None
+        sqlstate = sqlstate_of(err)
         mn = next((r.mn for r in entry.item.frame_rows if r.mn), None)
-        self.log.warning("item_rejected_by_database", mn=mn, error=type(err).__name__, detail=str(err)[:200])
-        self._done(entry, ItemRejected(str(err)))
+        self.observer.item_refused(sqlstate_class=sqlstate if sqlstate == "client" else sqlstate[:2], archived=archived)
+        self.log.warning(
+            "item_rejected_by_database",
+            mn=mn[:64] if mn else None,  # an MN can be as long as a frame: not in full in a log line
+            sqlstate=sqlstate,
+            error=type(err).__name__,
+            detail=str(err)[:200],
+            archived=archived,
+        )
+        self._finish(entry, ItemRejected(str(err)[:200], sqlstate=sqlstate, archived=archived))
+        self._update_room()
 
     def _mark_down(self, err: BaseException) -> None:
         if self.ready:

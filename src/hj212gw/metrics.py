@@ -147,6 +147,25 @@ class Metrics:
         )
         r.register(self.ack_latency)
         self.write_queue = Gauge("hj212gw_write_queue_items", "Packets waiting for their batch to commit.", registry=r)
+        self.write_queue_bytes = Gauge(
+            "hj212gw_write_queue_bytes", "Encoded bytes (data rows + raw frames) of the queued packets.", registry=r
+        )
+        self.items_refused = Counter(
+            "hj212gw_items_refused_total",
+            "Packets whose rows PostgreSQL refused even alone, by SQLSTATE class and whether the raw "
+            "frame was archived (archived: acked; not_archived: no ack).",
+            ["sqlstate_class", "outcome"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "hj212gw_task_restarts_total",
+            "Supervised tasks that ended unexpectedly and were restarted.",
+            ["task"],
+            registry=r,
+        )
+        self.task_up_gauge = Gauge(
+            "hj212gw_task_up", "1 while a supervised task runs, 0 while it waits to restart.", ["task"], registry=r
+        )
         self.dependency_up = Gauge("hj212gw_dependency_up", "1 when a dependency is reachable.", ["name"], registry=r)
         self.paused_reading = Gauge(
             "hj212gw_paused_connections", "Connections whose reading is paused by backpressure.", registry=r
@@ -227,8 +246,22 @@ class Metrics:
         self.batch_rows.observe(rows)
         self.batch_commit.observe(latency_s)
 
-    def queue_depth(self, items: int) -> None:
+    def queue_depth(self, items: int, nbytes: int) -> None:
         self.write_queue.set(items)
+        self.write_queue_bytes.set(nbytes)
+
+    def item_refused(self, *, sqlstate_class: str, archived: bool) -> None:
+        self.items_refused.labels(
+            sqlstate_class=sqlstate_class, outcome="archived" if archived else "not_archived"
+        ).inc()
 
     def database_up(self, up: bool) -> None:
         self.dependency_up.labels(name="postgresql").set(1 if up else 0)
+
+    # SupervisorObserver (hj212gw.supervisor) -------------------------------------------------
+
+    def task_up(self, task: str, up: bool) -> None:
+        self.task_up_gauge.labels(task=task).set(1 if up else 0)
+
+    def task_restarted(self, task: str) -> None:
+        self.task_restarts.labels(task=task).inc()

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from hj212gw.api import LiveDevice
-from hj212gw.ingest import BatchWriter, IngestItem, OnDone, WriterClosed
+from hj212gw.ingest import BatchWriter, IngestItem, OnDone, WriterClosed, evidence_kept
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
@@ -391,7 +391,7 @@ class DasConnection(asyncio.Protocol):
         if admission.action == "store" and (fragment or (packet.split and data is not None)):
             self._submit_split_part(packet, item, ack=ack, fragment=fragment, backfill=backfill, arrived=arrived)
         elif ack:
-            self._submit(item, lambda error: self._stored(error) if error else self._ack(packet, arrived))
+            self._submit(item, lambda e: self._ack(packet, arrived) if e is None else self._refused(e, packet, arrived))
         else:
             self._submit(item, self._stored)
 
@@ -408,7 +408,7 @@ class DasConnection(asyncio.Protocol):
         def done(error: BaseException | None) -> None:
             if error is None and row is not None:
                 splits.stored(row.key)
-            if error is None and ack:
+            if ack and evidence_kept(error):  # a refused part's raw frame is archived: acked too
                 self._ack(packet, arrived)
             else:
                 self._stored(error)
@@ -457,6 +457,16 @@ class DasConnection(asyncio.Protocol):
         """
         self._unconfirmed -= 1
         self._close_when_confirmed()
+
+    def _refused(self, error: BaseException, packet: Packet, arrived: float) -> None:
+        """The packet was not stored as data. Acked all the same (9014) when PostgreSQL refused its
+        rows and its raw frame was archived instead (verdict `refused_by_database:<SQLSTATE>`):
+        a resend could never succeed, and the evidence is kept (docs/protocol.md). Otherwise (the
+        writer closed, or not even the raw frame could be stored) no ack: the DAS sends it again."""
+        if evidence_kept(error):
+            self._ack(packet, arrived)
+        else:
+            self._stored(error)
 
     def _ack(self, packet: Packet, arrived: float) -> None:
         """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`.

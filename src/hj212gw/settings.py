@@ -107,6 +107,13 @@ class WriterSettings(BaseModel):
     # PostgreSQL CPU and ack latency (docs/benchmarks.md, round 4); at saturation it is a wash.
     writers: int = Field(default=2, ge=1, description="Concurrent writer connections.")
     max_pending_items: int = Field(default=50000, ge=1, description="Queued packets before sockets pause.")
+    # Counts what the packets hold once encoded (data rows for COPY + raw frames): a packet with a
+    # long MN or many factors costs its size, not one slot. 64 MiB is about 30,000 ten-value packets.
+    max_pending_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Queued encoded bytes (data rows + raw frames) before sockets pause.",
+    )
     pool_size: int = Field(default=8, ge=2)
 
 

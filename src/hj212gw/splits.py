@@ -23,7 +23,7 @@ from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import encode_segment, parse_segment
 from hj212gw.protocol.split import MAX_KEY_CHARS, assemble_parts
 from hj212gw.records import TimePolicy, data_block
-from hj212gw.storage.db import ROW_ERRORS, Database
+from hj212gw.storage.db import ROW_ERRORS, Database, is_retryable
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow
 
 _LOG = structlog.get_logger("hj212gw.splits")
@@ -106,6 +106,8 @@ class SplitSweeper:
         try:
             done = await self.db.finish_split(key, pnos, block)
         except ROW_ERRORS as err:  # a value PostgreSQL refuses: marked, so one transfer never blocks the sweep
+            if is_retryable(err):  # an outage or a lock conflict: the next sweep tries again
+                raise
             outcome, error = "rejected", f"{type(err).__name__}: {err}"
             done = await self.db.finish_split(key, pnos, None)
         if not done:

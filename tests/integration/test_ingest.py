@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.ingest import BatchWriter, IngestItem
+from hj212gw.ingest import BatchWriter, IngestItem, NullObserver, WriterClosed
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataBlock, DataRow, FrameRow, month_of
@@ -110,3 +111,36 @@ async def test_full_queue_signals_backpressure_and_drops_nothing(
         await writer.close()
     await db.close()
     assert await count_rows(conn) == 20
+
+
+async def test_close_during_an_outage_mid_bisection_answers_each_item_once(
+    pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    # A factor code too long for the key index (54000) makes the batch bisect. The first half
+    # committed, then PostgreSQL went away: close() gives up on the rest. The committed half keeps
+    # its one confirmation; only the rest hears WriterClosed.
+    db = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=1.0)
+    await db.connect()
+
+    class CutAfterFirstCommit(NullObserver):
+        def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
+            proxy.cut()
+
+    calls: dict[int, list[BaseException | None]] = {}
+    writer = BatchWriter(db, linger_s=0.05, retry_initial_s=0.05, retry_max_s=0.1, observer=CutAfterFirstCommit())
+    writer.start()
+    refused = DataRow(
+        mn="MN0001", cn="2051", data_time=T0, factor=random.Random(1).randbytes(1500).hex(), received_at=T0, avg=1.0
+    )
+    poisoned = IngestItem([], DataBlock(pgcopy.data_row(refused), 1, month_of(T0)))
+    with capture_logs():
+        for n in range(4):
+            writer.submit(item(n + 1) if n < 3 else poisoned, lambda error, n=n: calls.setdefault(n, []).append(error))
+        await asyncio.sleep(1.0)
+        await writer.close(timeout_s=0.2)
+    proxy.restore()
+    await db.close()
+    assert calls[0] == calls[1] == [None]
+    assert [type(e) for n in (2, 3) for e in calls[n]] == [WriterClosed, WriterClosed]
+    assert writer.pending == 0 and writer.pending_bytes == 0
+    assert await count_rows(conn) == 4

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 
 from hj212gw.storage import queries, split_parts
 from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
@@ -23,26 +24,49 @@ from hj212gw.storage.queries import DataPage
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow, StoredPart
 
-# Errors meaning "the database or the path to it is gone", as opposed to a bad statement.
+# How the gateway tells PostgreSQL errors apart (ingest.BatchWriter, the gateway's side writes):
+# - an OUTAGE: the database, or the path to it, cannot take any write now (connection lost,
+#   shutting down, out of disk or connections, an I/O error): retry the same rows with backoff;
+# - a CONFLICT with another writer (deadlock, serialization failure): retry the same rows;
+# - anything else PostgreSQL answers is about the ROWS (a value out of range, a NUL byte in text,
+#   an index row too large for a 3,000-character code: SQLSTATE classes 22, 23, 54, ...): the same
+#   rows can never succeed, so callers isolate the refused row and write the rest.
+# Use `is_retryable` / `is_outage` rather than `except` order alone: asyncpg's client-side
+# DataError (a Python value it cannot encode) is an InterfaceError, yet a row error.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresConnectionError,  # class 08
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
+    asyncpg.InsufficientResourcesError,  # class 53: disk full, out of memory, too many connections
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, crash, cannot connect now, cancelled
+    asyncpg.PostgresSystemError,  # class 58: I/O error
 )
+CONFLICT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # Errors worth retrying the same batch for: outages plus lock conflicts between replicas.
-RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
-    *OUTAGE_ERRORS,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
-# PostgreSQL refused a value in a row (out of range, a NUL byte in text, ...): retrying the same
-# rows cannot succeed; the callers isolate and drop the refused row.
-ROW_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, *CONFLICT_ERRORS)
+# Every error about the rows (see above): everything PostgreSQL answers that is neither an outage
+# nor a conflict, and values asyncpg cannot encode.
+ROW_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, ClientDataError)
+# Everything a database write can raise that is not a bug: catch this, then ask `is_retryable`.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, *ROW_ERRORS)
+
+
+def is_outage(err: BaseException) -> bool:
+    """The database or the path to it is gone (not a refused row, not a lock conflict)."""
+    return isinstance(err, OUTAGE_ERRORS) and not isinstance(err, ClientDataError)
+
+
+def is_retryable(err: BaseException) -> bool:
+    """The same rows may succeed later: an outage or a conflict with another writer."""
+    return is_outage(err) or isinstance(err, CONFLICT_ERRORS)
+
+
+def sqlstate_of(err: BaseException) -> str:
+    """The error's SQLSTATE, or "client" for a value asyncpg refused before sending it."""
+    return str(getattr(err, "sqlstate", None) or "client")
+
+
 AHEAD_MONTHS = 2
 
 
