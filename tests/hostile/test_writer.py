@@ -28,6 +28,7 @@ from hj212gw import app
 from hj212gw.api import bound_port
 from hj212gw.app import Running
 from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, encoded_bytes
+from hj212gw.protocol.framing import encode_frame
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow, month_of
@@ -248,6 +249,32 @@ async def test_a_packet_refused_even_as_a_raw_frame_gets_no_ack(running: Running
     )
     assert metric == 1
     assert gateway.writer.pending == 0 and gateway.ready()
+
+
+async def test_a_split_part_whose_row_is_refused_is_acked_because_its_raw_frame_is_kept(
+    running: Running, conn: asyncpg.Connection
+) -> None:
+    # The same answer for a part of a split transfer: its split_parts row is refused (23514), its
+    # raw frame is archived, its 9014 goes out; the other parts are stored as usual.
+    await conn.execute("ALTER TABLE split_parts ADD CONSTRAINT refuse_part_2 CHECK (pno <> 2)")
+    cp = "DataTime=20240315100000;w01018-Avg=40.1,w01018-Flag=N;w21003-Avg=7.25,w21003-Flag=N"
+    texts = [cp[:30], cp[30:]]
+    frames = [
+        encode_frame(f"QN=20240315101000001;ST=32;CN=2051;PW=123456;MN={MN};Flag=7;PNUM=2;PNO={n};CP=&&{t}&&".encode())
+        for n, t in enumerate(texts, 1)
+    ]
+    gateway = running.gateway
+    assert gateway.port is not None
+    das = await DasClient.connect(gateway.port)
+    with capture_logs() as logs:
+        for wire in frames:
+            await das.send(wire)
+            assert (await das.reply()).packet.cn == "9014"
+    await das.close()
+    verdicts = [r["verdict"] for r in await conn.fetch("SELECT verdict FROM raw_frames ORDER BY id")]
+    assert verdicts == ["ok", "refused_by_database:23514"]
+    assert await conn.fetchval("SELECT array_agg(pno) FROM split_parts") == [1]
+    assert [e["sqlstate"] for e in logs if e["event"] == "item_rejected_by_database"] == ["23514"]
 
 
 # -- a writer task that dies is restarted, and readiness says so meanwhile -----------------------
