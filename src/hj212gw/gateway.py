@@ -28,7 +28,7 @@ from hj212gw.ingest import BatchWriter
 from hj212gw.metrics import Metrics
 from hj212gw.pinning import Pinner
 from hj212gw.registry import DeviceRegistry
-from hj212gw.server import DasConnection, Deps, session_config_from, time_policy_from
+from hj212gw.server import DasConnection, Deps, ReadHold, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.splits import SplitSweeper
 from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database, is_retryable
@@ -271,7 +271,7 @@ class Gateway:
         """Backpressure: stop reading this socket until the write queue has room."""
         if conn.transport is None or conn in self.paused:
             return
-        conn.transport.pause_reading()
+        conn.hold_reading(ReadHold.WRITE_QUEUE)
         self.paused.add(conn)
         self.metrics.paused_reading.set(len(self.paused))
         if not self._resuming:
@@ -285,8 +285,7 @@ class Gateway:
             self._resuming = False
         paused, self.paused = self.paused, set()
         for conn in paused:
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.resume_reading()
+            conn.release_reading(ReadHold.WRITE_QUEUE)  # reads again unless its peer is not reading
         self.metrics.paused_reading.set(0)
 
     def online(self) -> dict[str, LiveDevice]:

@@ -170,6 +170,11 @@ class Metrics:
         self.paused_reading = Gauge(
             "hj212gw_paused_connections", "Connections whose reading is paused by backpressure.", registry=r
         )
+        self.write_paused = Gauge(
+            "hj212gw_write_paused_connections",
+            "Connections not read because their peer does not read our replies (outgoing buffer full).",
+            registry=r,
+        )
         self.requests = Counter(
             "hj212gw_requests_total", "Platform requests by CN, outcome.", ["cn", "outcome"], registry=r
         )

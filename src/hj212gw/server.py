@@ -7,6 +7,7 @@ reject policy lives in one `match` in `DasConnection._on_event`.
 """
 
 import asyncio
+import enum
 import re
 import time
 from collections.abc import Mapping
@@ -90,6 +91,16 @@ _LOG = structlog.get_logger("hj212gw.server")
 SIGHTING_INTERVAL_S = 10.0
 
 
+class ReadHold(enum.IntFlag):
+    """Why a socket is not being read. It reads again only when every hold is released: the write
+    queue finding room must not resume a socket whose peer does not read, and the reverse."""
+
+    WRITE_QUEUE = 1  # the batch writer is full (Gateway.pause / _resume_when_room)
+    PEER_NOT_READING = 2  # our outgoing buffer is over connections.write_buffer_high_bytes
+    RETIRING = 4  # replaced by a newer connection: closing once its acks are out
+    EVENTS = 8  # events held: a new MN's pin, the source IP's wrong-PW backoff, a wrong PW's close
+
+
 @dataclass(slots=True)
 class Deps:
     """What every connection shares."""
@@ -110,9 +121,11 @@ class DasConnection(asyncio.Protocol):
     __slots__ = (
         "_acks",
         "_held",
+        "_holds",
         "_loop",
         "_seen_at",
         "_seen_mn",
+        "_stall_timer",
         "_unconfirmed",
         "closing_reason",
         "connected_at",
@@ -150,6 +163,8 @@ class DasConnection(asyncio.Protocol):
         # Events waiting while reading is held: for a new MN's pin, for the source IP's wrong-PW
         # backoff, or (never released) after a wrong PW until the connection closes.
         self._held: list[tuple[Event, float]] | None = None
+        self._holds = ReadHold(0)
+        self._stall_timer: asyncio.TimerHandle | None = None  # aborts a peer that stopped reading
         self.retiring = False
 
     @property
@@ -193,6 +208,9 @@ class DasConnection(asyncio.Protocol):
         gateway = self.deps.gateway
         if not gateway.forget(self):
             return  # refused at accept: never counted as open
+        self._cancel_stall_timer()
+        if self._holds & ReadHold.PEER_NOT_READING:
+            self.deps.metrics.write_paused.dec()
         if not self.eof:
             self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
         reason = self.closing_reason or ("peer_error" if exc else "peer_closed")
@@ -242,7 +260,7 @@ class DasConnection(asyncio.Protocol):
             return
         self.retiring = True
         self.closing_reason = self.closing_reason or reason
-        self.transport.pause_reading()
+        self.hold_reading(ReadHold.RETIRING)
         asyncio.get_running_loop().call_later(grace_s, self.close, reason)
         self._close_when_confirmed()
 
@@ -251,8 +269,81 @@ class DasConnection(asyncio.Protocol):
         self._send_acks()  # acks for committed data go out before the close
         if self.closing_reason is None:
             self.closing_reason = reason
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            # close() waits for the outgoing buffer to drain: a peer that never reads would keep
+            # the socket (and the buffer) forever.
+            if transport.get_write_buffer_size() and self._stall_timer is None:
+                self._stall_timer = self._event_loop().call_later(
+                    self.deps.settings.connections.write_stall_timeout_s, self._abort_not_reading
+                )
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def hold_reading(self, hold: ReadHold) -> None:
+        """Stop reading this socket for `hold` (it reads again once every hold is released)."""
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._holds |= hold
+
+    def release_reading(self, hold: ReadHold) -> None:
+        """Release `hold`; the socket reads again only if no other hold remains."""
+        if not self._holds & hold:
+            return
+        self._holds &= ~hold
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The outgoing buffer passed `write_buffer_high_bytes`: the peer reads slower than we answer.
+
+        Stop reading it (its packets are what make our replies) until it drains; a peer still
+        stalled after `write_stall_timeout_s`, or whose buffer passes `max_write_buffer_bytes`
+        (acks of what it sent before the pause), is aborted as `not_reading`.
+        """
+        if self._holds & ReadHold.PEER_NOT_READING:
+            return
+        self.hold_reading(ReadHold.PEER_NOT_READING)
+        self.deps.metrics.write_paused.inc()
+        if self._stall_timer is None:
+            self._stall_timer = self._event_loop().call_later(
+                self.deps.settings.connections.write_stall_timeout_s, self._abort_not_reading
+            )
+
+    def resume_writing(self) -> None:
+        """The outgoing buffer drained below the low mark: read the peer again (unless held otherwise)."""
+        if not self._holds & ReadHold.PEER_NOT_READING:
+            return
+        self.deps.metrics.write_paused.dec()
+        self._cancel_stall_timer()
+        self.release_reading(ReadHold.PEER_NOT_READING)
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _abort_not_reading(self) -> None:
+        """Drop a peer that does not read. Its buffered acks are lost, not its data: what they
+        confirm is committed, and the DAS sends it again (storing a resend is idempotent)."""
+        self._stall_timer = None
+        transport = self.transport
+        if transport is None or self.closing_reason == "not_reading":
+            return
+        self.log.warning(
+            "das_not_reading",
+            unsent_bytes=transport.get_write_buffer_size(),
+            unsent_acks=len(self._acks or ()),
+            unconfirmed=self._unconfirmed,
+            mn=self.session.mn,
+        )
+        self._acks = None
+        self.closing_reason = "not_reading"
+        transport.abort()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -272,9 +363,7 @@ class DasConnection(asyncio.Protocol):
     def _after_input(self) -> None:
         if self.session.should_close:
             self.close(self.session.close_reason or "session")
-        elif self._held is not None and self.transport is not None:
-            self.transport.pause_reading()  # resumed by backpressure while held: hold on
-        elif self.deps.writer.full and self.transport is not None:
+        elif self._held is None and self.deps.writer.full and self.transport is not None:
             self.deps.gateway.pause(self)
 
     def poll(self, now: datetime) -> None:
@@ -292,8 +381,7 @@ class DasConnection(asyncio.Protocol):
         """Stop reading; events already read wait in order until `_release`."""
         if self._held is None:
             self._held = []
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.hold_reading(ReadHold.EVENTS)
 
     def _release(self) -> None:
         """Handle the held events (one may hold again: the rest waits on), then read again."""
@@ -302,8 +390,8 @@ class DasConnection(asyncio.Protocol):
             return
         for event, arrived in held:
             self._handle([event], arrived)
-        if self._held is None and self not in self.deps.gateway.paused:
-            self.transport.resume_reading()
+        if self._held is None:
+            self.release_reading(ReadHold.EVENTS)  # reads again unless held for another reason
         self._after_input()
 
     def _pin_done(self, future: "asyncio.Future[None]") -> None:
@@ -530,9 +618,15 @@ class DasConnection(asyncio.Protocol):
             self._write(build_request_reply(packet, error.qn_rtn))
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
             self.deps.metrics.sent(len(data))
+            if (
+                self._holds & ReadHold.PEER_NOT_READING
+                and transport.get_write_buffer_size() > self.deps.settings.connections.max_write_buffer_bytes
+            ):
+                self._abort_not_reading()
             if self.deps.settings.log_level == "DEBUG":
                 structlog.get_logger(WIRE_LOGGER).debug("wire_out", hex=mask_pw(data).hex())
 

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +37,21 @@ class ConnectionSettings(BaseModel):
     replace_grace_s: float = Field(
         default=2.0, ge=0, description="A replaced connection's time to send its pending acks before closing."
     )
-    write_buffer_high_bytes: int = Field(default=65536, ge=1024, description="Outgoing buffer limit per DAS.")
+    write_buffer_high_bytes: int = Field(
+        default=65536, ge=1024, description="Outgoing buffer per DAS above which its socket is not read."
+    )
+    max_write_buffer_bytes: int = Field(
+        default=131072, ge=2048, description="Abort a DAS (not_reading) whose outgoing buffer passes this."
+    )
+    write_stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="Abort a DAS (not_reading) whose outgoing buffer stays full this long."
+    )
+
+    @model_validator(mode="after")
+    def _write_limits(self) -> "ConnectionSettings":
+        if self.max_write_buffer_bytes <= self.write_buffer_high_bytes:
+            raise ValueError("max_write_buffer_bytes must be above write_buffer_high_bytes")
+        return self
 
 
 class ProtocolSettings(BaseModel):

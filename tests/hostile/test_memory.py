@@ -1,0 +1,184 @@
+"""Memory bounded in bytes, per connection (issue #9, item 4): the outgoing buffer of a peer that
+does not read, the framing buffer of a peer that drips a frame that never ends, and the two
+reasons a socket is not read (write queue full, peer not reading) kept apart.
+
+Real gateway on port 0, real PostgreSQL, real sockets. The hostile client shrinks its receive
+buffer so that the kernel's socket buffers fill after a few hundred kilobytes of replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from hj212gw import app
+from hj212gw.app import Running
+from hj212gw.server import DasConnection
+from tests.integration.das import MN, DasClient, data_packet, empty_packet, settings_for
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+StartGateway = Callable[..., Awaitable[Running]]
+HOSTILE_MN = "HOSTILE00000000000000001"
+
+
+@pytest.fixture
+async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        running = await app.start(settings_for(pg_dsn, schema, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+def sample(running: Running, name: str, **labels: str) -> float:
+    return running.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def non_reader(port: int) -> socket.socket:
+    """A client socket that will never read: a 4 KB receive window, so our replies back up fast."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def flood(sock: socket.socket, packet: bytes, *, max_bytes: int, seconds: float) -> int:
+    """Send `packet` over and over without reading, while the socket takes it; bytes sent."""
+    burst = packet * (65536 // len(packet))
+    sent = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while sent < max_bytes and loop.time() < deadline:
+        try:
+            sent += sock.send(burst)
+        except BlockingIOError:
+            await asyncio.sleep(0.005)  # the gateway does not read us now
+        except ConnectionError:
+            break
+        else:
+            await asyncio.sleep(0)
+    return sent
+
+
+def connection_of(running: Running, mn: str) -> DasConnection:
+    return next(c for c in running.gateway.connections if c.session.mn == mn)
+
+
+async def watch_buffers(running: Running, peaks: list[int]) -> None:
+    """Record the largest outgoing buffer of any connection, every few milliseconds."""
+    while True:
+        for conn in list(running.gateway.connections):
+            if conn.transport is not None:
+                peaks[0] = max(peaks[0], conn.transport.get_write_buffer_size())
+        await asyncio.sleep(0.002)
+
+
+async def test_a_peer_that_never_reads_stays_bounded_is_closed_and_others_are_served(
+    start_gateway: StartGateway,
+) -> None:
+    limits = {"write_buffer_high_bytes": 16384, "max_write_buffer_bytes": 32768, "write_stall_timeout_s": 1.0}
+    running = await start_gateway(connections=limits)
+    assert running.gateway.port is not None
+    good = await DasClient.connect(running.gateway.port)
+    peaks = [0]
+    watcher = asyncio.create_task(watch_buffers(running, peaks))
+    hostile = await non_reader(running.gateway.port)
+    heartbeat = empty_packet("20240315101000001", "9015", flag=5, mn=HOSTILE_MN)
+    try:
+        with capture_logs() as logs:
+            sent = await flood(hostile, heartbeat, max_bytes=64 << 20, seconds=8.0)
+            await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="not_reading") == 1, 8.0)
+            await good.send(data_packet("20240315101000002"))
+            ack = await good.reply()
+    finally:
+        watcher.cancel()
+        hostile.close()
+        await good.close()
+
+    # Without flow control the gateway kept reading and buffered every reply (tens of MB).
+    assert sent < 16 << 20
+    assert peaks[0] <= limits["max_write_buffer_bytes"] + 2 * len(heartbeat)
+    assert ack.packet.cn == "9014"
+    warnings = [e for e in logs if e["event"] == "das_not_reading"]
+    assert len(warnings) == 1
+    assert warnings[0]["mn"] == HOSTILE_MN and "unsent_bytes" in warnings[0]
+    assert sample(running, "hj212gw_write_paused_connections") == 0
+
+
+async def test_writer_backpressure_does_not_resume_a_socket_whose_peer_does_not_read(
+    start_gateway: StartGateway,
+) -> None:
+    running = await start_gateway(connections={"write_buffer_high_bytes": 16384, "write_stall_timeout_s": 60.0})
+    assert running.gateway.port is not None
+    hostile = await non_reader(running.gateway.port)
+    heartbeat = empty_packet("20240315101000001", "9015", flag=5, mn=HOSTILE_MN)
+    try:
+        await flood(hostile, heartbeat, max_bytes=64 << 20, seconds=3.0)
+        await until(lambda: sample(running, "hj212gw_write_paused_connections") == 1)
+        conn = connection_of(running, HOSTILE_MN)
+        assert conn.transport is not None and not conn.transport.is_reading()
+
+        running.gateway.pause(conn)  # the write queue was full: then it has room at once
+        await until(lambda: not running.gateway.paused)
+        assert not conn.transport.is_reading()  # still held: its peer has not read
+
+        running.gateway.pause(conn)  # full again, and now the peer reads everything
+        await drain(hostile, until_quiet_s=0.3)
+        await until(lambda: sample(running, "hj212gw_write_paused_connections") == 0)
+        await until(lambda: not running.gateway.paused)
+        assert conn.transport.is_reading()
+    finally:
+        hostile.close()
+
+
+async def drain(sock: socket.socket, *, until_quiet_s: float) -> None:
+    """Read and drop until nothing arrives for `until_quiet_s`."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        while True:
+            async with asyncio.timeout(until_quiet_s):
+                if not await loop.sock_recv(sock, 1 << 20):
+                    return
+
+
+@pytest.mark.parametrize(
+    "head", [b"##4096QN=1;", b"##0000QN=1;", b"##0100QN=1;CP=&&\n"], ids=["declared-max", "declared-0", "newlines"]
+)
+async def test_a_frame_that_never_ends_is_bounded_after_a_valid_first_packet(
+    start_gateway: StartGateway, head: bytes
+) -> None:
+    """Slowloris after a valid packet: a frame dripped forever never buffers more than the
+    longest segment allowed (plus the tail slack), whatever its header declares."""
+    running = await start_gateway(connections={"max_consecutive_rejects": 1000})
+    assert running.gateway.port is not None
+    das = await DasClient.connect(running.gateway.port)
+    try:
+        await das.send(data_packet("20240315101000001"))
+        assert (await das.reply()).packet.cn == "9014"
+        conn = connection_of(running, MN)
+        bound = running.settings.protocol.max_segment_bytes + 6 + 6 + 64
+        peak = 0
+        with capture_logs():  # the rejects' WARNINGs are the expected policy here
+            await das.send(head)
+            for _ in range(150):  # 150 x 100 bytes: several times any frame the gateway accepts
+                await das.send(b"x" * 99 + (b"\n" if b"\n" in head else b"y"))
+                await asyncio.sleep(0.002)
+                peak = max(peak, conn.session.frames.buffered)
+            await until(lambda: conn.frames_rejected >= 1)
+    finally:
+        await das.close()
+    assert peak <= bound
