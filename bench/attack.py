@@ -3,11 +3,12 @@
     .venv/bin/python -m bench.attack [--json] [--normal 200] [--rate 400] [--mix-seconds 15]
                                      [--hostile 50] [--budget-connections 1000] [--database-url DSN]
 
-The gateway runs as a subprocess on a fresh schema (bench.bench_gateway.GatewayProcess, with its
-default settings apart from the connection limits of the benchmark). `--normal` simulated DAS
-units (bench.loadgen.Device: one packet in flight each, one MN and one PW each) send at `--rate`
-packets/s in total through every phase: a baseline, then one phase per hostile mix, then the
-memory-budget phase (`--budget-connections` hostile connections, every behaviour at once). The
+Each phase starts its own gateway subprocess on a fresh schema (bench.bench_gateway.GatewayProcess,
+default settings apart from the benchmark's connection limits), so no phase inherits another's
+backlog, heap or partitions. In each, `--normal` simulated DAS units (bench.loadgen.Device: one
+packet in flight each, one MN and one PW each) send at `--rate` packets/s in total: a baseline
+without attack, one phase per hostile mix, then the memory-budget phase (`--budget-connections`
+hostile connections, every behaviour at once). The
 hostile traffic comes from a worker subprocess (`--worker MIX`, this module), so its CPU does
 not delay the normal devices' reads. All traffic goes to 127.0.0.1; every hostile loop is
 bounded in time (the phase) and in count (bytes or packets per connection).
@@ -35,14 +36,15 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.bench_gateway import GatewayProcess, _drop_schema, children_of, log, machine, rss_kb
+from bench.bench_gateway import GatewayProcess, children_of, log, machine, rss_kb
 from bench.idle import raise_fd_limit
-from bench.loadgen import Device, Stats, _pace, _pct, mn_for
+from bench.loadgen import BASE_TIME, Device, Stats, _pace, _pct, mn_for
 from hj212gw.protocol.framing import encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +95,6 @@ class RssWatch:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.run_peak = 0
         self._peak = 0
 
     def reset(self) -> None:
@@ -106,7 +107,6 @@ class RssWatch:
         while True:
             rss = rss_tree_kb(self.pid)
             self._peak = max(self._peak, rss)
-            self.run_peak = max(self.run_peak, rss)
             await asyncio.sleep(0.1)
 
 
@@ -403,83 +403,124 @@ async def start_worker(
     return await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
 
 
-async def attack_phase(gw: GatewayProcess, fleet: Fleet, rss: RssWatch, mix: str, connections: int,
-                       seconds: float, settle_s: float) -> dict[str, Any]:  # fmt: skip
-    """One hostile mix (or the budget) while the fleet keeps sending; then `settle_s` more."""
+async def phase(args: argparse.Namespace, mix: str | None, connections: int, seconds: float,
+                workdir: Path) -> dict[str, Any]:  # fmt: skip
+    """A fresh gateway on a fresh schema (so no phase inherits another's backlog, heap or
+    partitions): the fleet connects and warms up, then sends for `seconds` while `mix` runs
+    (None: the baseline); then the write queue drains, the fleet's last acks arrive, and what
+    PostgreSQL stored is counted."""
+    schema = f"attack_{uuid.uuid4().hex[:10]}"
+    env = dict(item.split("=", 1) for item in args.gateway_env)
+    gw = GatewayProcess(args.database_url, schema, None, env, workdir)
+    result: dict[str, Any] = {"mix": mix or "baseline", "hostile_connections": connections if mix else 0}
+    try:
+        await asyncio.to_thread(gw.wait_ready)
+        result.update(await drive(gw, args, mix, connections, seconds))
+        result["normal_stored"] = await stored_packets(args.database_url, schema, result.pop("fleet"))
+    finally:
+        await asyncio.to_thread(gw.stop)
+        result["gateway_exit_code"] = gw.proc.returncode
+        await drop_schema(args.database_url, schema)
+    log(f"{result['mix']:12s} x{connections if mix else 0}: normal p99 {result.get('ack_p99_ms')} ms "
+        f"({result.get('acked')} acks, acked {result.get('normal_acked')} stored {result.get('normal_stored')}), "
+        f"gateway RSS peak {result.get('gateway_rss_peak_mb')} MB, closed {result.get('closed')}")  # fmt: skip
+    return result
+
+
+async def drive(gw: GatewayProcess, args: argparse.Namespace, mix: str | None, connections: int,
+                seconds: float) -> dict[str, Any]:  # fmt: skip
+    rss = RssWatch(gw.pid)
+    watcher = asyncio.create_task(rss.run())
+    fleet = Fleet("127.0.0.1", gw.port, args.normal, args.rate, random.randrange(1 << 24))
+    await fleet.connect()
+    await fleet.phase(args.warmup)
     wanted = ("hj212gw_connections_closed_total", "hj212gw_frames_rejected_total")
     before = await asyncio.to_thread(scrape, gw, wanted)
     rss.reset()
-    worker = await start_worker(gw, mix, connections, seconds, fleet)
+    start_mb = rss.peak_mb()
+    worker = await start_worker(gw, mix, connections, seconds, fleet) if mix else None
     result = await fleet.phase(seconds)
-    out, _ = await asyncio.wait_for(worker.communicate(), seconds + 60)
-    await fleet.phase(settle_s)  # the worker's sockets close; the fleet keeps going
+    out = (await asyncio.wait_for(worker.communicate(), seconds + 60))[0] if worker else b""
+    drain_s = await queue_drained(gw, timeout_s=args.drain_seconds)
     after = await asyncio.to_thread(scrape, gw, wanted)
+    await fleet.finish(timeout_s=args.drain_seconds)
+    watcher.cancel()
     lines = out.decode().strip().splitlines()
     result.update(
-        mix=mix,
-        hostile_connections=connections,
         seconds=seconds,
+        gateway_rss_start_mb=start_mb,
         gateway_rss_peak_mb=rss.peak_mb(),
         closed=by_label(before, after, "hj212gw_connections_closed_total"),
         rejected=by_label(before, after, "hj212gw_frames_rejected_total"),
         worker=json.loads(lines[-1]) if lines else None,
         victims_evicted=fleet.victims_evicted(),
+        queue_drain_s=drain_s,
+        normal_acked=fleet.stats.acked,
+        fleet=fleet,
     )
-    log(f"{mix:12s} x{connections}: normal p99 {result['ack_p99_ms']} ms ({result['acked']} acks), gateway RSS "
-        f"peak {result['gateway_rss_peak_mb']} MB, closed {result['closed']}")  # fmt: skip
     return result
 
 
-async def stored_packets(dsn: str, schema: str, run_id: int) -> int:
-    """Distinct (MN, DataTime) of the normal devices in `data`: one per stored packet."""
+async def queue_drained(gw: GatewayProcess, timeout_s: float) -> float | None:
+    """Seconds until the write queue is empty (None: not within `timeout_s`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        depth = await asyncio.to_thread(scrape, gw, ("hj212gw_write_queue_items",))
+        if not any(depth.values()):
+            return round(time.monotonic() - started, 1)
+        await asyncio.sleep(0.5)
+    return None
+
+
+async def stored_packets(dsn: str, schema: str, fleet: Fleet) -> int:
+    """Distinct (MN, DataTime) of the fleet's devices in `data`: one per stored packet. The time
+    range keeps PostgreSQL to the partitions they wrote (far_future creates thousands)."""
+    last = BASE_TIME + timedelta(minutes=max(d.k for d in fleet.devices), days=2)
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        sql = "SELECT count(*) FROM (SELECT DISTINCT mn, data_time FROM data WHERE mn LIKE $1) AS p"
-        return int(await conn.fetchval(sql, f"BE{run_id:06X}%"))
+        sql = (
+            "SELECT count(*) FROM (SELECT DISTINCT mn, data_time FROM data"
+            " WHERE mn LIKE $1 AND data_time >= $2 AND data_time < $3) AS p"
+        )
+        start = (BASE_TIME - timedelta(days=2)).replace(tzinfo=UTC)
+        return int(await conn.fetchval(sql, f"BE{fleet.run_id:06X}%", start, last.replace(tzinfo=UTC)))
     finally:
         await conn.close()
 
 
-async def run(gw: GatewayProcess, dsn: str, schema: str, args: argparse.Namespace) -> dict[str, Any]:
-    run_id = int(time.time()) & 0xFFFFFF
-    rss = RssWatch(gw.pid)
-    watcher = asyncio.create_task(rss.run())
-    fleet = Fleet("127.0.0.1", gw.port, args.normal, args.rate, run_id)
-    await fleet.connect()
-    idle_rss = round(rss_tree_kb(gw.pid) / 1024, 1)
-    await fleet.phase(args.warmup)
-    rss.reset()
-    baseline = await fleet.phase(args.baseline_seconds)
-    baseline["gateway_rss_peak_mb"] = rss.peak_mb()
-    log(
-        f"baseline: normal p99 {baseline['ack_p99_ms']} ms ({baseline['acked']} acks), "
-        f"RSS {baseline['gateway_rss_peak_mb']} MB"
+async def drop_schema(dsn: str, schema: str) -> None:
+    """Drop a schema a hundred partitions at a time: at once, thousands of partitions need more
+    locks than one transaction may hold (max_locks_per_transaction)."""
+    sql = (
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 LIMIT 100"
     )
-    mixes = [
-        await attack_phase(gw, fleet, rss, mix, args.hostile, args.mix_seconds, args.settle_seconds)
-        for mix in args.mixes
-    ]
+    conn = await asyncpg.connect(dsn)
+    try:
+        while names := [r["relname"] for r in await conn.fetch(sql, schema)]:
+            async with conn.transaction():
+                for name in names:
+                    await conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{name}" CASCADE')
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    baseline = await phase(args, None, 0, args.baseline_seconds, workdir)
+    mixes = [await phase(args, mix, args.hostile, args.mix_seconds, workdir) for mix in args.mixes]
     budget = None
     if args.budget_connections:
-        budget = await attack_phase(
-            gw, fleet, rss, "budget", args.budget_connections, args.budget_seconds, args.settle_seconds
-        )
-    await fleet.finish()
-    watcher.cancel()
-    await asyncio.sleep(1.5)  # the last batches' sightings; the data committed before its ack
-    stored = await stored_packets(dsn, schema, run_id)
+        budget = await phase(args, "budget", args.budget_connections, args.budget_seconds, workdir)
+    phases = [baseline, *mixes, *([budget] if budget else [])]
     return {
-        "normal_devices": args.normal,
-        "normal_rate": args.rate,
-        "gateway_rss_after_connect_mb": idle_rss,
-        "gateway_rss_peak_mb": round(rss.run_peak / 1024, 1),
         "baseline": baseline,
         "mixes": mixes,
         "budget": budget,
-        "normal_sent": fleet.stats.sent,
-        "normal_acked": fleet.stats.acked,
-        "normal_stored": stored,
-        "acked_equals_stored": fleet.stats.acked == stored,
+        "gateway_rss_peak_mb": max(p["gateway_rss_peak_mb"] for p in phases),
+        "normal_acked": sum(p["normal_acked"] for p in phases),
+        "normal_stored": sum(p["normal_stored"] for p in phases),
+        "acked_equals_stored": all(p["normal_acked"] == p["normal_stored"] for p in phases),
     }
 
 
@@ -490,10 +531,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         or os.environ.get("HJ212GW_TEST_DATABASE_URL"))  # fmt: skip
     parser.add_argument("--normal", type=int, default=200, help="normal devices (one packet in flight each)")
     parser.add_argument("--rate", type=float, default=400.0, help="packets/s offered by the normal devices in all")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before the baseline")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of normal traffic before each phase")
     parser.add_argument("--baseline-seconds", type=float, default=15.0)
     parser.add_argument("--mix-seconds", type=float, default=15.0)
-    parser.add_argument("--settle-seconds", type=float, default=2.0, help="after each mix, before the next")
+    parser.add_argument(
+        "--drain-seconds", type=float, default=60.0, help="after a phase, wait this long for the queue and last acks"
+    )
     parser.add_argument("--hostile", type=int, default=50, help="hostile connections per mix")
     parser.add_argument("--mixes", type=lambda s: s.split(","), default=list(MIXES), help=",".join(MIXES))
     parser.add_argument("--budget-connections", type=int, default=1000, help="0: no memory-budget phase")
@@ -523,7 +566,7 @@ def _loop_run(coro: Awaitable[Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    raise_fd_limit()
+    raise_fd_limit()  # inherited by the gateway and the worker
     if args.worker:
         print(json.dumps(_loop_run(worker(args))), flush=True)
         return None
@@ -532,21 +575,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "bench.attack needs --database-url (or HJ212GW_BENCH_DATABASE_URL / HJ212GW_TEST_DATABASE_URL)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="hj212gw-attack-"))
-    schema = f"attack_{uuid.uuid4().hex[:10]}"
-    env = dict(item.split("=", 1) for item in args.gateway_env)
-    gw = GatewayProcess(args.database_url, schema, None, env, workdir)
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "gateway_env": env}
+    settings = {k: v for k, v in vars(args).items() if k not in ("database_url", "json") and k in _REPORTED}
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "settings": settings}
     try:
-        gw.wait_ready()
-        report.update(_loop_run(run(gw, args.database_url, schema, args)))
+        report.update(_loop_run(run(args, workdir)))
     finally:
-        gw.stop()
-        report["gateway_exit_code"] = gw.proc.returncode
-        asyncio.run(_drop_schema(args.database_url, schema))
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     return report
+
+
+_REPORTED = ("normal", "rate", "warmup", "baseline_seconds", "mix_seconds", "hostile", "mixes", "budget_connections",
+             "budget_seconds", "gateway_env")  # fmt: skip
 
 
 if __name__ == "__main__":

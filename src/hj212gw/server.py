@@ -9,6 +9,7 @@ reject policy lives in one `match` in `DasConnection._on_event`.
 import asyncio
 import enum
 import re
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,7 +194,14 @@ class DasConnection(asyncio.Protocol):
             self.closing_reason = refusal
             self.transport.abort()
             return
-        self.transport.set_write_buffer_limits(high=self.deps.settings.connections.write_buffer_high_bytes)
+        high = self.deps.settings.connections.write_buffer_high_bytes
+        self.transport.set_write_buffer_limits(high=high)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's send buffer holds replies too, autotuned up to megabytes: a peer that
+            # does not read would fill it before pause_writing is ever called. A DAS reads a few
+            # hundred bytes of acks at a time; the high mark is plenty.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, high)
         self.connection_id = gateway.next_connection_id()
         self.deps.metrics.connections_total.labels(outcome="accepted").inc()
         self.deps.metrics.connections_open.inc()
