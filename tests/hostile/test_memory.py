@@ -122,7 +122,9 @@ async def test_a_peer_that_never_reads_stays_bounded_is_closed_and_others_are_se
 async def test_writer_backpressure_does_not_resume_a_socket_whose_peer_does_not_read(
     start_gateway: StartGateway,
 ) -> None:
-    running = await start_gateway(connections={"write_buffer_high_bytes": 16384, "write_stall_timeout_s": 60.0})
+    # Limits that never close it: this test is about who may resume reading.
+    limits = {"write_buffer_high_bytes": 16384, "max_write_buffer_bytes": 64 << 20, "write_stall_timeout_s": 60.0}
+    running = await start_gateway(connections=limits)
     assert running.gateway.port is not None
     hostile = await non_reader(running.gateway.port)
     heartbeat = empty_packet("20240315101000001", "9015", flag=5, mn=HOSTILE_MN)
