@@ -207,16 +207,17 @@ async def long_fields(h: Hostile) -> None:
 
 
 async def split_flood(h: Hostile) -> None:
-    """Split parts (Flag D bit, PNUM/PNO) of transfers that never complete, ~3 KB each."""
+    """Split parts (Flag D bit, PNUM=250) of transfers that never complete, ~3 KB each."""
     items = ";".join(f"a{i:05d}-Avg=1.0,a{i:05d}-Flag=N" for i in range(120))
 
     def make() -> bytes:
-        transfer = h.k // 50
-        pno = h.k % 50 + 1
+        h.k += 1
+        transfer = h.k // 249
+        pno = h.k % 249 + 1  # never part 250: no transfer completes
         return h.packet(
             qn=f"20260101{transfer % 1_000_000:06d}000",
             flag=7,
-            extra=f"PNUM=9999;PNO={pno};",
+            extra=f"PNUM=250;PNO={pno};",
             data_time=f"2026010{1 + transfer % 9}000000",
             items=items,
         )
