@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -528,6 +529,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
+    parser.add_argument("--repeat", type=int, default=1, help="runs; the report gives the median of each figure")
     parser.add_argument("--database-url", default=os.environ.get("HJ212GW_BENCH_DATABASE_URL")
                         or os.environ.get("HJ212GW_TEST_DATABASE_URL"))  # fmt: skip
     parser.add_argument("--normal", type=int, default=200, help="normal devices (one packet in flight each)")
@@ -576,15 +578,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "bench.attack needs --database-url (or HJ212GW_BENCH_DATABASE_URL / HJ212GW_TEST_DATABASE_URL)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="hj212gw-attack-"))
-    settings = {k: v for k, v in vars(args).items() if k not in ("database_url", "json") and k in _REPORTED}
+    settings = {k: v for k, v in vars(args).items() if k in _REPORTED}
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "settings": settings}
+    runs = []
     try:
-        report.update(_loop_run(run(args, workdir)))
+        for _ in range(args.repeat):
+            runs.append(_loop_run(run(args, workdir)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    report.update(median_of(runs))
+    report.update(
+        normal_acked=sum(r["normal_acked"] for r in runs),
+        normal_stored=sum(r["normal_stored"] for r in runs),
+        acked_equals_stored=all(r["acked_equals_stored"] for r in runs),
+        runs=runs,
+    )
+    log(summary(report))
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     return report
+
+
+def median_of(values: list[Any]) -> Any:
+    """Field by field median of equally shaped reports (numbers; dicts per key, a missing count 0)."""
+    first = values[0]
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for v in values for k in v)
+        counts = all(isinstance(x, int | float) for v in values for x in v.values())
+        return {k: median_of([v.get(k, 0 if counts else None) for v in values]) for k in keys}
+    if isinstance(first, list):
+        return [median_of(list(items)) for items in zip(*values, strict=True)]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and len(numbers) == len([v for v in values if v is not None]):
+        return round(statistics.median(numbers), 2)
+    return first
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The medians as a Markdown table (what docs/reliability.md quotes)."""
+    rows = ["| phase | hostile | normal acks | ack p99 ms | RSS start MB | RSS peak MB | closed by reason |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for p in [report["baseline"], *report["mixes"], *([report["budget"]] if report["budget"] else [])]:
+        closed = ", ".join(f"{k} {v:g}" for k, v in sorted(p["closed"].items())) or "-"
+        rows.append(f"| {p['mix']} | {p['hostile_connections']:g} | {p['acked']:g} | {p['ack_p99_ms']} | "
+                    f"{p['gateway_rss_start_mb']} | {p['gateway_rss_peak_mb']} | {closed} |")  # fmt: skip
+    rows.append(f"\nacked {report['normal_acked']}, stored {report['normal_stored']} over {len(report['runs'])} run(s)")
+    return "\n".join(rows)
 
 
 _REPORTED = ("normal", "rate", "warmup", "baseline_seconds", "mix_seconds", "hostile", "mixes", "budget_connections",
