@@ -2,7 +2,8 @@
 
 `parse_cp(cn, text)` returns a frozen model; an unknown CN gets `GenericCp`, which keeps every
 item. Values stay text as sent; typed accessors convert on demand. Items are tokenized on both
-`;` and `,` (the standard's own examples mix them, §6), except inside `//…//` log text.
+`;` and `,` (the standard's own examples mix them, §6), except inside `//…//` log text, in time
+linear in the text. Names, values and their number are bounded by protocol.limits.
 """
 
 from collections.abc import Callable, Iterable
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.constants import DATA_CNS
 from hj212gw.protocol.errors import BadCpItem
+from hj212gw.protocol.limits import check_cp_names, check_cp_values
 from hj212gw.protocol.models import Reading
 
 Items = tuple[tuple[str, str], ...]
@@ -195,24 +197,31 @@ def tokenize_cp(text: str) -> Items:
 
     Raises:
         BadCpItem: a token without `=`.
+        TooManyFields, FieldTooLong: more items, or a longer value, than protocol.limits allows.
     """
     if "//" in text:
-        return _tokenize_with_logs(text)
-    items = []
-    for token in text.replace(",", ";").split(";"):
-        name, eq, value = token.partition("=")
-        if not eq:
-            if token.strip():
-                raise BadCpItem(token)
-            continue
-        items.append((name, value))
+        items = _tokenize_with_logs(text)
+    else:
+        items = []
+        for token in text.replace(",", ";").split(";"):
+            name, eq, value = token.partition("=")
+            if not eq:
+                if token.strip():
+                    raise BadCpItem(token)
+                continue
+            items.append((name, value))
+    check_cp_values([value for _name, value in items])
     return tuple(items)
 
 
-def _tokenize_with_logs(text: str) -> Items:
+def _tokenize_with_logs(text: str) -> list[tuple[str, str]]:
+    """Items of a CP with `//…//` log text. Linear: each search starts where the last one ended,
+    and the next `;` and `,` are remembered until the scan passes them."""
     items: list[tuple[str, str]] = []
+    size = len(text)
     pos = 0
-    while pos < len(text):
+    semicolon = comma = -1
+    while pos < size:
         eq = text.find("=", pos)
         if eq < 0:
             if text[pos:].strip(";, "):
@@ -221,15 +230,20 @@ def _tokenize_with_logs(text: str) -> Items:
         name = text[pos:eq].strip(";, ")
         if text.startswith("//", eq + 1):
             close = text.find("//", eq + 3)
-            end = len(text) if close < 0 else close + 2
+            end = size if close < 0 else close + 2
         else:
-            ends = [i for i in (text.find(";", eq), text.find(",", eq)) if i >= 0]
-            end = min(ends) if ends else len(text)
-        if not name or any(c in name for c in ";,"):
+            if semicolon < eq:
+                semicolon = text.find(";", eq)
+                semicolon = size if semicolon < 0 else semicolon
+            if comma < eq:
+                comma = text.find(",", eq)
+                comma = size if comma < 0 else comma
+            end = min(semicolon, comma)
+        if not name or ";" in name or "," in name:
             raise BadCpItem(text[pos:end])
         items.append((name, text[eq + 1 : end]))
         pos = end + 1
-    return tuple(items)
+    return items
 
 
 def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, str]]:
@@ -259,20 +273,30 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def parse_cp(cn: str, text: str) -> CpData:
+def parse_cp(cn: str, text: str, found: list[str] | None = None) -> CpData:
     """The typed model of a CP's content for command `cn`.
+
+    `found`, when given, collects the tolerances the content needed (long factor codes).
 
     Raises:
         BadCpItem: an item is not `name=value`.
+        TooManyFields, FieldTooLong: over the limits of protocol.limits.
     """
     if cn in DATA_CNS:
         fields = _fields_fast(text)
         if fields is None:
             fields = dict(tokenize_cp(text))
+        tolerances = check_cp_names(tuple(fields))
+        if tolerances and found is not None:
+            found.extend(tolerances)
         if "DataTime" in fields or not ("BeginTime" in fields or "EndTime" in fields):
             return DataCp(text, fields.get("DataTime"), fields)
     items = tokenize_cp(text)
     named = dict(items)
+    if cn not in DATA_CNS:
+        tolerances = check_cp_names(tuple(named))
+        if tolerances and found is not None:
+            found.extend(tolerances)
     get = named.get
     if ("BeginTime" in named or "EndTime" in named) and "DataTime" not in named:
         return HistoryRequestCp(text, get("BeginTime"), get("EndTime"), get("PolId"))
@@ -283,13 +307,19 @@ def parse_cp(cn: str, text: str) -> CpData:
 
 def _fields_fast(text: str) -> dict[str, str] | None:
     """`dict(tokenize_cp(text))` with C-level string operations when every token is exactly
-    `name=value` with no empty token; None otherwise (log text, stray separators): use the slow path."""
+    `name=value` with no empty token; None otherwise (log text, stray separators): use the slow path.
+
+    Raises:
+        TooManyFields, FieldTooLong: over the limits of protocol.limits.
+    """
     if "//" in text or not text:
         return None
     flat = text.replace(",", ";").replace("=", ";").split(";")
     if len(flat) != 2 * text.count("="):
         return None
-    return dict(zip(flat[0::2], flat[1::2], strict=True))
+    values = flat[1::2]
+    check_cp_values(values)
+    return dict(zip(flat[0::2], values, strict=True))
 
 
 def _parse_command_cp(cn: str, text: str, items: Items, get: Callable[[str], str | None]) -> CpData:

@@ -13,8 +13,8 @@ class Hj212Error(Exception):
 
     Hj212Error -> FrameError    (LengthFieldError, TrailerError, FrameTooLong, BufferOverflow,
                                  CrcMissing, CrcMismatch -> CrcVariantMismatch, framing.Garbage)
-               -> SegmentError  (MissingField, BadFieldValue, BadEncoding,
-                                 BadCpItem, DecryptFailed, CrcMismatchAfterDecrypt)
+               -> SegmentError  (MissingField, BadFieldValue, FieldTooLong, TooManyFields,
+                                 BadEncoding, BadCpItem, DecryptFailed, CrcMismatchAfterDecrypt)
                -> SessionError  (MnMismatch; the gateway's server.RefusedByPolicy)
     """
 
@@ -37,12 +37,18 @@ class LengthFieldError(FrameError):
 
 
 class FrameTooLong(FrameError):
+    """The declared segment length, or the length found at the tail (`received`), is over the limit."""
+
     reason = "frame_too_long"
 
-    def __init__(self, *, declared: int, limit: int) -> None:
-        super().__init__(f"declared segment length {declared} exceeds the limit {limit}")
+    def __init__(self, *, declared: int, limit: int, received: int | None = None) -> None:
+        if received is None:
+            super().__init__(f"declared segment length {declared} exceeds the limit {limit}")
+        else:
+            super().__init__(f"segment of {received} bytes (declared {declared}) exceeds the limit {limit}")
         self.declared = declared
         self.limit = limit
+        self.received = received
 
 
 class BufferOverflow(FrameError):
@@ -113,6 +119,30 @@ class BadFieldValue(SegmentError):
         self.name = name
         self.value = value
         self.expected = expected
+
+
+class FieldTooLong(SegmentError):
+    """A header or CP field longer than its hard cap (protocol.limits), whatever the segment allows."""
+
+    reason = "field_too_long"
+
+    def __init__(self, name: str, value: str, limit: int) -> None:
+        super().__init__(f"{name} of {len(value)} characters exceeds the limit {limit}: {value[:24]!r}")
+        self.name = name
+        self.length = len(value)
+        self.limit = limit
+
+
+class TooManyFields(SegmentError):
+    """More header fields, CP fields or factors than protocol.limits allows."""
+
+    reason = "too_many_fields"
+
+    def __init__(self, where: str, count: int, limit: int) -> None:
+        super().__init__(f"{where}: {count}, more than the limit {limit}")
+        self.where = where
+        self.count = count
+        self.limit = limit
 
 
 class BadEncoding(SegmentError):

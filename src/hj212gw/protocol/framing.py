@@ -40,7 +40,12 @@ class Tolerance(StrEnum):
     CRC_MODBUS = "crc_modbus"  # CRC-16/MODBUS, allowed for this device
     CRC_MODBUS_SWAPPED = "crc_modbus_swapped"  # CRC-16/MODBUS, bytes swapped, allowed
     CRC_NOT_CHECKED = "crc_not_checked"  # lenient CRC policy let a mismatch through
-    NUL_IN_FIELD = "nul_in_field"  # NUL bytes inside a header value (2016 Hebei capture)
+    NUL_IN_FIELD = "nul_in_field"  # NUL bytes removed from a header or CP value (2016 Hebei capture)
+    LONG_QN = "long_qn"  # QN longer than its 17 digits (18: scair-hj212-distribute l018)
+    LONG_ST = "long_st"  # ST longer than 2 characters (ST=101: tonyxia2016-hj212receiver l026)
+    LONG_PW = "long_pw"  # PW longer than 6 characters (24 hex characters: jinuxx-hj212 l076)
+    LONG_MN = "long_mn"  # MN longer than the 24 characters of an EPC-96 code
+    LONG_FACTOR_CODE = "long_factor_code"  # code over 6 characters (pms_rules, PURIFYAD: teafull-hjt212 l020)
     LONG_DATATIME = "long_datatime"  # 15-17 digit times: milliseconds appended
     SHORT_DATATIME = "short_datatime"  # 13 or fewer digits
     CP_UNCLOSED = "cp_unclosed"  # CP=&&… with no closing && before the CRC
@@ -63,7 +68,11 @@ class CrcVerdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FrameLimits:
-    """Bounds that protect the gateway from hostile or broken streams."""
+    """Bounds that protect the gateway from hostile or broken streams.
+
+    No accepted segment is longer than `max_segment_bytes`, and no frame may take more than
+    `max_buffer_bytes` of buffer (header, segment, CRC and tail), however the bytes are chunked.
+    """
 
     max_segment_bytes: int = 4096  # >1024 is accepted but marked OVERSIZE_SEGMENT
     max_buffer_bytes: int = 65536
@@ -111,7 +120,8 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _UPPER_HEX: Final = frozenset(b"0123456789ABCDEF")
 _BLANK: Final = b" \t\x00"
 _INTER_FRAME: Final = b"\r\n \t\x00"
-_SLACK_BYTES: Final = 64  # how far past the declared end we look for a tail
+_SLACK_BYTES: Final = 64  # room for a tail with blanks and extra CRs after the longest segment
+_FRAME_OVERHEAD: Final = 12  # `##dddd` + CRC + CR LF
 
 
 def _is_hex4(chunk: bytes | bytearray) -> bool:
@@ -121,12 +131,14 @@ def _is_hex4(chunk: bytes | bytearray) -> bool:
 class FrameBuffer:
     """Incremental decoder for one connection's byte stream."""
 
-    __slots__ = ("_buf", "_eof", "limits")
+    __slots__ = ("_buf", "_eof", "_max_segment", "_window", "limits")
 
     def __init__(self, limits: FrameLimits | None = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
         self._buf = bytearray()
         self._eof = False
+        self._max_segment = min(self.limits.max_segment_bytes, self.limits.max_buffer_bytes - _FRAME_OVERHEAD)
+        self._window = min(6 + self._max_segment + 4 + _SLACK_BYTES, self.limits.max_buffer_bytes)
 
     @property
     def buffered(self) -> int:
@@ -156,9 +168,9 @@ class FrameBuffer:
             del buf[:2]
             raise LengthFieldError(length_text)
         declared = int(length_text)
-        if declared > self.limits.max_segment_bytes:
+        if declared > self._max_segment:
             del buf[:2]
-            raise FrameTooLong(declared=declared, limit=self.limits.max_segment_bytes)
+            raise FrameTooLong(declared=declared, limit=self._max_segment)
         end = 6 + declared
         if len(buf) >= end + 6 and buf[end + 4 : end + 6] == b"\r\n" and _is_hex4(buf[end : end + 4]):
             segment = bytes(buf[6:end])
@@ -176,31 +188,35 @@ class FrameBuffer:
         del buf[:start]
         if junk.strip(_INTER_FRAME):
             raise Garbage(junk[: self.limits.max_junk_report_bytes], len(junk))
-        if len(buf) > self.limits.max_buffer_bytes:
-            raise self._overflow()
+        # What follows the junk is bounded frame by frame (the window of `_frame_by_tail`), not
+        # here: one read may carry a long backlog of good frames.
         return self.next_frame() if buf.startswith(b"##") else None
 
-    def _overflow(self) -> BufferOverflow:
-        buffered = len(self._buf)
-        del self._buf[:2]
-        return BufferOverflow(buffered=buffered, limit=self.limits.max_buffer_bytes)
-
     def _frame_by_tail(self, declared: int, length_text: bytes) -> Frame | None:
-        """Slow path: the declared length does not land on `CRC\\r\\n`; find the tail itself."""
+        """Slow path: the declared length does not land on `CRC\\r\\n`; find the tail itself.
+
+        The declared length may be wrong (LENGTH_MISMATCH, `0000`, an SM4 text form printed four
+        times longer than its plaintext), so the tail is looked for within a window that the
+        limits fix, not the length field: `max_segment_bytes` plus CRC and a tail with some
+        blanks. A frame without a tail there is rejected once the window is complete, so the
+        outcome depends on the bytes alone, never on how the reads cut them.
+        """
         buf = self._buf
         declared_end = 6 + declared + 6
-        newline = buf.find(b"\n", 6)
-        header = buf.find(b"##", 6)
+        window = self._window
+        newline = buf.find(b"\n", 6, window)
+        header = buf.find(b"##", 6, window)
         candidates = [i for i in (newline, header) if i >= 0]
         boundary = min(candidates) if candidates else -1
         if boundary < 0:
-            if self._eof and len(buf) > 6:
-                boundary = len(buf)
-            elif len(buf) > declared_end + _SLACK_BYTES or len(buf) > self.limits.max_buffer_bytes:
+            if len(buf) > window:
                 del buf[:2]
-                raise TrailerError(f"no CRC and tail within {len(buf) + 2} bytes of a header")
-            else:
+                if window == self.limits.max_buffer_bytes:
+                    raise BufferOverflow(buffered=window, limit=window)
+                raise TrailerError(f"no CRC and tail within {window} bytes of a header")
+            if not self._eof or len(buf) <= 6:
                 return None
+            boundary = len(buf)
         elif (
             boundary < declared_end and not self._eof and not _looks_like_end(buf, boundary) and len(buf) < declared_end
         ):
@@ -239,6 +255,8 @@ class FrameBuffer:
             segment = segment[: keepalive + 2]
             tolerances.append(Tolerance.DTU_KEEPALIVE)
         if len(segment) != declared:
+            if len(segment) > self._max_segment:
+                raise FrameTooLong(declared=declared, limit=self._max_segment, received=len(segment))
             tolerances.append(Tolerance.LENGTH_MISMATCH)
         return _make_frame(segment, declared, length_text, crc_text, tail_text, injected, tolerances)
 

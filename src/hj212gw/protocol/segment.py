@@ -1,14 +1,18 @@
 """Data segment <-> Packet (HJ 212-2017 §4): `QN;ST;CN;PW;MN;Flag;[PNUM;PNO;][RF;]CP=&&…&&`.
 
-Lossless: `encode_segment(parse_segment(s)) == s` for every segment we accept, because the
-header keeps its field order and text and the CP keeps its text. Tolerates what 2005 units and
-quirky firmware send (no QN, no Flag, other key orders, unknown keys, NUL bytes in values,
-fields after the CP), and names each tolerance on the packet.
+Lossless: `encode_segment(parse_segment(s)) == s` for every segment we accept without NUL bytes
+in its CP, because the header keeps its field order and text and the CP keeps its text.
+Tolerates what 2005 units and quirky firmware send (no QN, no Flag, other key orders, unknown
+keys, fields after the CP, fields longer than the standard's widths up to protocol.limits),
+and names each tolerance on the packet. NUL bytes, which PostgreSQL text cannot hold, are
+removed from the named header values (`qn`, `st`, `pw`; `fields` keeps the wire text) and from
+the CP (`nul_in_field`); an MN with a control character is rejected instead.
 """
 
 from hj212gw.protocol.cp import parse_cp
 from hj212gw.protocol.errors import BadEncoding, BadFieldValue, MissingField
 from hj212gw.protocol.framing import Tolerance
+from hj212gw.protocol.limits import check_header, check_identity
 from hj212gw.protocol.models import Packet
 
 _CP_OPEN = b"CP=&&"
@@ -43,20 +47,24 @@ def parse_header(header: str) -> tuple[tuple[str, str], ...]:
 
     Raises:
         BadFieldValue: a header item without `=`.
+        TooManyFields, FieldTooLong: over the limits of protocol.limits.
     """
     flat = header.replace("=", ";").split(";")
     if not flat[-1] and len(flat) == 2 * header.count("=") + 1 and header.count(";") == header.count("="):
         # The usual shape `K=V;K=V;`: pair the pieces with C-level slicing.
-        return tuple(zip(flat[0:-1:2], flat[1::2], strict=True))
-    fields = []
+        fields = tuple(zip(flat[0:-1:2], flat[1::2], strict=True))
+        check_header(fields, max(map(len, flat)))
+        return fields
+    items = []
     for item in header.split(";"):
         if not item:
             continue
         name, eq, value = item.partition("=")
         if not eq:
             raise BadFieldValue(item[:20], "", "name=value")
-        fields.append((name, value))
-    return tuple(fields)
+        items.append((name, value))
+    check_header(items, max((max(len(name), len(value)) for name, value in items), default=0))
+    return tuple(items)
 
 
 def decode_cp_text(content: bytes) -> tuple[str, tuple[str, ...]]:
@@ -73,6 +81,11 @@ def decode_cp_text(content: bytes) -> tuple[str, tuple[str, ...]]:
         return content.decode("gbk"), (Tolerance.GBK_TEXT,)
     except UnicodeDecodeError as exc:
         raise BadEncoding(f"CP is neither UTF-8 nor GBK at byte {exc.start}") from exc
+
+
+def _without_nul(named: dict[str, str]) -> dict[str, str]:
+    """Header values without their NUL bytes, except MN: `check_identity` rejects an MN with one."""
+    return {name: value if name == "MN" else value.replace("\x00", "") for name, value in named.items()}
 
 
 def _int_field(name: str, text: str | None, digits: int) -> int | None:
@@ -104,13 +117,14 @@ def parse_segment(
     fields = parse_header(header)
     found = list(tolerances)
     named = dict(fields)
+    if "\x00" in header:
+        found.append(Tolerance.NUL_IN_FIELD)
+        named = _without_nul(named)
     cn = named.get("CN")
     if cn is None:
         raise MissingField("CN")
     if len(cn) != 4 or not cn.isdigit():
         raise BadFieldValue("CN", cn, "four digits")
-    if "\x00" in header:
-        found.append(Tolerance.NUL_IN_FIELD)
     qn = named.get("QN")
     if qn is None:
         found.append(Tolerance.MISSING_QN)
@@ -125,16 +139,27 @@ def parse_segment(
     if cp_text is None:
         cp_text, text_tolerances = decode_cp_text(content)
         found.extend(text_tolerances)
+    if "\x00" in cp_text:
+        cp_text = cp_text.replace("\x00", "")
+        if Tolerance.NUL_IN_FIELD not in found:
+            found.append(Tolerance.NUL_IN_FIELD)
     if not closed:
         found.append(Tolerance.CP_UNCLOSED)
     fields_after = parse_header(after) if after else ()
     if fields_after:
         found.append(Tolerance.FIELDS_AFTER_CP)
-        named.update(fields_after)
+        if "\x00" in after:
+            named.update(_without_nul(dict(fields_after)))
+            if Tolerance.NUL_IN_FIELD not in found:
+                found.append(Tolerance.NUL_IN_FIELD)
+        else:
+            named.update(fields_after)
         if flag is None and "Flag" in named:
             flag = _int_field("Flag", named["Flag"], 3)
             found.remove(Tolerance.MISSING_FLAG)
-    data = parse_cp(cn, cp_text) if parse_data else None
+    st, pw, mn = named.get("ST"), named.get("PW"), named.get("MN")
+    check_identity(qn, st, pw, mn, found)
+    data = parse_cp(cn, cp_text, found) if parse_data else None
     data_time = getattr(data, "data_time", None)
     if data_time is not None and len(data_time) != 14:
         found.append(Tolerance.LONG_DATATIME if len(data_time) > 14 else Tolerance.SHORT_DATATIME)
@@ -142,10 +167,10 @@ def parse_segment(
         fields=fields,
         cp=cp_text,
         qn=qn,
-        st=named.get("ST"),
+        st=st,
         cn=cn,
-        pw=named.get("PW"),
-        mn=named.get("MN"),
+        pw=pw,
+        mn=mn,
         flag=flag,
         pnum=_int_field("PNUM", named["PNUM"], 4) if "PNUM" in named else None,
         pno=_int_field("PNO", named["PNO"], 4) if "PNO" in named else None,
