@@ -155,15 +155,19 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
 
 def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime, tuple[int, int]] | None:
     """DataTime read in the device zone, as a UTC moment, and its partition month; None if it is
-    no time. Cached: every device sends the same few DataTimes (this minute, this hour) at about
-    the same time. In UTC, arithmetic with the (UTC) receive time needs no zone lookups."""
+    no time, or a time no UTC datetime holds (taken like no time). Cached: every device sends the
+    same few DataTimes (this minute, this hour) at about the same time. In UTC, arithmetic with
+    the (UTC) receive time needs no zone lookups."""
     key = (text, tz)
     known = _DATA_TIMES.get(key)
     if known is None:
         moment = device_time(text, tz)
         if moment is None:
             return None
-        utc = moment.astimezone(UTC)
+        try:
+            utc = moment.astimezone(UTC)
+        except OverflowError:  # year 1 east of UTC, year 9999 west of it: no UTC datetime holds it
+            return None
         known = (utc, month_of(utc))
         if len(_DATA_TIMES) >= _DATA_TIME_CACHE_SIZE:
             _DATA_TIMES.clear()

@@ -678,6 +678,7 @@ def session_config_from(
         max_split_groups=proto.max_split_groups,
         max_split_parts=proto.max_split_parts,
         max_split_bytes=proto.max_split_bytes,
+        max_pending_requests=proto.max_pending_requests,
     )
 
 

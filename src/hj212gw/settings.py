@@ -62,7 +62,10 @@ class ProtocolSettings(BaseModel):
         default_factory=list, description="MODBUS CRC forms accepted from every device (labelled)."
     )
     max_segment_bytes: int = Field(default=4096, ge=1024, le=9999, description="Longest data segment accepted.")
-    max_buffer_bytes: int = Field(default=65536, ge=4096, description="Buffered bytes without a frame.")
+    max_buffer_bytes: int = Field(default=65536, ge=4096, description="Most buffer bytes one frame may take.")
+    max_pending_requests: int = Field(
+        default=32, ge=1, description="Platform requests awaiting their answer per connection; more fail at once."
+    )
     heartbeat_reply: Literal["9013", "9014", "none"] = Field(default="9013", description="Reply to 9015 with A=1.")
     mn_change: Literal["accept", "reject"] = Field(default="accept", description="A second MN on one connection.")
     time_calibration: bool = Field(default=True, description="Answer 1013 with 9013 then 1012 (platform time).")

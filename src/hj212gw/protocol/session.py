@@ -53,6 +53,7 @@ class SessionConfig:
     max_split_groups: int = 64  # open split transfers per connection
     max_split_parts: int = 256  # PNUM accepted for a transfer of fragments
     max_split_bytes: int = 262144  # per connection: tracking plus fragments awaiting assembly
+    max_pending_requests: int = 32  # platform requests awaiting their answer; more fail at once
     raw_head_bytes: int = 120
 
 
@@ -117,7 +118,7 @@ class RequestFinished:
 class RequestFailed:
     qn: str
     cn: str
-    reason: Literal["no_reply", "no_result", "rejected"]
+    reason: Literal["no_reply", "no_result", "rejected", "too_many_pending"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +376,14 @@ class DasSession:
         re_count: int = 3,
         expects_result: bool = True,
     ) -> list[Event]:
-        """Register a request built by a `build_*` function and return the `Send` for it."""
+        """Register a request built by a `build_*` function and return the `Send` for it.
+
+        With `max_pending_requests` already awaiting their answer (a DAS that floods 1013, each
+        answered with a 1012, or one that never answers), the request is not sent and fails at
+        once: `RequestFailed(reason="too_many_pending")`.
+        """
+        if len(self._pending) >= self.config.max_pending_requests and qn not in self._pending:
+            return [RequestFailed(qn, cn, "too_many_pending")]
         if self._pending is _NO_PENDING:
             self._pending = {}
         self._pending[qn] = _PendingRequest(
