@@ -60,3 +60,9 @@ def test_empty_segment_keeps_the_seed() -> None:
 def test_swap_bytes() -> None:
     assert swap_bytes(0x1234) == 0x3412
     assert swap_bytes(swap_bytes(0xBEEF)) == 0xBEEF
+
+
+def test_inputs_past_the_planned_fold_sizes_still_give_the_crc() -> None:
+    # Before: KeyError (no fold plan past 256 KiB), an exception no caller expects.
+    data = bytes(range(256)) * 1100  # 281,600 bytes
+    assert crc16(data) == crc16_reference(data)

@@ -81,7 +81,7 @@ def crc16(segment: bytes | bytearray | memoryview) -> int:
         return 0xFFFF
     size = 8 << ((n + 7) // 8 - 1).bit_length()
     value = int.from_bytes(segment, "big")  # big-endian: the zero padding goes on the left for free
-    for shift, mask in _FOLD_PLANS[size]:
+    for shift, mask in _FOLD_PLANS.get(size) or _fold_plan(size):  # planned up to 256 KiB
         value = (value >> shift) ^ (value & mask)
     # Byte q of the folded word, counted from the right, holds the bytes at distance q + 1 (mod 8)
     # from the end, which went through H^(q+1).
