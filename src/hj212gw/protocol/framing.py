@@ -9,7 +9,7 @@ needed. The CRC is computed here and its verdict recorded; whether a verdict is 
 policy, decided by `decoder`. Imports nothing outside the protocol package.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -66,6 +66,10 @@ class CrcVerdict(StrEnum):
     MISMATCH = "mismatch"
 
 
+_SLACK_BYTES: Final = 64  # room for a tail with blanks and extra CRs after the longest segment
+_FRAME_OVERHEAD: Final = 12  # `##dddd` + CRC + CR LF
+
+
 @dataclass(frozen=True, slots=True)
 class FrameLimits:
     """Bounds that protect the gateway from hostile or broken streams.
@@ -77,6 +81,15 @@ class FrameLimits:
     max_segment_bytes: int = 4096  # >1024 is accepted but marked OVERSIZE_SEGMENT
     max_buffer_bytes: int = 65536
     max_junk_report_bytes: int = 120
+    # Derived once here, not per connection: the longest segment both bounds allow, and how far
+    # past a header the tail is looked for.
+    segment_cap: int = field(init=False, repr=False, compare=False)
+    window: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        segment_cap = min(self.max_segment_bytes, self.max_buffer_bytes - _FRAME_OVERHEAD)
+        object.__setattr__(self, "segment_cap", segment_cap)
+        object.__setattr__(self, "window", min(6 + segment_cap + 4 + _SLACK_BYTES, self.max_buffer_bytes))
 
 
 _DEFAULT_LIMITS: Final = FrameLimits()
@@ -120,8 +133,6 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _UPPER_HEX: Final = frozenset(b"0123456789ABCDEF")
 _BLANK: Final = b" \t\x00"
 _INTER_FRAME: Final = b"\r\n \t\x00"
-_SLACK_BYTES: Final = 64  # room for a tail with blanks and extra CRs after the longest segment
-_FRAME_OVERHEAD: Final = 12  # `##dddd` + CRC + CR LF
 
 
 def _is_hex4(chunk: bytes | bytearray) -> bool:
@@ -131,14 +142,12 @@ def _is_hex4(chunk: bytes | bytearray) -> bool:
 class FrameBuffer:
     """Incremental decoder for one connection's byte stream."""
 
-    __slots__ = ("_buf", "_eof", "_max_segment", "_window", "limits")
+    __slots__ = ("_buf", "_eof", "limits")
 
     def __init__(self, limits: FrameLimits | None = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
         self._buf = bytearray()
         self._eof = False
-        self._max_segment = min(self.limits.max_segment_bytes, self.limits.max_buffer_bytes - _FRAME_OVERHEAD)
-        self._window = min(6 + self._max_segment + 4 + _SLACK_BYTES, self.limits.max_buffer_bytes)
 
     @property
     def buffered(self) -> int:
@@ -168,9 +177,9 @@ class FrameBuffer:
             del buf[:2]
             raise LengthFieldError(length_text)
         declared = int(length_text)
-        if declared > self._max_segment:
+        if declared > self.limits.segment_cap:
             del buf[:2]
-            raise FrameTooLong(declared=declared, limit=self._max_segment)
+            raise FrameTooLong(declared=declared, limit=self.limits.segment_cap)
         end = 6 + declared
         if len(buf) >= end + 6 and buf[end + 4 : end + 6] == b"\r\n" and _is_hex4(buf[end : end + 4]):
             segment = bytes(buf[6:end])
@@ -203,7 +212,7 @@ class FrameBuffer:
         """
         buf = self._buf
         declared_end = 6 + declared + 6
-        window = self._window
+        window = self.limits.window
         newline = buf.find(b"\n", 6, window)
         header = buf.find(b"##", 6, window)
         candidates = [i for i in (newline, header) if i >= 0]
@@ -255,8 +264,8 @@ class FrameBuffer:
             segment = segment[: keepalive + 2]
             tolerances.append(Tolerance.DTU_KEEPALIVE)
         if len(segment) != declared:
-            if len(segment) > self._max_segment:
-                raise FrameTooLong(declared=declared, limit=self._max_segment, received=len(segment))
+            if len(segment) > self.limits.segment_cap:
+                raise FrameTooLong(declared=declared, limit=self.limits.segment_cap, received=len(segment))
             tolerances.append(Tolerance.LENGTH_MISMATCH)
         return _make_frame(segment, declared, length_text, crc_text, tail_text, injected, tolerances)
 

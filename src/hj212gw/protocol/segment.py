@@ -12,7 +12,7 @@ the CP (`nul_in_field`); an MN with a control character is rejected instead.
 from hj212gw.protocol.cp import parse_cp
 from hj212gw.protocol.errors import BadEncoding, BadFieldValue, MissingField
 from hj212gw.protocol.framing import Tolerance
-from hj212gw.protocol.limits import check_header, check_identity
+from hj212gw.protocol.limits import MAX_HEADER_TOKEN, check_header, check_identity
 from hj212gw.protocol.models import Packet
 
 _CP_OPEN = b"CP=&&"
@@ -53,7 +53,7 @@ def parse_header(header: str) -> tuple[tuple[str, str], ...]:
     if not flat[-1] and len(flat) == 2 * header.count("=") + 1 and header.count(";") == header.count("="):
         # The usual shape `K=V;K=V;`: pair the pieces with C-level slicing.
         fields = tuple(zip(flat[0:-1:2], flat[1::2], strict=True))
-        check_header(fields, max(map(len, flat)))
+        check_header(fields, max(map(len, flat)) if len(header) > MAX_HEADER_TOKEN else 0)
         return fields
     items = []
     for item in header.split(";"):
@@ -163,23 +163,24 @@ def parse_segment(
     data_time = getattr(data, "data_time", None)
     if data_time is not None and len(data_time) != 14:
         found.append(Tolerance.LONG_DATATIME if len(data_time) > 14 else Tolerance.SHORT_DATATIME)
+    # Positional (the field order of Packet): keywords cost 0.7 µs more, once per packet.
     return Packet(
-        fields=fields,
-        cp=cp_text,
-        qn=qn,
-        st=st,
-        cn=cn,
-        pw=pw,
-        mn=mn,
-        flag=flag,
-        pnum=_int_field("PNUM", named["PNUM"], 4) if "PNUM" in named else None,
-        pno=_int_field("PNO", named["PNO"], 4) if "PNO" in named else None,
-        rf="RF" in named and named["RF"] not in ("0", ""),
-        cp_closed=closed,
-        fields_after_cp=fields_after,
-        tolerances=tuple(found),
-        encrypted=encrypted,
-        data=data,
+        fields,
+        cp_text,
+        qn,
+        st,
+        cn,
+        pw,
+        mn,
+        flag,
+        _int_field("PNUM", named["PNUM"], 4) if "PNUM" in named else None,
+        _int_field("PNO", named["PNO"], 4) if "PNO" in named else None,
+        "RF" in named and named["RF"] not in ("0", ""),
+        closed,
+        fields_after,
+        tuple(found),
+        encrypted,
+        data,
     )
 
 
