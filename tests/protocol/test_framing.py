@@ -217,3 +217,47 @@ def test_a_good_frame_after_any_bytes_and_a_newline_is_recovered(junk: bytes) ->
     # A broken frame may swallow bytes up to its own end; a newline and the next `##` bound it.
     results = frames_of(junk + b"\r\n" + STANDARD)
     assert isinstance(results[-1], Frame) and results[-1].raw == STANDARD
+
+
+def chunked(data: bytes, size: int, limits: FrameLimits | None = None) -> list[Frame | Hj212Error]:
+    buffer = FrameBuffer(limits)
+    out: list[Frame | Hj212Error] = []
+    for start in range(0, len(data), size):
+        buffer.feed(data[start : start + size])
+        while True:
+            try:
+                frame = buffer.next_frame()
+            except FrameError as error:
+                out.append(error)
+                continue
+            if frame is None:
+                break
+            out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 100_000])
+def test_a_wrong_length_field_is_reframed_at_the_tail_in_any_chunking(size: int) -> None:
+    wire = b"##0000" + STANDARD[6:]
+    [frame] = chunked(wire, size)
+    assert isinstance(frame, Frame) and frame.raw == wire and Tolerance.LENGTH_MISMATCH in frame.tolerances
+
+
+@pytest.mark.parametrize("size", [1, 64, 100_000])
+def test_a_tail_past_max_segment_bytes_is_frame_too_long_in_any_chunking(size: int) -> None:
+    segment = b"QN=1;ST=32;CN=2011;PW=1;MN=1;Flag=4;CP=&&" + b"a=1;" * 1100 + b"&&"  # 4,443 bytes
+    wire = b"##0000" + encode_frame(segment[:4120])[6:]
+    [error] = chunked(wire, size)
+    assert isinstance(error, FrameTooLong) and (error.received, error.limit) == (4120, 4096)
+
+
+def test_frame_limits_derive_the_segment_cap_and_the_window() -> None:
+    assert (FrameLimits().segment_cap, FrameLimits().window) == (4096, 6 + 4096 + 4 + 64)
+    small = FrameLimits(max_segment_bytes=4096, max_buffer_bytes=1000)
+    assert (small.segment_cap, small.window) == (988, 1000)
+    results = frames_of(b"##0900" + b"x" * 1100, eos=False)
+    assert results == []  # within the default window: wait for the tail
+    [error] = chunked(b"##0990" + b"x" * 1100, 10, small)[:1]
+    assert isinstance(error, FrameTooLong) and error.limit == 988
+    [error] = chunked(b"##0900" + b"x" * 1100, 10, small)[:1]
+    assert isinstance(error, BufferOverflow)

@@ -95,3 +95,21 @@ def test_rf_marks_backfill_and_nul_is_named() -> None:
     assert not parse_segment(b"QN=1;ST=31;CN=2051;PW=1;MN=A;Flag=9;RF=0;CP=&&&&").rf
     packet = parse_segment(b"QN=1;ST=31;CN=2051;PW=1\x00;MN=A;Flag=4;CP=&&&&")
     assert Tolerance.NUL_IN_FIELD in packet.tolerances
+
+
+def test_nul_bytes_are_removed_from_named_values_and_the_cp_but_kept_in_fields() -> None:
+    wire = (
+        b"QN=2024\x00031510;ST=\x00\x00;CN=2011;PW=12\x003456;MN=A;Flag=4;"
+        b"CP=&&DataTime=2024\x000315100000;a-Rtd=1\x00&&"
+    )
+    packet = parse_segment(wire)
+    assert (packet.qn, packet.st, packet.pw) == ("2024031510", "", "123456")
+    assert packet.cp == "DataTime=20240315100000;a-Rtd=1" and packet.data is not None
+    assert packet.data.get("DataTime") == "20240315100000"
+    assert packet.tolerances.count(Tolerance.NUL_IN_FIELD) == 1
+    assert dict(packet.fields)["PW"] == "12\x003456"  # the header as sent: replies and re-encoding
+
+
+def test_nul_in_fields_after_the_cp_is_removed_too() -> None:
+    packet = parse_segment(b"QN=1;ST=32;CN=2011;PW=1;MN=A;CP=&&DataTime=20240315100000&&;Flag=4;ST=3\x002")
+    assert packet.st == "32" and packet.flag == 4 and Tolerance.NUL_IN_FIELD in packet.tolerances

@@ -401,3 +401,13 @@ def test_split_parts_in_any_order_give_the_same_records() -> None:
 
     assert records(one + two) == records(two + one)
     assert len(records(one + two)) == 2
+
+
+def test_pending_requests_are_capped_and_the_refused_one_is_never_sent() -> None:
+    session = DasSession(SessionConfig(max_pending_requests=2))
+    sent = [session.send_request(b"r%d" % i, qn=f"2024031510000000{i}", cn="1012", now=T0) for i in range(3)]
+    assert sent[:2] == [[Send(b"r0", "1012")], [Send(b"r1", "1012")]]
+    assert sent[2] == [RequestFailed("20240315100000002", "1012", "too_many_pending")]
+    assert len(session.pending_requests()) == 2
+    # Re-registering a pending QN is no new request.
+    assert session.send_request(b"r1", qn="20240315100000001", cn="1012", now=T0) == [Send(b"r1", "1012")]
