@@ -122,7 +122,7 @@ def feed(session: DasSession, chunks: list[bytes]) -> list[Event]:
     events: list[Event] = []
     for chunk in chunks:
         events += session.receive_data(chunk, now=T0)
-        assert session.frames.buffered <= LIMITS.max_segment_bytes + 100
+        assert session.frames.buffered <= LIMITS.window
     events += session.end_of_stream(T0) + session.poll(T0 + timedelta(hours=1))
     assert all(isinstance(event, EVENTS) for event in events)
     for event in events:
@@ -192,7 +192,7 @@ def test_megabytes_of_hostile_input_keep_one_session_bounded() -> None:
         base = tracemalloc.get_traced_memory()[0]
         for chunk in chunks:
             session.receive_data(chunk, now=T0)  # events dropped, as the shell does after acting on them
-            assert session.frames.buffered <= LIMITS.max_segment_bytes + 100
+            assert session.frames.buffered <= LIMITS.window
             assert len(session.pending_requests()) <= session.config.max_pending_requests
         session.poll(T0 + timedelta(seconds=30))
         peak = tracemalloc.get_traced_memory()[1] - base

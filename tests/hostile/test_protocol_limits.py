@@ -1,25 +1,32 @@
 """Issue #9, protocol limits: field widths, the framing window, the log-text tokenizer, pending
-requests, NUL bytes and unrepresentable DataTimes. Pure: no event loop, no network.
+requests, NUL bytes and unrepresentable DataTimes. Pure (no event loop, no network), except the
+last test, which sends long fields through a real gateway to PostgreSQL.
 
 Each test is a finding that the code before this change got wrong (noted per test).
 """
 
+import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from hj212gw import app
 from hj212gw.protocol.cp import DataCp, tokenize_cp
 from hj212gw.protocol.errors import FrameError
 from hj212gw.protocol.framing import FrameBuffer, FrameLimits, Tolerance, encode_frame
 from hj212gw.protocol.session import DasSession, Event, FrameRejected, PacketReceived, RequestFailed, Send
 from hj212gw.records import TimePolicy, data_block
 from tests.copy_rows import decode_rows
+from tests.integration.das import DasClient, data_packet, empty_packet, settings_for
+from tests.integration.waiting import eventually
 
 T0 = datetime(2024, 3, 15, 2, 0, tzinfo=UTC)
-MN = "010000A8900016F000169DC0"
+MN = "010000A8900016F000169DC0"  # tests.integration.das.MN
 STD = encode_frame(f"QN=20160801085857223;ST=32;CN=1062;PW=100000;MN={MN};Flag=5;CP=&&RtdInterval=30&&".encode())
 
 
@@ -232,3 +239,38 @@ def test_year_0001_and_9999_data_times_are_stored_marked_never_an_exception(data
     assert block is not None
     [row] = decode_rows(block.copy)
     assert row["time_suspect"] is True and row["rtd"] == 1.5
+
+
+# ---- end to end: a real gateway and PostgreSQL --------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_long_fields_never_reach_postgresql_and_good_data_keeps_being_acked(
+    pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    # Before: PostgreSQL refused the index rows of these two packets (SQLSTATE 54000), both batch
+    # writers died, and nothing from any device was stored or acked afterwards.
+    running = await app.start(settings_for(pg_dsn, schema))
+    try:
+        assert running.gateway.port is not None
+        das = await DasClient.connect(running.gateway.port)
+        with capture_logs() as logs:
+            noise = random.Random(9).randbytes(1500).hex()  # 3,000 characters PostgreSQL cannot compress
+            await das.send(data_packet("20240315101000001", mn=noise))
+            long_code = "DataTime=20240315100000;" + noise + "-Avg=1.5"
+            await das.send(empty_packet("20240315101000002", "2051", flag=5, cp=long_code))
+            for n in range(3, 6):
+                await das.send(data_packet(f"2024031510100000{n}", data_time=f"2024031510{n:02d}00"))
+            replies = await das.replies(3)
+        assert [r.packet.qn for r in replies] == [f"2024031510100000{n}" for n in range(3, 6)]
+        assert [e["reason"] for e in logs if e["event"] == "frame_rejected"] == ["field_too_long"] * 2
+        assert await conn.fetchval("SELECT count(*) FROM data WHERE mn = $1", MN) == 3
+        assert await conn.fetchval("SELECT max(length(factor)) FROM data") == 6
+
+        async def archived() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM raw_frames WHERE verdict = 'field_too_long'") == 2
+
+        await eventually(archived)
+        await das.close()
+    finally:
+        await running.stop()

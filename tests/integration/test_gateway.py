@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 import pytest
@@ -14,6 +16,8 @@ from structlog.testing import capture_logs
 from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.protocol.framing import encode_frame
+from hj212gw.server import DasConnection
+from hj212gw.storage.rows import DeviceSeen
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
 from tests.integration.waiting import eventually
 
@@ -153,17 +157,21 @@ async def test_the_access_password_never_reaches_a_log_line(gateways: list[Runni
 async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_stops_nothing_else(
     gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
-    # HJ 212 tolerates NUL bytes in header values; PostgreSQL text cannot hold them. The sighting
-    # and the connection-log row of such an MN are refused: each is dropped with a WARNING, and
-    # the housekeeping that writes them goes on writing everybody else's.
-    # Without authentication: by default the MN's first-use pin is refused by PostgreSQL first, so
-    # its packet never reaches a sighting (tests/hostile/test_auth.py).
+    # PostgreSQL text cannot hold NUL bytes. The parser rejects an MN with one (and removes them
+    # from other values), so none comes off the wire; a sighting and a connection-log row that
+    # PostgreSQL refuses anyway are injected below. Each is dropped with a WARNING, and the
+    # housekeeping that writes them goes on writing everybody else's. Without authentication, so
+    # that no first-use pin is involved (tests/hostile/test_auth.py).
     running = await start(gateways, pg_dsn, schema, devices={"auth": "off"})
     with capture_logs() as logs:
         odd = await connect(running)
         await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))
-        await odd.nothing_within(0.3)  # its data is refused too: no ack
+        await odd.nothing_within(0.3)  # rejected by the parser: no ack
         await odd.close()
+        running.gateway.record_sighting(DeviceSeen("BAD\x00MN", 1, None, "127.0.0.1:1", datetime.now(UTC)))
+        odd_mn = SimpleNamespace(mn="BAD\x00MN")
+        gone = SimpleNamespace(connection_id=10**9, session=odd_mn, frames_ok=0, frames_rejected=1)
+        running.gateway.record_close(cast(DasConnection, gone), "peer_closed")
         await asyncio.sleep(1.5)  # a housekeeping round meets the refused rows
         das = await connect(running)
         await das.send(data_packet("20240315101000002"))
@@ -176,5 +184,6 @@ async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_st
             return bool(seen and closed)
 
         await eventually(written, timeout_s=10.0)
+    assert [e["reason"] for e in logs if e["event"] == "frame_rejected"] == ["bad_field_value"]
     refused = {e["event"] for e in logs if e["event"].endswith("_rejected_by_database")}
     assert {"sighting_rejected_by_database", "connection_log_rejected_by_database"} <= refused
