@@ -261,3 +261,13 @@ def test_frame_limits_derive_the_segment_cap_and_the_window() -> None:
     assert isinstance(error, FrameTooLong) and error.limit == 988
     [error] = chunked(b"##0900" + b"x" * 1100, 10, small)[:1]
     assert isinstance(error, BufferOverflow)
+
+
+def test_a_frame_consumed_whole_by_its_defect_carries_the_head_of_its_bytes() -> None:
+    [error] = frames_of(b"##0010QN=1;CP=&&&&\r\n")
+    assert isinstance(error, CrcMissing) and error.head == b"##0010QN=1;CP=&&&&"
+    wire = b"##0000" + encode_frame(b"x" * 4120)[6:]
+    [error] = frames_of(wire)
+    assert isinstance(error, FrameTooLong) and error.head == wire[:120]
+    [error, _] = frames_of(b"##9999" + b"x" * 10)
+    assert isinstance(error, FrameTooLong) and error.head == b""  # only `##` consumed: the rest is garbage

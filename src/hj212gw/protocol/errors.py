@@ -26,6 +26,9 @@ class FrameError(Hj212Error):
     """The bytes do not form a `##dddd<segment><crc>\\r\\n` frame."""
 
     reason = "frame_error"
+    # The first bytes of what the defect consumed, when it consumed more than its `##` (junk, a
+    # whole frame without a CRC or too long): for the log line and the raw archive.
+    head: bytes = b""
 
 
 class LengthFieldError(FrameError):

@@ -126,6 +126,7 @@ class Garbage(FrameError):
     def __init__(self, junk: bytes, skipped: int) -> None:
         super().__init__(f"{skipped} bytes outside any frame: {junk[:40]!r}")
         self.junk = junk
+        self.head = junk
         self.skipped = skipped
 
 
@@ -255,7 +256,7 @@ class FrameBuffer:
             tolerances.append(Tolerance.EXTRA_CR)
         crc_text = line[-4:]
         if not _is_hex4(crc_text):
-            raise CrcMissing(crc_text)
+            raise self._whole(CrcMissing(crc_text), length_text, line)
         segment = line[:-4]
         injected = b""
         keepalive = segment.rfind(b"&&#G")
@@ -265,9 +266,15 @@ class FrameBuffer:
             tolerances.append(Tolerance.DTU_KEEPALIVE)
         if len(segment) != declared:
             if len(segment) > self.limits.segment_cap:
-                raise FrameTooLong(declared=declared, limit=self.limits.segment_cap, received=len(segment))
+                too_long = FrameTooLong(declared=declared, limit=self.limits.segment_cap, received=len(segment))
+                raise self._whole(too_long, length_text, line)
             tolerances.append(Tolerance.LENGTH_MISMATCH)
         return _make_frame(segment, declared, length_text, crc_text, tail_text, injected, tolerances)
+
+    def _whole(self, error: FrameError, length_text: bytes, line: bytes) -> FrameError:
+        """`error` for a frame consumed whole, carrying the head of its bytes."""
+        error.head = (b"##" + length_text + line)[: self.limits.max_junk_report_bytes]
+        return error
 
 
 def _looks_like_end(buf: bytearray, newline: int) -> bool:

@@ -223,7 +223,7 @@ class DasSession:
             self._on_frame(frame, now, events)
 
     def _reject(self, events: list[Event], error: Hj212Error, raw: bytes, **extra: object) -> None:
-        head = raw[: self.config.raw_head_bytes] or getattr(error, "junk", b"")[: self.config.raw_head_bytes]
+        head = raw[: self.config.raw_head_bytes] or getattr(error, "head", b"")[: self.config.raw_head_bytes]
         events.append(FrameRejected(error, head, **extra))  # type: ignore[arg-type]
         self.consecutive_rejects += 1
         if self.consecutive_rejects >= self.config.max_consecutive_rejects:
