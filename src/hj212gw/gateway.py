@@ -268,11 +268,18 @@ class Gateway:
         self._unbind(conn, mn, f"gateway {other}")
 
     def pause(self, conn: DasConnection) -> None:
-        """Backpressure: stop reading this socket until the write queue has room."""
-        if conn.transport is None or conn in self.paused:
+        """Backpressure: the write queue is full; stop reading sockets until it has room.
+
+        Every socket at once, not only the one whose read filled the queue: each socket read
+        before its own turn to pause would add a whole read (up to 256 KiB of packets) to the
+        queue, so 1,000 busy connections would overshoot the bound a thousandfold.
+        """
+        if conn in self.paused:
             return
-        conn.hold_reading(ReadHold.WRITE_QUEUE)
-        self.paused.add(conn)
+        for each in (conn,) if self._resuming else tuple(self.connections):
+            if each.transport is not None and each not in self.paused:
+                each.hold_reading(ReadHold.WRITE_QUEUE)
+                self.paused.add(each)
         self.metrics.paused_reading.set(len(self.paused))
         if not self._resuming:
             self._resuming = True

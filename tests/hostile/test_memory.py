@@ -21,6 +21,7 @@ from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.server import DasConnection
 from tests.integration.das import MN, DasClient, data_packet, empty_packet, settings_for
+from tests.integration.proxy import TcpProxy
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -145,6 +146,38 @@ async def test_writer_backpressure_does_not_resume_a_socket_whose_peer_does_not_
         assert conn.transport.is_reading()
     finally:
         hostile.close()
+
+
+async def test_a_full_write_queue_stops_every_socket_not_only_the_one_that_filled_it(
+    pg_dsn: str, schema: str, proxy: TcpProxy
+) -> None:
+    """Before, each socket paused only after its own next read: with the database away, every
+    busy connection still added a whole read of packets to the queue (in bench.attack, 50
+    connections flooding heartbeats took the 50,000-item queue to 136,000 items)."""
+    settings = settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 20})
+    running = await app.start(settings)
+    assert running.gateway.port is not None
+    first, second = await DasClient.connect(running.gateway.port), await DasClient.connect(running.gateway.port)
+    mns = ["FLOOD000000000000000000A", "FLOOD000000000000000000B"]
+    try:
+        for das, mn in zip((first, second), mns, strict=True):  # bound and pinned while PostgreSQL is there
+            await das.send(data_packet("20240315101000001", mn=mn))
+            assert (await das.reply()).packet.cn == "9014"
+        proxy.cut()
+        beats = [empty_packet(f"20240315101{n:06d}", "9015", flag=4, mn=mns[0]) for n in range(100)]
+        await first.send(b"".join(beats))  # one read: the queue is full after it
+        await until(lambda: running.gateway.writer.full)
+        queued = running.gateway.writer.pending
+        await second.send(b"".join(beats).replace(mns[0].encode(), mns[1].encode()))
+        await asyncio.sleep(0.3)
+
+        assert running.gateway.writer.pending == queued  # the second socket was not read
+        assert sample(running, "hj212gw_paused_connections") == 2
+    finally:
+        proxy.restore()
+        await first.close()
+        await second.close()
+        await running.stop()
 
 
 async def drain(sock: socket.socket, *, until_quiet_s: float) -> None:
