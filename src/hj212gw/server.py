@@ -211,6 +211,10 @@ class DasConnection(asyncio.Protocol):
         if wait_s > 0:  # its IP sent wrong PWs lately: read nothing from it until the backoff ends
             self._hold()
             self._loop.call_later(wait_s, self._release)
+        if self._holds:
+            # uvloop starts reading once connection_made returns, whatever was paused in it (a
+            # full write queue, the wrong-PW backoff): pause again before the first read.
+            self._loop.call_soon(self._reassert_holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         gateway = self.deps.gateway
@@ -302,6 +306,10 @@ class DasConnection(asyncio.Protocol):
         self._holds &= ~hold
         if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _reassert_holds(self) -> None:
+        if self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def pause_writing(self) -> None:
         """The outgoing buffer passed `write_buffer_high_bytes`: the peer reads slower than we answer.

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
@@ -178,6 +180,46 @@ async def test_a_full_write_queue_stops_every_socket_not_only_the_one_that_fille
         await first.close()
         await second.close()
         await running.stop()
+
+
+def test_a_connection_accepted_while_the_queue_is_full_is_not_read_under_uvloop(pg_dsn: str) -> None:
+    """uvloop starts reading once connection_made returns, whatever it paused: before, a DAS
+    that connected while the write queue was full was read at once (flooding clients that
+    reconnect took the queue to several times its bound)."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(_accepted_while_full(pg_dsn))
+
+
+async def _accepted_while_full(pg_dsn: str) -> None:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    proxy = TcpProxy.for_dsn(pg_dsn)
+    await proxy.start()
+    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 2}))
+    assert running.gateway.port is not None
+    first = await DasClient.connect(running.gateway.port)
+    second: DasClient | None = None
+    try:
+        await first.send(data_packet("20240315101000001"))
+        assert (await first.reply()).packet.cn == "9014"
+        proxy.cut()
+        with capture_logs():  # the garbage's WARNINGs
+            await first.send(b"".join(b"garbage %d\n" % n for n in range(3)) + data_packet("20240315101000002"))
+            await until(lambda: running.gateway.writer.full)
+            queued = running.gateway.writer.pending
+            second = await DasClient.connect(running.gateway.port)
+            await second.send(b"garbage from a newcomer\n")  # archived as a raw frame if it were read
+            await asyncio.sleep(0.3)
+            assert running.gateway.writer.pending == queued
+    finally:
+        proxy.restore()
+        for das in (first, second):
+            if das is not None:
+                await das.close()
+        await running.stop()
+        await proxy.stop()
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
 
 
 async def drain(sock: socket.socket, *, until_quiet_s: float) -> None:
