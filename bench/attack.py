@@ -445,6 +445,7 @@ async def drive(gw: GatewayProcess, args: argparse.Namespace, mix: str | None, c
     out = (await asyncio.wait_for(worker.communicate(), seconds + 60))[0] if worker else b""
     drain_s = await queue_drained(gw, timeout_s=args.drain_seconds)
     after = await asyncio.to_thread(scrape, gw, wanted)
+    evicted = fleet.victims_evicted()  # before finish() closes them
     await fleet.finish(timeout_s=args.drain_seconds)
     watcher.cancel()
     lines = out.decode().strip().splitlines()
@@ -455,7 +456,7 @@ async def drive(gw: GatewayProcess, args: argparse.Namespace, mix: str | None, c
         closed=by_label(before, after, "hj212gw_connections_closed_total"),
         rejected=by_label(before, after, "hj212gw_frames_rejected_total"),
         worker=json.loads(lines[-1]) if lines else None,
-        victims_evicted=fleet.victims_evicted(),
+        victims_evicted=evicted,
         queue_drain_s=drain_s,
         normal_acked=fleet.stats.acked,
         fleet=fleet,

@@ -37,4 +37,5 @@ def test_a_tiny_attack_run_reports_every_field_and_acked_equals_stored(
         assert phase["normal_acked"] == phase["normal_stored"]
     for phase in [*report["mixes"], report["budget"]]:
         assert phase["worker"]["connects"] >= phase["hostile_connections"]
+        assert phase["victims_evicted"] == 0  # a wrong PW never evicts the device's connection
     assert report["gateway_rss_peak_mb"] >= report["baseline"]["gateway_rss_peak_mb"] > 0
