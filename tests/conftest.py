@@ -11,14 +11,18 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from hj212gw import app
+from hj212gw.app import Running
 from hj212gw.storage.db import Database
 from hj212gw.storage.embedded import start_embedded, stop_embedded
+from tests.integration.das import settings_for
 from tests.integration.proxy import TcpProxy
 
 
@@ -100,3 +104,22 @@ async def proxy(pg_dsn: str) -> AsyncIterator[TcpProxy]:
     await server.start()
     yield server
     await server.stop()
+
+
+StartGateway = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
+    """Start gateways on port 0 against the test's schema; whatever is still running is stopped after."""
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        running = await app.start(settings_for(pg_dsn, schema, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.gateway.server is not None and not running.gateway._stopping:
+            await running.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,35 +20,19 @@ import aiohttp
 import asyncpg
 import pytest
 
-from hj212gw import app
 from hj212gw.api import LiveDevice, bound_port
 from hj212gw.api_auth import HttpAccessError
 from hj212gw.app import Running
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DeviceSeen
-from tests.integration.das import DasClient, data_packet, settings_for
+from tests.conftest import StartGateway
+from tests.integration.das import DasClient, data_packet
 from tests.integration.test_api import Live, make_harness
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "s3cret-token-0123456789abcdef"
 PG_TEXT = ("canceling statement", "due to statement timeout", "QueryCanceled", "SQLSTATE", "asyncpg")
-
-StartGateway = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture
-async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
-    started: list[Running] = []
-
-    async def start(**overrides: Any) -> Running:
-        running = await app.start(settings_for(pg_dsn, schema, **overrides))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
 
 
 def base_url(running: Running) -> str:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 import pytest
@@ -22,28 +20,14 @@ from structlog.testing import capture_logs
 from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.server import DasConnection
+from tests.conftest import StartGateway
 from tests.integration.das import MN, DasClient, data_packet, empty_packet, settings_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
 
-StartGateway = Callable[..., Awaitable[Running]]
 HOSTILE_MN = "HOSTILE00000000000000001"
-
-
-@pytest.fixture
-async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
-    started: list[Running] = []
-
-    async def start(**overrides: Any) -> Running:
-        running = await app.start(settings_for(pg_dsn, schema, **overrides))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
 
 
 def sample(running: Running, name: str, **labels: str) -> float:

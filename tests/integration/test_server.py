@@ -21,7 +21,6 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
 from hj212gw.api import bound_port
 from hj212gw.app import Running
 from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS
@@ -30,7 +29,8 @@ from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.storage.db import Database
-from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet, settings_for
+from tests.conftest import StartGateway
+from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
 from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
@@ -42,24 +42,6 @@ E1 = FIXTURES / "good/hj212-2017-std/2051-e1-minute-data.hj212"
 E1_ACK = b"##0087QN=20240315101000001;ST=91;CN=9014;PW=123456;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&5000\r\n"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2024, 3, 15, 10, 0)
-
-StartGateway = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture
-async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]:
-    """Start gateways on port 0 against the test's schema; whatever is still running is stopped after."""
-    started: list[Running] = []
-
-    async def start(**overrides: Any) -> Running:
-        running = await app.start(settings_for(pg_dsn, schema, **overrides))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        if running.gateway.server is not None and not running.gateway._stopping:
-            await running.stop()
 
 
 Dial = Callable[[Running], Awaitable[DasClient]]
