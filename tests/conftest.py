@@ -22,7 +22,7 @@ from hj212gw import app
 from hj212gw.app import Running
 from hj212gw.storage.db import Database
 from hj212gw.storage.embedded import start_embedded, stop_embedded
-from tests.integration.das import settings_for
+from tests.integration.das import DasClient, settings_for
 from tests.integration.proxy import TcpProxy
 
 
@@ -123,3 +123,22 @@ async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]
     for running in started:
         if running.gateway.server is not None and not running.gateway._stopping:
             await running.stop()
+
+
+Dial = Callable[[Running], Awaitable[DasClient]]
+
+
+@pytest.fixture
+async def dial(start_gateway: StartGateway) -> AsyncIterator[Dial]:
+    """Open DAS connections to a gateway; all are closed before the gateways stop."""
+    clients: list[DasClient] = []
+
+    async def connect(running: Running) -> DasClient:
+        assert running.gateway.port is not None
+        client = await DasClient.connect(running.gateway.port)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()

@@ -24,6 +24,7 @@ from hj212gw import app
 from hj212gw.api import bound_port
 from hj212gw.app import Running
 from hj212gw.storage.db import Database
+from tests.conftest import Dial
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.waiting import until
@@ -52,24 +53,6 @@ async def start(pg_dsn: str, schema: str) -> AsyncIterator[Start]:
     for running in started:
         if not running.gateway._stopping:
             await running.stop()
-
-
-@pytest.fixture
-async def dial() -> AsyncIterator[Callable[[Running], Awaitable[DasClient]]]:
-    clients: list[DasClient] = []
-
-    async def connect(running: Running) -> DasClient:
-        assert running.gateway.port is not None
-        client = await DasClient.connect(running.gateway.port)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        await client.close()
-
-
-Dial = Callable[[Running], Awaitable[DasClient]]
 
 
 def sample(running: Running, name: str, **labels: str) -> float:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import FrameBuffer, encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.storage.db import Database
-from tests.conftest import StartGateway
+from tests.conftest import Dial, StartGateway
 from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
 from tests.integration.waiting import eventually, until
 
@@ -42,25 +41,6 @@ E1 = FIXTURES / "good/hj212-2017-std/2051-e1-minute-data.hj212"
 E1_ACK = b"##0087QN=20240315101000001;ST=91;CN=9014;PW=123456;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&5000\r\n"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2024, 3, 15, 10, 0)
-
-
-Dial = Callable[[Running], Awaitable[DasClient]]
-
-
-@pytest.fixture
-async def dial(start_gateway: StartGateway) -> AsyncIterator[Dial]:
-    """Open DAS connections to a gateway; all are closed before the gateway stops."""
-    clients: list[DasClient] = []
-
-    async def connect(running: Running) -> DasClient:
-        assert running.gateway.port is not None
-        client = await DasClient.connect(running.gateway.port)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        await client.close()
 
 
 def sample(running: Running, name: str, **labels: str) -> float:
