@@ -8,7 +8,7 @@ import json
 import struct
 from datetime import UTC, datetime, timedelta
 
-from hj212gw.storage.pgcopy import DATA_COLUMNS
+from hj212gw.storage.columns import DATA_COLUMNS
 
 _TIMESTAMPS = {"data_time", "received_at", "first_received_at", "sample_time"}
 _BOOLEANS = {"resend", "time_suspect"}

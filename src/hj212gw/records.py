@@ -16,17 +16,19 @@ from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
-from hj212gw.row_layout import NUMBER_SUFFIXES, TEXT_SUFFIXES, layout_of
+from hj212gw.row_layout import SUFFIX_COLUMNS, layout_of
 from hj212gw.storage import pgcopy
+from hj212gw.storage.columns import NUMBER_COLUMNS, VALUE_COLUMNS
 from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
 
-# Per-factor suffixes with a column of their own, and its place after `factor_2017`: first the
-# floats (storage.pgcopy.NUMBER_COLUMNS), then flag, eflag, sample_time; every other field goes to
-# extra. The same order as the compiled layouts' (row_layout).
-_SLOTS = {suffix: slot for slot, suffix in enumerate((*NUMBER_SUFFIXES, *TEXT_SUFFIXES, "SampleTime"))}
-_FLAG_SLOT = _SLOTS["Flag"]
-_SAMPLE_TIME_SLOT = _SLOTS["SampleTime"]
-_EXTRA_SLOT = _SAMPLE_TIME_SLOT + 1
+# Per-factor suffixes with a column of their own, and its slot among a factor's values
+# (storage.columns.VALUE_COLUMNS: the numbers first, then flag, eflag, sample_time, extra); every
+# other field goes to extra.
+_SLOTS = {suffix: VALUE_COLUMNS.index(column) for suffix, column in SUFFIX_COLUMNS.items()}
+_FIRST_TEXT_SLOT = len(NUMBER_COLUMNS)  # a slot below it holds a number
+_SAMPLE_TIME_SLOT = VALUE_COLUMNS.index("sample_time")
+_EXTRA_SLOT = VALUE_COLUMNS.index("extra")
+_NULL_VALUES = (pgcopy.NULL,) * _EXTRA_SLOT
 _float8 = pgcopy.pack_float8
 _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
@@ -67,7 +69,6 @@ def _factors(items: Iterable[tuple[str, str]], tz: tzinfo) -> dict[str, list[Any
 
     One pass over the packet's fields, without grouping them into a dict per factor first.
     """
-    null = pgcopy.NULL
     factors: dict[str, list[Any]] = {}
     for name, text in items:
         code, dash, suffix = name.partition("-")
@@ -75,10 +76,10 @@ def _factors(items: Iterable[tuple[str, str]], tz: tzinfo) -> dict[str, list[Any
             continue
         columns = factors.get(code)
         if columns is None:
-            columns = factors[code] = [null, null, null, null, null, null, null, null, null, null, null, null, None]
+            columns = factors[code] = [*_NULL_VALUES, None]  # the values, encoded; then `extra`
         slot = _SLOTS.get(suffix)
         if slot is not None:
-            if slot < _FLAG_SLOT:
+            if slot < _FIRST_TEXT_SLOT:
                 try:
                     number = float(text)
                 except ValueError:

@@ -21,11 +21,20 @@ from operator import itemgetter
 from typing import Any, Final
 
 from hj212gw.storage import pgcopy
+from hj212gw.storage.columns import NUMBER_COLUMNS, TEXT_VALUE_COLUMNS, VALUE_COLUMNS
 
-# Suffixes with a column of their own, in column order after `factor_2017` (pgcopy.DATA_COLUMNS).
-NUMBER_SUFFIXES: Final = ("Rtd", "Min", "Avg", "Max", "Cou", "ZsRtd", "ZsMin", "ZsAvg", "ZsMax")
-TEXT_SUFFIXES: Final = ("Flag", "EFlag")
-_TRAILING_NULLS: Final = pgcopy.NULL * 2  # sample_time, extra: NULL in every compiled row
+# The HJ 212 field suffixes with a `data` column of their own; every other suffix goes to `extra`.
+SUFFIX_COLUMNS: Final = {
+    "Rtd": "rtd", "Min": "min", "Avg": "avg", "Max": "max", "Cou": "cou",
+    "ZsRtd": "zs_rtd", "ZsMin": "zs_min", "ZsAvg": "zs_avg", "ZsMax": "zs_max",
+    "Flag": "flag", "EFlag": "eflag", "SampleTime": "sample_time",
+}  # fmt: skip
+_COLUMN_SUFFIXES: Final = {column: suffix for suffix, column in SUFFIX_COLUMNS.items()}
+# In column order (storage.columns.VALUE_COLUMNS): the numbers, then the texts.
+NUMBER_SUFFIXES: Final = tuple(_COLUMN_SUFFIXES[column] for column in NUMBER_COLUMNS)
+TEXT_SUFFIXES: Final = tuple(_COLUMN_SUFFIXES[column] for column in TEXT_VALUE_COLUMNS)
+# sample_time, extra: NULL in every compiled row
+_TRAILING_NULLS: Final = pgcopy.NULL * (len(VALUE_COLUMNS) - len(NUMBER_COLUMNS) - len(TEXT_VALUE_COLUMNS))
 _FLOAT8_LENGTH: Final = struct.pack(">i", 8)
 _MAX_STRUCTS = 16  # per layout: one per (head length, text lengths) actually seen
 _MAX_LAYOUTS = 1024  # layouts come from devices: a misbehaving one must not grow the cache forever

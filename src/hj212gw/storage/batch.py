@@ -24,29 +24,21 @@ from datetime import UTC, datetime
 import asyncpg
 
 from hj212gw.storage import pgcopy
-from hj212gw.storage.pgcopy import DATA_COLUMNS, FRAME_COLUMNS
+from hj212gw.storage.columns import DATA_COLUMNS, FACTOR_COLUMNS, FRAME_COLUMNS, VALUE_COLUMNS, column_definitions
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 from hj212gw.storage.split_parts import SplitPartRow, insert_parts
 
 STAGE_TABLE = "data_stage"
 
-# Key columns compare byte-wise (COLLATE "C", as in `data` since migration 0002): a libc collation
-# costs a strcoll() per comparison in the DISTINCT ON sorts and in every index probe.
 # `data_candidates` is merge_data_stage()'s working table (migration 0005); its column order is
 # the function's.
-_STAGE_VALUES = """
-    factor text COLLATE "C", factor_2017 text,
-    rtd float8, min float8, avg float8, max float8, cou float8,
-    zs_rtd float8, zs_min float8, zs_avg float8, zs_max float8,
-    flag text, eflag text, sample_time timestamptz, extra jsonb"""
+_KEY = ("mn", "cn", "data_time")
+_FACTOR_AND_VALUES = (*FACTOR_COLUMNS, *VALUE_COLUMNS)
 CREATE_STAGE_SQL = f"""
-CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (
-    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz, qn text,
-    received_at timestamptz, first_received_at timestamptz, resend boolean, time_suspect boolean,{_STAGE_VALUES}
-) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ({column_definitions(DATA_COLUMNS)}) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS data_candidates (
-    mn text COLLATE "C", cn text COLLATE "C", data_time timestamptz,{_STAGE_VALUES},
-    qn text, received_at timestamptz, resend boolean, time_suspect boolean,
+    {column_definitions((*_KEY, *_FACTOR_AND_VALUES))},
+    {column_definitions(("qn", "received_at", "resend", "time_suspect"))},
     pos bigint, stored boolean, fresh boolean, win boolean
 ) ON COMMIT DELETE ROWS"""
 MERGE_DATA_SQL = "SELECT merge_data_stage()"

@@ -2,7 +2,7 @@
 
 The gateway encodes each packet's rows once, when the packet arrives; the writer only joins the
 bytes of a batch and streams them with `copy_to_table(format="binary")`, straight into `data` or
-into the staging table of the upsert (storage.batch). A row is the columns of `DATA_COLUMNS` in
+into the staging table of the upsert (storage.batch). A row is the columns of `storage.columns.DATA_COLUMNS` in
 order: the packet's fields first (encoded once per packet, shared by all its factors), then the
 factor's own. Raw-archive rows (`FRAME_COLUMNS`) are encoded by the writer, a batch at a time.
 Format: PostgreSQL docs, "COPY — Binary Format" and the types' send functions.
@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hj212gw.storage.columns import DATA_COLUMN_TYPES, DATA_COLUMNS, FRAME_COLUMNS, PACKET_COLUMNS
 from hj212gw.storage.rows import DataRow, FrameRow
-
-DATA_COLUMNS = (
-    "mn", "cn", "data_time", "qn", "received_at", "first_received_at", "resend", "time_suspect",
-    "factor", "factor_2017",
-    "rtd", "min", "avg", "max", "cou", "zs_rtd", "zs_min", "zs_avg", "zs_max",
-    "flag", "eflag", "sample_time", "extra",
-)  # fmt: skip
-NUMBER_COLUMNS = DATA_COLUMNS[10:19]
-FRAME_COLUMNS = ("received_at", "connection_id", "peer", "mn", "cn", "qn", "verdict", "tolerances", "raw")
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -97,7 +89,7 @@ def row_head(
     """
     received = timestamptz(received_at)
     columns = [ROW_START, text(mn), text(cn), timestamptz(data_time), text(qn), received, received]
-    columns += (boolean(resend), boolean(time_suspect))
+    columns += (boolean(resend), boolean(time_suspect))  # PACKET_COLUMNS, in order
     return b"".join(columns)
 
 
@@ -130,21 +122,23 @@ def frame_row(row: FrameRow) -> bytes:
 
 
 def data_row(row: DataRow) -> bytes:
-    """One `DataRow` as an encoded row: the path for rows that were not encoded from a packet."""
-    numbers = (row.rtd, row.min, row.avg, row.max, row.cou, row.zs_rtd, row.zs_min, row.zs_avg, row.zs_max)
+    """One `DataRow` as an encoded row: the path for rows that were not encoded from a packet.
+
+    `DataRow` fields are named after the columns; `first_received_at` is its `received_at`.
+    """
     head = row_head(row.mn, row.cn, row.data_time, row.qn, row.received_at, row.resend, row.time_suspect)
-    return b"".join(
-        [
-            head,
-            text(row.factor),
-            text(row.factor_2017),
-            *[float8(n) for n in numbers],
-            text(row.flag),
-            text(row.eflag),
-            timestamptz(row.sample_time),
-            jsonb(None if row.extra is None else _json(row.extra)),
-        ]
-    )
+    encoded = [head]
+    for name, kind in _FACTOR_AND_VALUE_TYPES:
+        value = getattr(row, name)
+        if kind == "jsonb":
+            value = None if value is None else _json(value)
+        encoded.append(_ENCODERS[kind](value))
+    return b"".join(encoded)
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {"float8": float8, "timestamptz": timestamptz, "jsonb": jsonb}
+_ENCODERS.update(dict.fromkeys(("text", 'text COLLATE "C"'), text))
+_FACTOR_AND_VALUE_TYPES = DATA_COLUMN_TYPES[len(PACKET_COLUMNS) :]
 
 
 def _json(mapping: Mapping[str, Any]) -> str:
