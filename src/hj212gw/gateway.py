@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -31,6 +31,8 @@ from hj212gw.registry import DeviceRegistry
 from hj212gw.server import DasConnection, Deps, ReadHold, session_config_from, time_policy_from
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.splits import SplitSweeper
+from hj212gw.storage.announcements import channel_of
+from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database, is_retryable
 from hj212gw.storage.rows import DeviceSeen
 from hj212gw.supervisor import Supervisor
@@ -85,7 +87,7 @@ class Gateway:
         self._moved_at: dict[str, float] = {}  # MN -> monotonic time of its last move (bound MNs only)
         self._announce: list[str] = []
         self._listener: asyncpg.Connection | None = None
-        self.channel = f"hj212gw_mn_bound:{db.schema}"
+        self.channel = channel_of(db.schema)
         self.per_ip: defaultdict[str, int] = defaultdict(int)
         self.paused: set[DasConnection] = set()
         self.server: asyncio.Server | None = None
@@ -93,8 +95,8 @@ class Gateway:
         self.db_up = True
         self._ids: list[int] = []
         self._sightings: dict[str, DeviceSeen] = {}  # the latest per MN, until the next flush
-        self._opened: list[tuple[Any, ...]] = []
-        self._closed: list[tuple[Any, ...]] = []
+        self._opened: list[ConnectionOpened] = []
+        self._closed: list[ConnectionClosed] = []
         self._resuming = False
         self._stopping = False
 
@@ -239,9 +241,7 @@ class Gateway:
         if self._listener is not None and not self._listener.is_closed():
             return
         with contextlib.suppress(*OUTAGE_ERRORS):
-            listener = await asyncpg.connect(self.db.dsn, timeout=self.db.connect_timeout_s)
-            await listener.add_listener(self.channel, self._on_announcement)
-            self._listener = listener
+            self._listener = await self.db.listen(self.channel, self._on_announcement)
 
     async def _send_announcements(self) -> None:
         if not self._announce:
@@ -251,8 +251,7 @@ class Gateway:
             json.dumps({"gateway_id": self.settings.gateway_id, "mn": mn, "at": self._bound_at.get(mn, 0.0)})
             for mn in mns
         ]
-        async with self.db.pool.acquire() as conn:
-            await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self.channel, payloads)
+        await self.db.announce(self.channel, payloads)
 
     def _on_announcement(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         """Another gateway bound an MN: retire our connection for it if ours is the older one."""
@@ -366,24 +365,23 @@ class Gateway:
 
     async def _refill_ids(self) -> None:
         with contextlib.suppress(*OUTAGE_ERRORS):
-            async with self.db.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT nextval(pg_get_serial_sequence('connections', 'id')) AS id FROM generate_series(1, $1)",
-                    _ID_BLOCK,
-                )
-            self._ids.extend(r["id"] for r in rows)
+            self._ids.extend(await self.db.fetch_connection_ids(_ID_BLOCK))
 
     def next_connection_id(self) -> int | None:
         return self._ids.pop(0) if self._ids else None
 
     def record_open(self, conn: DasConnection) -> None:
         if conn.connection_id is not None and len(self._opened) < _CONNECTION_LOG_LIMIT:
-            self._opened.append((conn.connection_id, self.settings.gateway_id, conn.peer, conn.connected_at))
+            self._opened.append(
+                ConnectionOpened(conn.connection_id, self.settings.gateway_id, conn.peer, conn.connected_at)
+            )
 
     def record_close(self, conn: DasConnection, reason: str) -> None:
         if conn.connection_id is not None and len(self._closed) < _CONNECTION_LOG_LIMIT:
             self._closed.append(
-                (conn.connection_id, datetime.now(UTC), reason, conn.session.mn, conn.frames_ok, conn.frames_rejected)
+                ConnectionClosed(
+                    conn.connection_id, datetime.now(UTC), reason, conn.session.mn, conn.frames_ok, conn.frames_rejected
+                )
             )
 
     # -- device sightings ----------------------------------------------------------------------
@@ -437,27 +435,11 @@ class Gateway:
         opened, closed = self._opened, self._closed
         self._opened, self._closed = [], []
 
-        def statement(sql: str) -> Callable[[list[tuple[Any, ...]]], Awaitable[None]]:
-            async def run(rows: list[tuple[Any, ...]]) -> None:
-                async with self.db.pool.acquire() as db_conn:
-                    await db_conn.executemany(sql, rows)
-
-            return run
-
-        insert_opened = statement(
-            "INSERT INTO connections (id, gateway_id, peer, connected_at) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (id) DO NOTHING"
-        )
-        update_closed = statement(
-            "UPDATE connections SET disconnected_at = $2, close_reason = $3, mn = $4,"
-            " frames_ok = $5, frames_rejected = $6 WHERE id = $1"
-        )
-
         try:  # opened before closed: a connection's row exists before its close is recorded
             if opened:
-                await self._write_rows("connection_log", opened, insert_opened)
+                await self._write_rows("connection_log", opened, self.db.save_connections_opened)
             if closed:
-                await self._write_rows("connection_log", closed, update_closed)
+                await self._write_rows("connection_log", closed, self.db.save_connections_closed)
         except (*OUTAGE_ERRORS, asyncpg.PostgresError):
             self._opened = opened + self._opened
             self._closed = closed + self._closed

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from hj212gw.storage.announcements import channel_of
 from hj212gw.storage.batch import DirectInsertGuard
+from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.db import SESSION_SETTINGS, Database
 from hj212gw.storage.queries import BadCursor
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow
@@ -185,15 +187,31 @@ async def test_devices_keep_first_seen_and_advance_last_seen(db: Database) -> No
 
 
 async def test_connections_are_recorded_open_and_closed(db: Database, conn: asyncpg.Connection) -> None:
-    connection_id = await db.record_connection_open("gw-1", "10.0.0.1:4000", RECEIVED)
-    await db.record_connection_close(
-        connection_id, at=late(), close_reason="idle_timeout", mn=MN, frames_ok=3, frames_rejected=1
-    )
-    got = await conn.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
-    assert (got["mn"], got["close_reason"], got["frames_ok"], got["frames_rejected"]) == (
-        MN, "idle_timeout", 3, 1,
-    )  # fmt: skip
+    first, second = await db.fetch_connection_ids(2)
+    assert second > first
+    opened = [ConnectionOpened(i, "gw-1", "10.0.0.1:4000", RECEIVED) for i in (first, second)]
+    await db.save_connections_opened(opened)
+    await db.save_connections_opened(opened[:1])  # a retry after an outage repeats rows: no error
+    await db.save_connections_closed([ConnectionClosed(first, late(), "idle_timeout", MN, 3, 1)])
+    got = await conn.fetch("SELECT * FROM connections ORDER BY id")
+    assert [
+        (r["id"], r["gateway_id"], r["mn"], r["close_reason"], r["frames_ok"], r["frames_rejected"]) for r in got
+    ] == [
+        (first, "gw-1", MN, "idle_timeout", 3, 1),
+        (second, "gw-1", None, None, 0, 0),
+    ]
+    assert got[0]["disconnected_at"] == late() and got[1]["disconnected_at"] is None
     assert await db.ping()
+
+
+async def test_announcements_reach_a_listener(db: Database) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await db.listen(channel_of(db.schema), lambda _c, _pid, _ch, payload: heard.put_nowait(payload))
+    try:
+        await db.announce(channel_of(db.schema), ["one", "two"])
+        assert [await asyncio.wait_for(heard.get(), 5), await asyncio.wait_for(heard.get(), 5)] == ["one", "two"]
+    finally:
+        await listener.close()
 
 
 def late() -> datetime:

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
 
-from hj212gw.storage import queries, split_parts
+from hj212gw.storage import announcements, connections, queries, split_parts
 from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
+from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.migrate import check_schema_name, migrate
 from hj212gw.storage.queries import DataPage
 from hj212gw.storage.rows import DataBlock, DataRow, DeviceSeen, FrameRow
@@ -389,29 +390,24 @@ class Database:
                 conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor
             )
 
-    async def record_connection_open(self, gateway_id: str, peer: str, at: datetime) -> int:
-        """Insert a `connections` row; return its id (for FrameRow.connection_id)."""
+    async def fetch_connection_ids(self, count: int) -> list[int]:
         async with self.pool.acquire() as conn:
-            return await queries.insert_connection(conn, gateway_id, peer, at)
+            return await connections.fetch_connection_ids(conn, count)
 
-    async def record_connection_close(
-        self,
-        connection_id: int,
-        *,
-        at: datetime,
-        close_reason: str,
-        mn: str | None = None,
-        frames_ok: int = 0,
-        frames_rejected: int = 0,
-    ) -> None:
-        """Fill in the end of a `connections` row."""
+    async def save_connections_opened(self, rows: Sequence[ConnectionOpened]) -> None:
         async with self.pool.acquire() as conn:
-            await queries.close_connection(
-                conn,
-                connection_id,
-                mn=mn,
-                at=at,
-                close_reason=close_reason,
-                frames_ok=frames_ok,
-                frames_rejected=frames_rejected,
-            )
+            await connections.save_opened(conn, rows)
+
+    async def save_connections_closed(self, rows: Sequence[ConnectionClosed]) -> None:
+        async with self.pool.acquire() as conn:
+            await connections.save_closed(conn, rows)
+
+    async def announce(self, channel: str, payloads: Sequence[str]) -> None:
+        async with self.pool.acquire() as conn:
+            await announcements.announce(conn, channel, payloads)
+
+    async def listen(self, channel: str, callback: announcements.Listener) -> asyncpg.Connection:
+        """A dedicated connection delivering `channel`'s announcements (storage.announcements)."""
+        return await announcements.listen(
+            self.dsn, channel, callback, timeout_s=self.connect_timeout_s, schema=self.schema
+        )

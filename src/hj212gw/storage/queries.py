@@ -165,32 +165,3 @@ async def fetch_versions(
     last = rows[-1] if len(records) > limit else None
     next_cursor = encode_version_cursor(last["data_time"], last["factor"], last["version_id"]) if last else None
     return DataPage(rows, next_cursor)
-
-
-async def insert_connection(conn: asyncpg.Connection, gateway_id: str, peer: str, at: datetime) -> int:
-    return int(
-        await conn.fetchval(
-            "INSERT INTO connections (gateway_id, peer, connected_at) VALUES ($1, $2, $3) RETURNING id",
-            gateway_id,
-            peer,
-            at,
-        )
-    )
-
-
-async def close_connection(
-    conn: asyncpg.Connection,
-    connection_id: int,
-    *,
-    mn: str | None,
-    at: datetime,
-    close_reason: str,
-    frames_ok: int,
-    frames_rejected: int,
-) -> None:
-    await conn.execute(
-        """UPDATE connections SET mn = coalesce($2, mn), disconnected_at = $3, close_reason = $4,
-               frames_ok = $5, frames_rejected = $6
-           WHERE id = $1""",
-        connection_id, mn, at, close_reason, frames_ok, frames_rejected,
-    )  # fmt: skip
