@@ -78,7 +78,7 @@ class SplitSweeper:
         stay queued)."""
         keys, self._keys = self._keys, set()
         try:
-            for key in await self.db.fetch_complete_splits(sorted(keys)):
+            for key in await self.db.fetch_complete_splits(sorted(keys)) if keys else ():
                 await self.finish(key, now)
         except BaseException:
             self._keys |= keys
