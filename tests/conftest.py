@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hj212gw import app
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.storage.db import Database
 from hj212gw.storage.embedded import start_embedded, stop_embedded
 from tests.integration.das import DasClient, settings_for
@@ -115,7 +115,7 @@ async def start_gateway(pg_dsn: str, schema: str) -> AsyncIterator[StartGateway]
     started: list[Running] = []
 
     async def start(**overrides: Any) -> Running:
-        running = await app.start(settings_for(pg_dsn, schema, **overrides))
+        running = await serve.start(settings_for(pg_dsn, schema, **overrides))
         started.append(running)
         return running
 

@@ -22,9 +22,9 @@ from typing import TypeVar
 import asyncpg
 import structlog
 
-from hj212gw.api import LiveDevice
 from hj212gw.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.ingest import BatchWriter
+from hj212gw.live_device import LiveDevice
 from hj212gw.metrics import Metrics
 from hj212gw.pinning import Pinner
 from hj212gw.registry import DeviceRegistry

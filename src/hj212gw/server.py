@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from hj212gw.api import LiveDevice
 from hj212gw.ingest import BatchWriter, IngestItem, OnDone, WriterClosed, evidence_kept
+from hj212gw.live_device import LiveDevice
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply

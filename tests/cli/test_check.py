@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hj212gw.check import main
+from hj212gw.cli.check import main
 from tests.protocol.conftest import BAD, FIRST, GOOD, SM4, fixture_id
 
 STD = FIRST.parent

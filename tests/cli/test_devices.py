@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hj212gw import app, cli
+from hj212gw import cli
+from hj212gw.cli import serve
 from tests.integration.das import DasClient, data_packet, settings_for
 
 pytestmark = pytest.mark.integration
@@ -137,7 +138,7 @@ async def test_import_adds_and_updates_and_a_bad_line_changes_nothing(
 async def test_a_running_gateway_requires_the_pw_an_operator_set_after_its_refresh(
     pg_dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    running = await app.start(settings_for(pg_dsn, schema))
+    running = await serve.start(settings_for(pg_dsn, schema))
     try:
         assert running.gateway.port is not None
         das = await DasClient.connect(running.gateway.port)

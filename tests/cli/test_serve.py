@@ -2,7 +2,7 @@
 
 import gc
 
-from hj212gw.app import GC_GEN0_THRESHOLD, tune_gc
+from hj212gw.cli.serve import GC_GEN0_THRESHOLD, tune_gc
 
 
 def test_tune_gc_freezes_start_up_objects_and_raises_the_young_generation_threshold() -> None:

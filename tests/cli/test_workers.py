@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hj212gw.cli.workers import worker_settings
 from hj212gw.settings import Settings
-from hj212gw.workers import worker_settings
 from tests.integration.child import GatewayChild
 from tests.integration.das import DasClient, data_packet
 

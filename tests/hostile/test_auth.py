@@ -20,9 +20,9 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
 from hj212gw.api import bound_port
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.storage.db import Database
 from tests.conftest import Dial
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
@@ -45,7 +45,7 @@ async def start(pg_dsn: str, schema: str) -> AsyncIterator[Start]:
 
     async def run(**overrides: Any) -> Running:
         devices = {**FAST_BACKOFF, **overrides.pop("devices", {})}
-        running = await app.start(settings_for(pg_dsn, schema, devices=devices, **overrides))
+        running = await serve.start(settings_for(pg_dsn, schema, devices=devices, **overrides))
         started.append(running)
         return running
 
@@ -191,7 +191,7 @@ async def test_a_pin_postgresql_refuses_closes_only_that_connection(
 async def test_a_new_mn_during_an_outage_waits_for_its_pin_then_is_stored_and_acked(
     pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
 ) -> None:
-    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema))
+    running = await serve.start(settings_for(proxy.dsn_via(pg_dsn), schema))
     try:
         assert running.gateway.port is not None
         das = await DasClient.connect(running.gateway.port)

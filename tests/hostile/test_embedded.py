@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
 from hj212gw.api import bound_port
+from hj212gw.cli import serve
 from hj212gw.storage.embedded import (
     EmbeddedInUse,
     EmbeddedPostgresError,
@@ -97,7 +97,7 @@ async def test_the_gateway_restarts_its_embedded_server_when_it_dies(
     monkeypatch.chdir(embedded_base)
     settings = settings_for(pg_dsn, schema, database_url=None, data_dir=Path("gw"))
     with capture_logs() as logs:
-        running = await app.start(settings)
+        running = await serve.start(settings)
     try:
         pg_dir = embedded_base / "gw" / "postgres"
         (starting,) = [e for e in logs if e["event"] == "embedded_postgres_starting"]
@@ -127,7 +127,7 @@ async def test_the_gateway_restarts_its_embedded_server_when_it_dies(
     assert not postmaster_alive(embedded_base / "gw" / "postgres")
 
 
-async def _ready(running: app.Running) -> bool:
+async def _ready(running: serve.Running) -> bool:
     url = f"http://127.0.0.1:{bound_port(running.http_runner)}/readyz"
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         return resp.status == 200

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.server import DasConnection
 from tests.conftest import StartGateway
 from tests.integration.das import MN, DasClient, data_packet, empty_packet, settings_for
@@ -141,7 +141,7 @@ async def test_a_full_write_queue_stops_every_socket_not_only_the_one_that_fille
     busy connection still added a whole read of packets to the queue (in bench.attack, 50
     connections flooding heartbeats took the 50,000-item queue to 136,000 items)."""
     settings = settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 20})
-    running = await app.start(settings)
+    running = await serve.start(settings)
     assert running.gateway.port is not None
     first, second = await DasClient.connect(running.gateway.port), await DasClient.connect(running.gateway.port)
     mns = ["FLOOD000000000000000000A", "FLOOD000000000000000000B"]
@@ -178,7 +178,7 @@ async def _accepted_while_full(pg_dsn: str) -> None:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     proxy = TcpProxy.for_dsn(pg_dsn)
     await proxy.start()
-    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 2}))
+    running = await serve.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 2}))
     assert running.gateway.port is not None
     first = await DasClient.connect(running.gateway.port)
     second: DasClient | None = None

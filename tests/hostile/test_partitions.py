@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from hj212gw import app
 from hj212gw.api import bound_port
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.storage.batch import PartitionCache
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataRow
@@ -132,7 +132,7 @@ async def test_a_suspect_row_written_while_its_month_is_attached_moves_with_it(
 
 @pytest.fixture
 async def running(pg_dsn: str, schema: str) -> AsyncIterator[Running]:
-    started = await app.start(settings_for(pg_dsn, schema))
+    started = await serve.start(settings_for(pg_dsn, schema))
     yield started
     await started.stop()
 

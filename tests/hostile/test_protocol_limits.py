@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from hj212gw import app
+from hj212gw.cli import serve
 from hj212gw.protocol.cp import DataCp, tokenize_cp
 from hj212gw.protocol.errors import FrameError
 from hj212gw.protocol.framing import FrameBuffer, FrameLimits, Tolerance, encode_frame
@@ -250,7 +250,7 @@ async def test_long_fields_never_reach_postgresql_and_good_data_keeps_being_acke
 ) -> None:
     # Before: PostgreSQL refused the index rows of these two packets (SQLSTATE 54000), both batch
     # writers died, and nothing from any device was stored or acked afterwards.
-    running = await app.start(settings_for(pg_dsn, schema))
+    running = await serve.start(settings_for(pg_dsn, schema))
     try:
         assert running.gateway.port is not None
         das = await DasClient.connect(running.gateway.port)

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.protocol.framing import encode_frame
 from tests.integration.child import GatewayChild
 from tests.integration.das import MN, PW, DasClient, settings_for
@@ -53,7 +53,7 @@ async def gateways(pg_dsn: str, schema: str) -> AsyncIterator[list[Running]]:
 
 
 async def start(started: list[Running], pg_dsn: str, schema: str, **overrides: object) -> Running:
-    running = await app.start(settings_for(pg_dsn, schema, **overrides))
+    running = await serve.start(settings_for(pg_dsn, schema, **overrides))
     started.append(running)
     return running
 

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from hj212gw import app
 from hj212gw.api import bound_port
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.ingest import BatchWriter, IngestItem, ItemRejected, encoded_bytes
 from hj212gw.protocol.framing import encode_frame
 from hj212gw.storage import pgcopy
@@ -140,7 +140,7 @@ async def test_an_item_with_nothing_to_archive_is_refused_unarchived(db: Databas
 
 @pytest.fixture
 async def running(pg_dsn: str, schema: str) -> AsyncIterator[Running]:
-    started = await app.start(settings_for(pg_dsn, schema))
+    started = await serve.start(settings_for(pg_dsn, schema))
     yield started
     await started.stop()
 

@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw import app
 from hj212gw.api import bound_port
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.storage.db import OUTAGE_ERRORS
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
 from tests.integration.proxy import TcpProxy
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def running(pg_dsn: str, schema: str, proxy: TcpProxy) -> AsyncIterator[Running]:
     """A gateway whose every database connection goes through the proxy."""
-    started = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema))
+    started = await serve.start(settings_for(proxy.dsn_via(pg_dsn), schema))
     yield started
     proxy.restore()
     await started.stop()
@@ -172,7 +172,7 @@ async def test_acks_never_run_ahead_of_the_database_across_repeated_cuts(
 async def test_a_full_write_queue_pauses_reading_until_the_database_is_back(
     pg_dsn: str, schema: str, proxy: TcpProxy, conn: asyncpg.Connection
 ) -> None:
-    running = await app.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 3}))
+    running = await serve.start(settings_for(proxy.dsn_via(pg_dsn), schema, writer={"max_pending_items": 3}))
     assert running.gateway.port is not None
     das = await DasClient.connect(running.gateway.port)
     paused = running.gateway.metrics.registry

@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hj212gw.api import bound_port
-from hj212gw.app import Running
+from hj212gw.cli.serve import Running
 from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.decoder import decode_frame

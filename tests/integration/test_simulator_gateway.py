@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from hj212gw import app
-from hj212gw.app import Running
+from hj212gw.cli import serve
+from hj212gw.cli.serve import Running
 from hj212gw.protocol.constants import ProtocolVersion
 from hj212gw.protocol.models import parse_hj_time
 from hj212gw.simulator.cli import run_simulation
@@ -39,7 +39,7 @@ Key = tuple[str, str, datetime, str]  # (mn, cn, data_time, factor)
 
 @pytest.fixture
 async def gateway(pg_dsn: str, schema: str) -> AsyncIterator[Running]:
-    running = await app.start(settings_for(pg_dsn, schema))
+    running = await serve.start(settings_for(pg_dsn, schema))
     yield running
     await running.stop()
 

@@ -4,7 +4,7 @@ The token comes from `http_token_file` (a file only the gateway can read: a cont
 0600 file) or from `HJ212GW_HTTP_TOKEN`; there is deliberately no command-line flag (flags are
 visible to every user in `ps`). Listening beyond loopback without a token is refused: the API
 shows every device, its peers and its data. The middleware that checks each request is here too
-(api.py installs it); it imports nothing of api.py, so its 401 is built here in the API's shape.
+(app.py installs it); it imports nothing else of the API, so its 401 is built here in the API's shape.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from hj212gw.cli.database import resolve_database_url
 from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
 from hj212gw.storage.db import OUTAGE_ERRORS
@@ -173,8 +174,6 @@ def read_csv(path: Path) -> list[DeviceRecord]:
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one `devices` subcommand against the configured database."""
-    from hj212gw.app import resolve_database_url
-
     try:
         request = _prepare(args)
     except InputError as err:

@@ -5,6 +5,7 @@ A frame that asks for an ack (Flag bit 0) is sent, then its 9014 (matching QN) a
 next frame of that MN goes out; others are sent back to back. Lines without CR LF get it back.
 """
 
+import argparse
 import asyncio
 import json
 import sys
@@ -16,6 +17,7 @@ from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.framing import FrameBuffer
 from hj212gw.protocol.models import Packet
+from hj212gw.settings import split_host_port
 
 
 @dataclass
@@ -126,3 +128,19 @@ def print_report(report: ReplayReport, as_json: bool) -> None:
     print(f"ack requested {report.ack_requested}  acked {report.acked}  unacked {len(report.unacked_qns)}")
     for qn in report.unacked_qns[:20]:
         print(f"  unacked QN {qn}", file=sys.stderr)
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    replay = commands.add_parser("replay", help="re-send a capture file (one frame per line) to a gateway")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--target", required=True, help="HOST:PORT of the gateway")
+    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each 9014")
+    replay.add_argument("--json", action="store_true", help="machine-readable report")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replay `args.file` to `args.target`; exit code 1 when any frame that asked for an ack got none."""
+    host, port = split_host_port(args.target)
+    report = asyncio.run(replay(args.file, host, port, timeout_s=args.timeout))
+    print_report(report, args.json)
+    return 0 if not report.unacked_qns else 1

@@ -21,13 +21,14 @@ import structlog
 from aiohttp import web
 
 from hj212gw.api import build_app, start_http, stop_http
-from hj212gw.api_auth import HttpAccessError, http_access_token
+from hj212gw.api.auth import HttpAccessError, http_access_token
+from hj212gw.cli.database import resolve_database_url, stop_started_embedded
 from hj212gw.embedded_watchdog import EmbeddedWatchdog
 from hj212gw.gateway import Gateway
 from hj212gw.metrics import Metrics
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.db import Database, DatabaseUnavailable
-from hj212gw.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError, start_embedded, stop_embedded
+from hj212gw.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 log = structlog.get_logger("hj212gw.app")
 T = TypeVar("T")
@@ -82,22 +83,7 @@ class Running:
         await self.api_db.close()
         await self.db.close()
         if self.embedded is not None:
-            await _stop_embedded(self.embedded)
-
-
-async def _stop_embedded(server: EmbeddedPostgres) -> None:
-    await asyncio.to_thread(stop_embedded, server.data_dir)
-    log.info("embedded_postgres_stopped", data_dir=str(server.data_dir))
-
-
-async def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The DSN to use, and the embedded server this process started (None: `database_url`)."""
-    if settings.database_url:
-        return settings.database_url, None
-    data_dir = (settings.data_dir / "postgres").expanduser().absolute()
-    log.info("embedded_postgres_starting", data_dir=str(data_dir))
-    embedded = await asyncio.to_thread(start_embedded, data_dir)
-    return embedded.dsn, embedded
+            await stop_started_embedded(self.embedded)
 
 
 async def _listening(what: str, address: str, starting: Awaitable[T]) -> T:
@@ -116,7 +102,7 @@ async def start(settings: Settings) -> Running:
     async with contextlib.AsyncExitStack() as started:
         dsn, embedded = await resolve_database_url(settings)
         if embedded is not None:
-            started.push_async_callback(_stop_embedded, embedded)
+            started.push_async_callback(stop_started_embedded, embedded)
         db = Database(dsn, schema=settings.database_schema, max_size=settings.writer.pool_size)
         started.push_async_callback(db.close)
         await db.connect()

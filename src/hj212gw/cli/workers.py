@@ -51,7 +51,7 @@ def worker_settings(settings: Settings, index: int, database_url: str) -> Settin
 
 
 def _worker_main(settings: Settings, supervisor: int) -> None:
-    from hj212gw.app import run  # imported in the worker: the supervisor needs no event loop
+    from hj212gw.cli.serve import run  # imported in the worker: the supervisor needs no event loop
 
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.bind_contextvars(gateway_id=settings.gateway_id)

@@ -1,0 +1,94 @@
+"""GET /api/v1/data (the current value of each reading) and /api/v1/data/versions (every arrival).
+
+Both take mn, cn, start, end (RFC 3339 with offset), optional code and limit, and page with an
+opaque cursor that is checked here before it reaches PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from hj212gw.api.errors import read_db
+from hj212gw.api.params import optional_param, parse_bool, parse_limit, parse_time, required_param
+from hj212gw.api.responses import ApiError, json_response, json_value, rfc3339
+from hj212gw.storage.db import Database
+from hj212gw.storage.queries import BadCursor, DataPage, decode_cursor, decode_version_cursor
+
+DATA_ROUTE = "/api/v1/data"
+VERSIONS_ROUTE = "/api/v1/data/versions"
+
+
+class DataRoutes:
+    """The data endpoints, bound to the API's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add_to(self, router: web.UrlDispatcher) -> None:
+        router.add_get(DATA_ROUTE, self.data)
+        router.add_get(VERSIONS_ROUTE, self.versions)
+
+    async def data(self, request: web.Request) -> web.Response:
+        q = DataQuery.from_request(request)
+        suspect = parse_bool("time_suspect", optional_param(request, "time_suspect"))
+        fetch = self.db.fetch_data(
+            q.mn, q.cn, q.start, q.end, q.code, limit=q.limit, cursor=q.cursor, time_suspect=suspect
+        )
+        return await _page(request, fetch)
+
+    async def versions(self, request: web.Request) -> web.Response:
+        q = DataQuery.from_request(request, versions=True)
+        return await _page(request, self.db.fetch_versions(q.mn, q.cn, q.start, q.end, q.code, q.limit, q.cursor))
+
+
+async def _page(request: web.Request, fetch: Awaitable[DataPage]) -> web.Response:
+    """One page of rows as JSON, with the URL of the next page."""
+    try:
+        page = await read_db(fetch)
+    except BadCursor as err:
+        raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
+    next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
+    rows = [{key: json_value(value) for key, value in row.items()} for row in page.rows]
+    return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
+
+
+@dataclass(frozen=True, slots=True)
+class DataQuery:
+    """The validated parameters of GET /api/v1/data and /api/v1/data/versions."""
+
+    mn: str
+    cn: str
+    start: datetime
+    end: datetime
+    code: str | None
+    limit: int
+    cursor: str | None
+
+    @classmethod
+    def from_request(cls, request: web.Request, *, versions: bool = False) -> DataQuery:
+        """Raises ApiError(400) naming the first bad parameter."""
+        mn, cn = required_param(request, "mn"), required_param(request, "cn")
+        start = parse_time("start", required_param(request, "start"))
+        end = parse_time("end", required_param(request, "end"))
+        if end < start:
+            raise ApiError(400, "bad_parameter", f"end ({rfc3339(end)}) is before start ({rfc3339(start)})")
+        cursor = optional_param(request, "cursor")
+        if cursor is not None:
+            check_cursor(cursor, versions=versions)
+        limit = parse_limit(optional_param(request, "limit"))
+        return cls(mn, cn, start, end, optional_param(request, "code"), limit, cursor)
+
+
+def check_cursor(cursor: str, *, versions: bool = False) -> None:
+    """Reject a cursor this API did not issue before it reaches PostgreSQL; raises ApiError(400)."""
+    try:
+        when, factor = decode_version_cursor(cursor)[:2] if versions else decode_cursor(cursor)
+        if when.tzinfo is None or "\x00" in factor:
+            raise BadCursor("cursor was not issued by this API")
+        when.astimezone(UTC)
+    except (BadCursor, OverflowError) as err:
+        raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err

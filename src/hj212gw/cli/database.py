@@ -1,0 +1,29 @@
+"""The database a command uses: `database_url`, or the embedded PostgreSQL in `data_dir`.
+
+Shared by serve, migrate and devices; starting the embedded server blocks, so it runs in a thread.
+"""
+
+import asyncio
+
+import structlog
+
+from hj212gw.settings import Settings
+from hj212gw.storage.embedded import EmbeddedPostgres, start_embedded, stop_embedded
+
+log = structlog.get_logger("hj212gw.app")
+
+
+async def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use, and the embedded server this process started (None: `database_url`)."""
+    if settings.database_url:
+        return settings.database_url, None
+    data_dir = (settings.data_dir / "postgres").expanduser().absolute()
+    log.info("embedded_postgres_starting", data_dir=str(data_dir))
+    embedded = await asyncio.to_thread(start_embedded, data_dir)
+    return embedded.dsn, embedded
+
+
+async def stop_started_embedded(server: EmbeddedPostgres) -> None:
+    """Stop the embedded server this process started, and say so."""
+    await asyncio.to_thread(stop_embedded, server.data_dir)
+    log.info("embedded_postgres_stopped", data_dir=str(server.data_dir))

@@ -1,0 +1,102 @@
+"""GET /api/v1/data: every field, paging by `next`, and each bad parameter a clear 400 (api/data.py)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import pytest
+
+from hj212gw.storage.db import Database
+from hj212gw.storage.queries import encode_cursor
+from tests.api.harness import END, MN, OTHER, START, T0, Harness, row
+
+pytestmark = pytest.mark.integration
+
+
+async def test_data_returns_every_field_and_flag_with_rfc3339_times(api: Harness, db: Database) -> None:
+    full = row(
+        factor="011", factor_2017="w01018", rtd=math.nan, cou=2.5, zs_avg=5.0, flag="M", eflag="E1",
+        sample_time=T0 - timedelta(minutes=3), extra={"Info": "abc", "Rtd": "NaN"},
+        resend=True, time_suspect=True,
+    )  # fmt: skip
+    await db.save_batch([full])
+    body = await api.get("/api/v1/data", mn=MN, cn="2051", start="2024-05-01T16:00:00+08:00", end=END)
+    assert (body["count"], body["next_cursor"], body["next"]) == (1, None, None)
+    (got,) = body["rows"]
+    assert got == {
+        "mn": MN, "cn": "2051", "data_time": "2024-05-01T08:00:00Z", "factor": "011", "factor_2017": "w01018",
+        "rtd": None, "min": None, "avg": 12.3, "max": None, "cou": 2.5, "zs_rtd": None, "zs_min": None,
+        "zs_avg": 5.0, "zs_max": None, "flag": "M", "eflag": "E1", "sample_time": "2024-05-01T07:57:00Z",
+        "extra": {"Info": "abc", "Rtd": "NaN"}, "qn": "20240501080005123",
+        "received_at": "2024-05-01T08:00:05.123456Z", "first_received_at": "2024-05-01T08:00:05.123456Z",
+        "resend": True, "revisions": 0, "time_suspect": True,
+    }  # fmt: skip
+    by_code = await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, code="w01018")
+    assert by_code["count"] == 1
+    assert (await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, code="a34004"))["count"] == 0
+
+
+async def test_paging_by_next_returns_every_row_exactly_once(api: Harness, db: Database) -> None:
+    factors = ["a01001", "a34004", "w01001", "w01018"]
+    inside = [row(f, T0 + timedelta(minutes=m)) for m in range(0, 60, 10) for f in factors]  # 24 rows
+    outside = [
+        row("w01018", T0 - timedelta(seconds=1)),
+        row("w01018", T0 + timedelta(hours=1)),  # end is exclusive
+        row("w01018", T0, cn="2061"),
+        row("w01018", T0, mn=OTHER),
+    ]
+    await db.save_batch(inside + outside)
+    url: str | None = "/api/v1/data?" + "&".join(
+        ["mn=" + MN, "cn=2051", "start=2024-05-01T16:00:00%2B08:00", "end=" + END, "limit=5"]
+    )
+    seen_keys: list[tuple[str, str]] = []
+    pages = 0
+    while url is not None:
+        resp = await api.client.get(url)
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body["count"] == len(body["rows"]) <= 5
+        seen_keys += [(r["data_time"], r["factor"]) for r in body["rows"]]
+        assert (body["next"] is None) == (body["next_cursor"] is None)
+        url, pages = body["next"], pages + 1
+    expected = [(r.data_time.isoformat().replace("+00:00", "Z"), r.factor) for r in inside]
+    assert seen_keys == sorted(expected) and len(set(seen_keys)) == 24
+    assert pages == 5
+
+
+BAD_DATA_QUERIES = {
+    "missing_start": ({"end": END}, "missing_parameter", "start"),
+    "missing_mn": ({"mn": "", "start": START, "end": END}, "missing_parameter", "mn"),
+    "not_a_time": ({"start": "yesterday", "end": END}, "bad_parameter", "start"),
+    "no_offset": ({"start": "2024-05-01T08:00:00", "end": END}, "bad_parameter", "start"),
+    "date_only": ({"start": "2024-05-01", "end": END}, "bad_parameter", "start"),
+    "plus_as_space": ({"start": "2024-05-01T16:00:00 08:00", "end": END}, "bad_parameter", "%2B"),
+    "bad_month": ({"start": "2024-13-01T00:00:00Z", "end": END}, "bad_parameter", "start"),
+    "overflow": ({"start": "0001-01-01T00:00:00+01:00", "end": END}, "bad_parameter", "start"),
+    "end_before_start": ({"start": END, "end": START}, "bad_parameter", "before"),
+    "limit_zero": ({"start": START, "end": END, "limit": "0"}, "bad_parameter", "limit"),
+    "limit_too_big": ({"start": START, "end": END, "limit": "10001"}, "bad_parameter", "limit"),
+    "limit_text": ({"start": START, "end": END, "limit": "1_0"}, "bad_parameter", "limit"),
+    "cursor_junk": ({"start": START, "end": END, "cursor": "not-a-cursor"}, "bad_cursor", "cursor"),
+    "cursor_naive": (
+        {"start": START, "end": END, "cursor": encode_cursor(datetime(2024, 5, 1), "w01018")},
+        "bad_cursor",
+        "cursor",
+    ),
+    "nul": ({"start": START, "end": END, "code": "w0\x00"}, "bad_parameter", "NUL"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA_QUERIES.values(), ids=BAD_DATA_QUERIES.keys())
+async def test_bad_data_parameters_are_400_with_a_clear_error(
+    api: Harness, case: tuple[dict[str, str], str, str]
+) -> None:
+    params, error, mentioned = case
+    body = await api.get("/api/v1/data", status=400, **({"mn": MN, "cn": "2051"} | params))
+    assert body["error"] == error and mentioned in body["detail"]
+
+
+async def test_a_parameter_given_twice_is_400(api: Harness) -> None:
+    resp = await api.client.get(f"/api/v1/data?mn={MN}&mn=X&cn=2051&start={START}&end={END}")
+    assert resp.status == 400 and (await resp.json())["detail"] == "mn is given more than once"
