@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
+from hj212gw.protocol.factors import CODE_2005_TO_2017
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
 from hj212gw.row_layout import SUFFIX_COLUMNS, layout_of

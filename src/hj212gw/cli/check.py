@@ -1,7 +1,7 @@
 """`hj212gw check`: decode packets given on the command line, stdin or a file, and explain them.
 
 Every field is printed with the standard's Chinese and English name, factor names and units come
-from protocol/codes.py, and a reject says exactly what is wrong. `--json` prints one object per
+from protocol/factors.py, and a reject says exactly what is wrong. `--json` prints one object per
 packet. Exit status: 0 all valid, 1 any invalid, 2 usage. cli.py wires `build_parser`/`main`.
 """
 
@@ -12,10 +12,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from hj212gw.protocol.codes import factor_for
 from hj212gw.protocol.crc import crc16_modbus, swap_bytes
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error
+from hj212gw.protocol.factors import factor_for
 from hj212gw.protocol.framing import Frame, FrameBuffer
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.names import CN_NAMES, DATA_FLAG_NAMES, EXE_RTN_NAMES, FIELD_NAMES, QN_RTN_NAMES, ST_NAMES

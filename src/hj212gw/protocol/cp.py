@@ -9,9 +9,9 @@ linear in the text. Names, values and their number are bounded by protocol.limit
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from hj212gw.protocol.codes import CODE_2005_TO_2017
 from hj212gw.protocol.constants import DATA_CNS
 from hj212gw.protocol.errors import BadCpItem
+from hj212gw.protocol.factors import CODE_2005_TO_2017
 from hj212gw.protocol.limits import check_cp_names, check_cp_values
 from hj212gw.protocol.models import Reading
 

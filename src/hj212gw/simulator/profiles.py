@@ -1,13 +1,13 @@
 """Factor sets of simulated sites: which codes a device reports and what its values look like.
 
-Pure data plus one lookup. Codes and 2005 codes come from `protocol.codes.FACTORS` (HJ 212-2017
+Pure data plus one lookup. Codes and 2005 codes come from `protocol.factors.FACTORS` (HJ 212-2017
 Appendix B); the magnitudes below are plausible for a coal-fired boiler stack (ST 31) and an
 industrial wastewater outlet (ST 32), not taken from any one site.
 """
 
 from dataclasses import dataclass
 
-from hj212gw.protocol.codes import FACTORS
+from hj212gw.protocol.factors import FACTORS
 
 
 @dataclass(frozen=True, slots=True)
