@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 from bench.packets import hour_packet, minute_packet, realtime_packet
 from hj212gw.protocol.crc import crc16
-from hj212gw.protocol.decoder import decode_frame
-from hj212gw.protocol.framing import FrameBuffer
+from hj212gw.protocol.packets import parse_packet
 
 _TABLE = []
 for _byte in range(256):
@@ -53,11 +52,7 @@ def naive_decode(wire: bytes) -> dict[str, object]:
 
 
 def decode_with_core(wire: bytes) -> object:
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    frame = buffer.next_frame()
-    assert frame is not None
-    return decode_frame(frame)
+    return parse_packet(wire)
 
 
 def per_call_us(func: Callable[[bytes], object], arg: bytes, *, runs: int, loops: int) -> float:

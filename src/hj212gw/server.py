@@ -24,11 +24,11 @@ from hj212gw.live_device import LiveDevice
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
-from hj212gw.protocol.constants import QnRtn
+from hj212gw.protocol.constants import ExeRtn, QnRtn
 from hj212gw.protocol.decoder import CrcPolicy
 from hj212gw.protocol.errors import Hj212Error, SessionError
 from hj212gw.protocol.framing import Frame, FrameLimits
-from hj212gw.protocol.models import Packet
+from hj212gw.protocol.models import Packet, wants_answer
 from hj212gw.protocol.session import (
     DasSession,
     Event,
@@ -437,10 +437,13 @@ class DasConnection(asyncio.Protocol):
                 # connections (mn_moved), not every switch between them.
                 pass
             case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
-                metrics.requests.labels(cn=cn_label(cn), outcome="acknowledged" if qn_rtn == 1 else "refused").inc()
+                metrics.requests.labels(
+                    cn=cn_label(cn), outcome="acknowledged" if qn_rtn == QnRtn.READY else "refused"
+                ).inc()
             case RequestFinished(cn=cn, exe_rtn=exe_rtn):
                 metrics.requests.labels(
-                    cn=cn_label(cn), outcome=f"exe_{exe_rtn}" if exe_rtn in (1, 100) else "failed"
+                    cn=cn_label(cn),
+                    outcome=f"exe_{exe_rtn}" if exe_rtn in (ExeRtn.SUCCESS, ExeRtn.NO_DATA) else "failed",
                 ).inc()
             case RequestFailed(qn=qn, cn=cn, reason=reason):
                 metrics.requests.labels(cn=cn_label(cn), outcome=reason).inc()
@@ -531,7 +534,7 @@ class DasConnection(asyncio.Protocol):
             delay_s = self.deps.gateway.auth_failed(self, reason)
             self._reject(error, frame.raw, packet, frame, answer=False, delay_s=round(delay_s, 3))
             self._hold()  # never released: what else this connection sent is dropped unacked
-            reply = build_request_reply(packet, error.qn_rtn) if self._wants_answer(packet) else None
+            reply = build_request_reply(packet, error.qn_rtn) if wants_answer(packet) else None
             (self._loop or asyncio.get_running_loop()).call_later(delay_s, self._answer_and_close, reply, reason)
             return
         self._reject(error, frame.raw, packet, frame, answer=reason != "mn_move_rate_limited")
@@ -541,10 +544,6 @@ class DasConnection(asyncio.Protocol):
         if reply is not None:
             self._write(reply)
         self.close(reason)
-
-    @staticmethod
-    def _wants_answer(packet: Packet) -> bool:
-        return packet.ack_requested and not packet.cn.startswith("9")
 
     def _submit(self, item: IngestItem, on_done: OnDone) -> None:
         """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""
@@ -630,7 +629,7 @@ class DasConnection(asyncio.Protocol):
             raw=None if frame is not None else raw,
         )
         self._submit(IngestItem(frame_rows=(row,)), self._stored)
-        if answer and packet is not None and self._wants_answer(packet):
+        if answer and packet is not None and wants_answer(packet):
             self._write(build_request_reply(packet, error.qn_rtn))
 
     def _write(self, data: bytes) -> None:

@@ -24,9 +24,9 @@ from hj212gw.api import bound_port
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
-from hj212gw.protocol.decoder import decode_frame
-from hj212gw.protocol.framing import FrameBuffer, encode_frame
+from hj212gw.protocol.framing import encode_frame
 from hj212gw.protocol.models import Packet, parse_hj_time
+from hj212gw.protocol.packets import parse_packet
 from hj212gw.storage.db import Database
 from tests.conftest import Dial, StartGateway
 from tests.integration.das import MN, PW, DasClient, Reply, data_packet, empty_packet
@@ -100,15 +100,6 @@ def expected_reply(info: dict[str, Any]) -> list[str]:
     return ["9014"] if wants else []
 
 
-def fixture_packet(wire: bytes) -> Packet:
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    buffer.end_of_stream()
-    frame = buffer.next_frame()
-    assert frame is not None
-    return decode_frame(frame)
-
-
 async def send_and_half_close(dial: Dial, running: Running, wire: bytes) -> list[Reply]:
     """Send one capture, half-close like a DAS that is done, and collect every reply until the gateway closes."""
     das = await dial(running)
@@ -147,7 +138,7 @@ async def test_every_good_fixture_is_stored_and_answered_as_its_flag_asks(
     for path in GOOD:
         info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         wire = path.read_bytes()
-        packet = fixture_packet(wire)
+        packet = parse_packet(wire)
         replies = await send_and_half_close(dial, running, wire)
         got = [r.packet.cn for r in replies]
         if got != expected_reply(info):

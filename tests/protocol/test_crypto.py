@@ -9,23 +9,15 @@ from hypothesis import strategies as st
 from hj212gw.protocol.crypto import decrypt_cp, encrypt_cp, from_text_form, looks_encrypted, to_text_form
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.errors import CrcMismatch, CrcMismatchAfterDecrypt, DecryptFailed
-from hj212gw.protocol.framing import Frame, FrameBuffer, Tolerance
+from hj212gw.protocol.framing import Tolerance, parse_frame
 from hj212gw.protocol.models import Packet
+from hj212gw.protocol.packets import parse_packet
 from hj212gw.protocol.segment import parse_segment
 from tests.protocol.conftest import FIXTURES, SM4, expected, fixture_id
 
 MN = "010000A8900016F000169DC0"
 KEY = b"0000000000000000"
 OTHER = b"1234567890abcdef"
-
-
-def frame_of(wire: bytes) -> Frame:
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    buffer.end_of_stream()
-    frame = buffer.next_frame()
-    assert frame is not None
-    return frame
 
 
 def raw_form(wire: bytes) -> bytes:
@@ -49,7 +41,7 @@ def test_two_sm4_fixtures() -> None:
 
 @pytest.mark.parametrize("path", SM4, ids=fixture_id)
 def test_text_form_decrypts_to_the_plaintext_fixture(path: Path) -> None:
-    packet = decode_frame(frame_of(path.read_bytes()), keys={MN: [KEY]})
+    packet = parse_packet(path.read_bytes(), keys={MN: [KEY]})
     assert packet.encrypted
     assert Tolerance.SM4_TEXT_FORM in packet.tolerances
     want = plaintext_of(path)
@@ -60,7 +52,7 @@ def test_text_form_decrypts_to_the_plaintext_fixture(path: Path) -> None:
 @pytest.mark.parametrize("path", SM4, ids=fixture_id)
 def test_raw_form_decrypts_with_no_length_mismatch(path: Path) -> None:
     wire = raw_form(path.read_bytes())
-    frame = frame_of(wire)
+    frame = parse_frame(wire)
     assert frame.raw == wire
     packet = decode_frame(frame, keys={MN: [KEY]})
     assert packet.cp == plaintext_of(path).cp
@@ -71,13 +63,13 @@ def test_raw_form_decrypts_with_no_length_mismatch(path: Path) -> None:
 @pytest.mark.parametrize("path", SM4, ids=fixture_id)
 def test_wrong_key_is_crc_mismatch_after_decrypt(path: Path) -> None:
     with pytest.raises(CrcMismatchAfterDecrypt) as caught:
-        decode_frame(frame_of(path.read_bytes()), keys={MN: [OTHER]})
+        parse_packet(path.read_bytes(), keys={MN: [OTHER]})
     assert caught.value.reason == "crc_mismatch_after_decrypt" and caught.value.keys_tried == 1
 
 
 @pytest.mark.parametrize("path", SM4, ids=fixture_id)
 def test_previous_key_is_accepted_and_labelled(path: Path) -> None:
-    packet = decode_frame(frame_of(path.read_bytes()), keys={MN: [OTHER, KEY]})
+    packet = parse_packet(path.read_bytes(), keys={MN: [OTHER, KEY]})
     assert Tolerance.SM4_PREVIOUS_KEY in packet.tolerances
     assert packet.cp == plaintext_of(path).cp
 
@@ -85,9 +77,9 @@ def test_previous_key_is_accepted_and_labelled(path: Path) -> None:
 @pytest.mark.parametrize("path", SM4, ids=fixture_id)
 def test_without_a_key_the_frame_is_a_crc_mismatch(path: Path) -> None:
     with pytest.raises(CrcMismatch):
-        decode_frame(frame_of(path.read_bytes()))
+        parse_packet(path.read_bytes())
     with pytest.raises(CrcMismatch):
-        decode_frame(frame_of(path.read_bytes()), keys={"SOMEONE-ELSE": [KEY]})
+        parse_packet(path.read_bytes(), keys={"SOMEONE-ELSE": [KEY]})
 
 
 def test_example2_keeps_its_plaintext_tail() -> None:

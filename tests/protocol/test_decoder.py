@@ -7,7 +7,7 @@ import pytest
 from hj212gw.protocol.crc import crc16_modbus, swap_bytes
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import CrcMismatch, CrcVariantMismatch, Hj212Error
-from hj212gw.protocol.framing import Frame, FrameBuffer, Tolerance
+from hj212gw.protocol.framing import Tolerance, parse_frame
 from hj212gw.protocol.models import Packet
 from tests.protocol.conftest import BAD, FIRST, GOOD, expected, fixture_id
 
@@ -18,19 +18,8 @@ WRONG = b"##0101" + SEGMENT + b"0000\r\n"
 MN = "010000A8900016F000169DC0"
 
 
-def frame_of(wire: bytes) -> Frame:
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    frame = buffer.next_frame()
-    if frame is None:
-        buffer.end_of_stream()
-        frame = buffer.next_frame()
-    assert frame is not None
-    return frame
-
-
 def decode(wire: bytes, policy: CrcPolicy | None = None) -> Packet:
-    return decode_frame(frame_of(wire), policy)
+    return decode_frame(parse_frame(wire), policy)
 
 
 @pytest.mark.parametrize("path", GOOD, ids=fixture_id)
@@ -62,12 +51,7 @@ def test_good_fixture_matches_its_json(path: Path) -> None:
 def test_bad_fixture_is_rejected_with_the_reason_its_name_starts_with(path: Path) -> None:
     wire = path.read_bytes()
     with pytest.raises(Hj212Error) as caught:
-        buffer = FrameBuffer()
-        buffer.feed(wire)
-        buffer.end_of_stream()
-        frame = buffer.next_frame()
-        assert frame is not None
-        decode_frame(frame)
+        decode_frame(parse_frame(wire))
     assert path.name.startswith(caught.value.reason + "-")
     assert caught.value.reason == expected(path)["reason"]
 
@@ -81,7 +65,7 @@ def test_dtu_keepalive_fixtures_verify_once_the_chunk_is_removed() -> None:
     keepalive = [p for p in GOOD if "dtu_keepalive" in expected(p)["tolerances"]]
     assert len(keepalive) == 5
     for path in keepalive:
-        frame = frame_of(path.read_bytes())
+        frame = parse_frame(path.read_bytes())
         assert frame.injected.startswith(b"#G") and frame.injected.endswith(b"&")
         assert frame.segment.endswith(b"&&")
 

@@ -13,9 +13,20 @@ from hj212gw.protocol.errors import (
     FrameTooLong,
     Hj212Error,
     LengthFieldError,
+    NoFrame,
     TrailerError,
 )
-from hj212gw.protocol.framing import CrcVerdict, Frame, FrameBuffer, FrameLimits, Garbage, Tolerance, encode_frame
+from hj212gw.protocol.framing import (
+    CrcVerdict,
+    Frame,
+    FrameBuffer,
+    FrameLimits,
+    Garbage,
+    Tolerance,
+    encode_frame,
+    iter_frames,
+    parse_frame,
+)
 from tests.protocol.conftest import BAD, FIRST, GOOD, expected, fixture_id
 
 STANDARD = FIRST.read_bytes()
@@ -271,3 +282,17 @@ def test_a_frame_consumed_whole_by_its_defect_carries_the_head_of_its_bytes() ->
     assert isinstance(error, FrameTooLong) and error.head == wire[:120]
     [error, _] = frames_of(b"##9999" + b"x" * 10)
     assert isinstance(error, FrameTooLong) and error.head == b""  # only `##` consumed: the rest is garbage
+
+
+def test_iter_frames_gives_frames_and_defects_in_stream_order() -> None:
+    results = list(iter_frames(b"hello" + STANDARD + b"##01a1" + STANDARD[:-2]))
+    assert [type(r) for r in results] == [Garbage, Frame, LengthFieldError, Garbage, Frame]
+    assert results[-1].tolerances == (Tolerance.MISSING_TAIL,)  # type: ignore[union-attr]
+
+
+def test_parse_frame_is_the_first_frame_or_the_first_defect() -> None:
+    assert parse_frame(STANDARD + b"junk").raw == STANDARD
+    with pytest.raises(Garbage):
+        parse_frame(b"hello" + STANDARD)
+    with pytest.raises(NoFrame):
+        parse_frame(b"\r\n\t")

@@ -6,19 +6,14 @@ import pytest
 from hypothesis import given, settings
 
 from hj212gw.protocol.errors import BadEncoding, BadFieldValue, MissingField
-from hj212gw.protocol.framing import FrameBuffer, Tolerance
+from hj212gw.protocol.framing import Tolerance, parse_frame
 from hj212gw.protocol.segment import encode_segment, parse_segment
 from tests.protocol.conftest import GOOD, fixture_id
 from tests.protocol.strategies import packets_segments
 
 
 def segment_of(wire: bytes) -> bytes:
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    buffer.end_of_stream()
-    frame = buffer.next_frame()
-    assert frame is not None
-    return frame.segment
+    return parse_frame(wire).segment
 
 
 @pytest.mark.parametrize("path", GOOD, ids=fixture_id)

@@ -12,11 +12,12 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from hj212gw.protocol.constants import PacketFlag
 from hj212gw.protocol.crc import crc16_modbus, swap_bytes
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.factors import factor_for
-from hj212gw.protocol.framing import Frame, FrameBuffer
+from hj212gw.protocol.framing import Frame, iter_frames
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.names import CN_NAMES, DATA_FLAG_NAMES, EXE_RTN_NAMES, FIELD_NAMES, QN_RTN_NAMES, ST_NAMES
 
@@ -92,17 +93,13 @@ def check_packet(wire: bytes, policy: CrcPolicy, keys: dict[str, list[bytes]]) -
     if wire != body + b"\r\n":
         report["notes"].append("line did not end in CR LF: CR LF appended for framing")
         wire = body + b"\r\n"
-    buffer = FrameBuffer()
-    buffer.feed(wire)
-    buffer.end_of_stream()
     errors: list[Hj212Error] = []
     frame: Frame | None = None
-    while True:
-        try:
-            frame = buffer.next_frame()
+    for found in iter_frames(wire):
+        if isinstance(found, Frame):
+            frame = found
             break
-        except Hj212Error as error:
-            errors.append(error)
+        errors.append(found)
     if frame is None:
         report["errors"] = [_error(e) for e in errors] or [{"reason": "no_frame", "detail": "no `##` frame found"}]
         return report
@@ -142,7 +139,12 @@ def _frame(frame: Frame) -> dict[str, Any]:
 def _flag_bits(flag: int | None) -> dict[str, Any]:
     if flag is None:
         return {"value": None, "version": "2005 (no Flag)", "ack_requested": False, "split": False}
-    return {"value": flag, "version_bits": (flag >> 2) & 0x3F, "ack_requested": bool(flag & 1), "split": bool(flag & 2)}
+    return {
+        "value": flag,
+        "version_bits": (flag >> 2) & 0x3F,
+        "ack_requested": bool(flag & PacketFlag.ACK_REQUESTED),
+        "split": bool(flag & PacketFlag.SPLIT),
+    }
 
 
 def _packet(packet: Packet) -> dict[str, Any]:

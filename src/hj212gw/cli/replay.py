@@ -13,10 +13,12 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hj212gw.protocol.constants import Cn
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.framing import FrameBuffer
 from hj212gw.protocol.models import Packet
+from hj212gw.protocol.packets import parse_packet
 from hj212gw.settings import split_host_port
 
 
@@ -39,11 +41,8 @@ def read_frames(path: Path) -> list[tuple[bytes, Packet | None]]:
         if not line:
             continue
         wire = line + b"\r\n"
-        buffer = FrameBuffer()
-        buffer.feed(wire)
         try:
-            frame = buffer.next_frame()
-            packet = decode_frame(frame) if frame is not None else None
+            packet: Packet | None = parse_packet(wire)
         except Hj212Error:
             packet = None
         found.append((wire, packet))
@@ -88,7 +87,7 @@ async def _await_ack(reader: asyncio.StreamReader, acks: FrameBuffer, qn: str, t
                 reply = decode_frame(frame)
             except Hj212Error:
                 continue
-            if reply.cn == "9014" and reply.qn == qn:
+            if reply.cn == Cn.DATA_REPLY and reply.qn == qn:
                 return True
         remaining = deadline - loop.time()
         if remaining <= 0:

@@ -12,7 +12,8 @@ class Hj212Error(Exception):
     """Bad input from a data logger.
 
     Hj212Error -> FrameError    (LengthFieldError, TrailerError, FrameTooLong, BufferOverflow,
-                                 CrcMissing, CrcMismatch -> CrcVariantMismatch, framing.Garbage)
+                                 CrcMissing, CrcMismatch -> CrcVariantMismatch, NoFrame,
+                                 framing.Garbage)
                -> SegmentError  (MissingField, BadFieldValue, FieldTooLong, TooManyFields,
                                  BadEncoding, BadCpItem, DecryptFailed, CrcMismatchAfterDecrypt)
                -> SessionError  (MnMismatch; the gateway's server.RefusedByPolicy)
@@ -68,6 +69,15 @@ class TrailerError(FrameError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
+
+
+class NoFrame(FrameError):
+    """Bytes that hold no `##` frame at all (raised by `framing.parse_frame`, never by the buffer)."""
+
+    reason = "no_frame"
+
+    def __init__(self) -> None:
+        super().__init__("no `##` frame found")
 
 
 class CrcMissing(FrameError):

@@ -2,13 +2,15 @@
 
 `FrameBuffer` is incremental: feed it what a socket read returned, then take frames until it
 answers None ("need more bytes"). A bad frame raises a `FrameError` *after* its bytes have been
-consumed, so the caller just asks again: a bad frame never costs the good frame after it.
+consumed, so the caller just asks again: a bad frame never costs the good frame after it. For
+bytes that are all there is (a file, a captured line), `iter_frames` and `parse_frame` run one.
 
 Field quirks are tolerated by name (the `Tolerance` constants); every frame lists the ones it
 needed. The CRC is computed here and its verdict recorded; whether a verdict is acceptable is
 policy, decided by `decoder`. Imports nothing outside the protocol package.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, NamedTuple
@@ -21,6 +23,7 @@ from hj212gw.protocol.errors import (
     FrameError,
     FrameTooLong,
     LengthFieldError,
+    NoFrame,
     TrailerError,
 )
 
@@ -320,6 +323,38 @@ def _make_frame(
         injected=injected,
         tolerances=tuple(tolerances),
     )
+
+
+def iter_frames(data: bytes, limits: FrameLimits | None = None) -> Iterator[Frame | FrameError]:
+    """Every frame in a complete byte string, and every defect met on the way, in stream order.
+
+    `data` is all there is (end of stream): a last frame without its tail is still taken.
+    """
+    buffer = FrameBuffer(limits)
+    buffer.feed(data)
+    buffer.end_of_stream()
+    while True:
+        try:
+            frame = buffer.next_frame()
+        except FrameError as error:
+            yield error
+            continue
+        if frame is None:
+            return
+        yield frame
+
+
+def parse_frame(wire: bytes, limits: FrameLimits | None = None) -> Frame:
+    """The first frame in `wire` (one complete frame's bytes); what follows it is not read.
+
+    Raises:
+        FrameError: the first defect met before a frame; `NoFrame` if there is none at all.
+    """
+    for found in iter_frames(wire, limits):
+        if isinstance(found, FrameError):
+            raise found
+        return found
+    raise NoFrame
 
 
 def encode_frame(segment: bytes) -> bytes:

@@ -128,6 +128,12 @@ class Packet(NamedTuple):
         return None
 
 
+def wants_answer(packet: Packet) -> bool:
+    """The DAS asked for an answer (Flag bit A) and may get one: a 9xxx packet is itself an
+    answer, and an answer is never answered (HJ 212-2017 §6.2: no 9011 or 9014 to a 9xxx)."""
+    return packet.ack_requested and not packet.cn.startswith("9")
+
+
 def parse_hj_time(text: str) -> datetime | None:
     """A naive datetime from `YYYYMMDDhhmmss` (N14); 15-17 digits carry milliseconds.
 

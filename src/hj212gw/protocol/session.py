@@ -31,7 +31,7 @@ from hj212gw.protocol.cp import DataCp, ExecutionResultCp, RequestReplyCp
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error, MnMismatch, SegmentError
 from hj212gw.protocol.framing import Frame, FrameBuffer, FrameLimits
-from hj212gw.protocol.models import Packet, format_hj_time, format_qn
+from hj212gw.protocol.models import Packet, format_hj_time, format_qn, wants_answer
 from hj212gw.protocol.segment import parse_segment
 from hj212gw.protocol.split import SplitError, SplitTracker, check_part
 
@@ -300,7 +300,7 @@ class DasSession:
         backfill = packet.rf or self._fetch_pending(cn, now)
         # Uploads, answers to our gets, and unknown DAS commands alike: 9014 after storage when
         # asked (HJ 212-2017 §15 recommends acking unknown non-9xxx CNs so the DAS stops retrying).
-        ack = packet.ack_requested and not cn.startswith("9")
+        ack = wants_answer(packet)
         if (fragment or packet.split) and not self._track_split(packet, frame, now, fragment, events):
             return
         events.append(PacketReceived(packet, frame, ack=ack, backfill=backfill, fragment=fragment))

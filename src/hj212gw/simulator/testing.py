@@ -13,9 +13,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from hj212gw.protocol.builders import build_data_ack
-from hj212gw.protocol.decoder import decode_frame
-from hj212gw.protocol.framing import FrameBuffer
 from hj212gw.protocol.models import Packet
+from hj212gw.protocol.packets import iter_packets
 from hj212gw.simulator.clock import FakeClock
 from hj212gw.simulator.config import VERSION_LABELS, DeviceSpec, make_mn
 from hj212gw.simulator.device import SimDevice
@@ -29,12 +28,7 @@ DEFAULT_START = datetime(2024, 3, 15, 0, 0, 0, tzinfo=SHANGHAI)
 
 def decode_all(data: bytes) -> list[Packet]:
     """Every packet in a byte string (raises on a bad frame: the simulator must send good ones)."""
-    frames = FrameBuffer()
-    frames.feed(data)
-    packets = []
-    while (frame := frames.next_frame()) is not None:
-        packets.append(decode_frame(frame))
-    return packets
+    return list(iter_packets(data))
 
 
 class SteppedDevice:
