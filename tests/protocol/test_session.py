@@ -1,4 +1,4 @@
-"""session.py: chunking never matters; MN binding; replies; request correlation; backfill; splits."""
+"""session.py: chunking never matters; MN binding; replies; backfill; splits (requests: test_requests)."""
 
 import itertools
 import random
@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hj212gw.protocol.builders import Target, build_history_request, build_set_rtd_interval
-from hj212gw.protocol.constants import Cn
-from hj212gw.protocol.framing import Garbage, encode_frame
+from hj212gw.protocol.framing import Garbage
 from hj212gw.protocol.session import (
     DasSession,
     Event,
@@ -19,27 +17,14 @@ from hj212gw.protocol.session import (
     MnBound,
     MnChanged,
     PacketReceived,
-    RequestAcknowledged,
-    RequestFailed,
-    RequestFinished,
     Send,
     SessionConfig,
     SplitPartsMissing,
 )
 from hj212gw.protocol.split import assemble_parts
-from tests.protocol.conftest import BAD, FIRST, GOOD, T0, expected, fixture_id
+from tests.protocol.conftest import BAD, FIRST, GOOD, MN, T0, expected, fixture_id, frame, std
 
-STD = FIRST.parent
-MN = "010000A8900016F000169DC0"
 STANDARD = FIRST.read_bytes()
-
-
-def std(name: str) -> bytes:
-    return (STD / f"{name}.hj212").read_bytes()
-
-
-def frame(segment: str) -> bytes:
-    return encode_frame(segment.encode())
 
 
 def summary(events: list[Event]) -> list[tuple[str, str]]:
@@ -240,91 +225,6 @@ def test_consecutive_rejects_close_and_a_good_packet_resets() -> None:
     assert session.should_close and session.close_reason == "too_many_rejects"
 
 
-# ---- requests, correlation, timers ------------------------------------------------------------
-
-
-def bound_session() -> DasSession:
-    session = DasSession()
-    session.receive_data(std("2061-e2-hour-data"), now=T0)  # ST 31, PW 123456, 2017
-    return session
-
-
-def history_fetch(session: DasSession) -> str:
-    target = session.target()
-    assert target == Target(MN, "123456", "31")
-    qn = "20240316083000123"
-    data = build_history_request(target, Cn.HOUR_DATA, qn, "20240315000000", "20240315010000")
-    assert data == std("2061-e3-history-request")
-    [send] = session.send_request(data, qn=qn, cn=Cn.HOUR_DATA, now=T0, over_time_s=10, re_count=2)
-    assert send == Send(data, "2061")
-    return qn
-
-
-def test_history_fetch_is_correlated_and_its_data_is_backfill() -> None:
-    session = bound_session()
-    qn = history_fetch(session)
-    events = session.receive_data(std("9011-e3-request-reply"), now=T0 + timedelta(seconds=1))
-    assert RequestAcknowledged(qn, "2061", 1) in events
-    for name in ("2061-e3-history-data-1", "2061-e3-history-data-2"):
-        [received] = [e for e in session.receive_data(std(name), now=T0) if isinstance(e, PacketReceived)]
-        assert received.backfill and received.ack
-    events = session.receive_data(std("9012-e3-execution-result"), now=T0 + timedelta(seconds=2))
-    assert RequestFinished(qn, "2061", 1) in events
-    assert session.pending_requests() == []
-    [received] = [e for e in session.receive_data(std("2061-e2-hour-data"), now=T0) if isinstance(e, PacketReceived)]
-    assert not received.backfill
-
-
-def test_unacknowledged_request_is_resent_re_count_times_then_fails() -> None:
-    session = bound_session()
-    qn = history_fetch(session)
-    assert session.poll(T0 + timedelta(seconds=9)) == []
-    first = session.poll(T0 + timedelta(seconds=10))
-    assert first == [Send(std("2061-e3-history-request"), "2061")]
-    assert session.poll(T0 + timedelta(seconds=20)) == first
-    assert session.poll(T0 + timedelta(seconds=30)) == [RequestFailed(qn, "2061", "no_reply")]
-    assert session.pending_requests() == []
-
-
-def test_acknowledged_request_without_result_fails_and_is_not_resent() -> None:
-    session = bound_session()
-    qn = history_fetch(session)
-    session.receive_data(std("9011-e3-request-reply"), now=T0 + timedelta(seconds=1))
-    # Data keeps the fetch alive: the execution timeout counts from the last part.
-    session.receive_data(std("2061-e3-history-data-1"), now=T0 + timedelta(seconds=8))
-    assert session.poll(T0 + timedelta(seconds=17)) == []
-    assert session.poll(T0 + timedelta(seconds=18)) == [RequestFailed(qn, "2061", "no_result")]
-
-
-def test_rejected_request() -> None:
-    session = bound_session()
-    qn = history_fetch(session)
-    reply = std("9011-e3-request-reply")
-    reply = encode_frame(reply[6:-6].replace(b"QnRtn=1", b"QnRtn=3"))
-    events = session.receive_data(reply, now=T0)
-    assert RequestAcknowledged(qn, "2061", 3) in events and RequestFailed(qn, "2061", "rejected") in events
-
-
-def test_request_without_result_finishes_on_its_9011() -> None:
-    session = bound_session()
-    target = session.target()
-    assert target is not None
-    qn = "20240315080500003"
-    session.send_request(build_set_rtd_interval(target, qn, 30), qn=qn, cn="1062", now=T0, expects_result=False)
-    reply = frame(f"QN={qn};ST=91;CN=9011;PW=123456;MN={MN};Flag=4;CP=&&QnRtn=1&&")
-    session.receive_data(reply, now=T0)
-    assert session.pending_requests() == []
-
-
-def test_2005_reply_with_qn_in_cp_is_correlated() -> None:
-    session = DasSession()
-    session.receive_data(frame("ST=32;CN=2011;PW=123456;MN=LD130133000015;CP=&&DataTime=20160824003817&&"), now=T0)
-    qn = "20160801085857223"
-    session.send_request(b"req", qn=qn, cn="2061", now=T0)
-    reply = frame(f"ST=91;CN=9011;PW=123456;MN=LD130133000015;Flag=0;CP=&&QN={qn};QnRtn=1&&")
-    assert RequestAcknowledged(qn, "2061", 1) in session.receive_data(reply, now=T0)
-
-
 def test_new_qn_is_strictly_increasing() -> None:
     session = DasSession()
     qns = [session.new_qn(T0) for _ in range(5)]
@@ -401,13 +301,3 @@ def test_split_parts_in_any_order_give_the_same_records() -> None:
 
     assert records(one + two) == records(two + one)
     assert len(records(one + two)) == 2
-
-
-def test_pending_requests_are_capped_and_the_refused_one_is_never_sent() -> None:
-    session = DasSession(SessionConfig(max_pending_requests=2))
-    sent = [session.send_request(b"r%d" % i, qn=f"2024031510000000{i}", cn="1012", now=T0) for i in range(3)]
-    assert sent[:2] == [[Send(b"r0", "1012")], [Send(b"r1", "1012")]]
-    assert sent[2] == [RequestFailed("20240315100000002", "1012", "too_many_pending")]
-    assert len(session.pending_requests()) == 2
-    # Re-registering a pending QN is no new request.
-    assert session.send_request(b"r1", qn="20240315100000001", cn="1012", now=T0) == [Send(b"r1", "1012")]

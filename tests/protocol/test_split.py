@@ -20,8 +20,7 @@ from hj212gw.protocol.split import (
     assemble_parts,
     check_part,
 )
-from tests.protocol.conftest import T0
-from tests.protocol.test_session import frame
+from tests.protocol.conftest import T0, frame
 
 HEAD = "QN={qn};ST=31;CN=2051;PW=123456;MN=M1;Flag={flag};PNUM={pnum};PNO={n};CP=&&{cp}&&"
 QN = "20240601085857220"

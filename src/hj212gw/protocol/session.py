@@ -5,7 +5,8 @@ MN on the first valid packet, tracks the protocol version, answers heartbeats an
 itself (as `Send` events), correlates the platform's requests with 9011/9012 by QN and retries
 them after OverTime up to ReCount, and tracks split packets. It never sends a data ack: a
 `PacketReceived` with `ack=True` tells the shell to send 9014 once the data is committed.
-The time is always passed in; nothing here reads a clock.
+The events are in `events.py`, the request lifecycle's table in `requests.py`. The time is
+always passed in; nothing here reads a clock.
 """
 
 from collections.abc import Mapping, Sequence
@@ -14,26 +15,52 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from hj212gw.protocol.builders import (
-    Target,
-    build_notification_reply,
-    build_reply,
-    build_set_time,
-)
-from hj212gw.protocol.constants import (
-    HEARTBEAT_CNS,
-    NOTIFICATION_CNS,
-    REPLY_CNS,
-    Cn,
-    ProtocolVersion,
-)
+from hj212gw.protocol.builders import Target, build_notification_reply, build_reply, build_set_time
+from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS, Cn, ProtocolVersion
 from hj212gw.protocol.cp import DataCp, ExecutionResultCp, RequestReplyCp
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error, MnMismatch, SegmentError
+from hj212gw.protocol.events import (
+    Event,
+    FailureReason,
+    FrameRejected,
+    MnBound,
+    MnChanged,
+    PacketReceived,
+    RequestAcknowledged,
+    RequestFailed,
+    RequestFinished,
+    Send,
+    SplitPartsMissing,
+)
 from hj212gw.protocol.framing import Frame, FrameBuffer, FrameLimits
 from hj212gw.protocol.models import Packet, format_hj_time, format_qn, wants_answer
+from hj212gw.protocol.requests import (
+    PendingRequest,
+    RequestAction,
+    RequestInput,
+    RequestState,
+    overtime_input,
+    reply_input,
+    step,
+)
 from hj212gw.protocol.segment import parse_segment
 from hj212gw.protocol.split import SplitError, SplitTracker, check_part
+
+__all__ = [  # the events are the session's vocabulary: importable from here and from events.py
+    "DasSession",
+    "Event",
+    "FrameRejected",
+    "MnBound",
+    "MnChanged",
+    "PacketReceived",
+    "RequestAcknowledged",
+    "RequestFailed",
+    "RequestFinished",
+    "Send",
+    "SessionConfig",
+    "SplitPartsMissing",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,107 +84,17 @@ class SessionConfig:
     raw_head_bytes: int = 120
 
 
-# ---- events -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PacketReceived:
-    """A valid packet. `ack`: send 9014 after it is stored. `backfill`: RF=1 or a fetch answer.
-    `fragment`: a split part that only makes sense assembled (store it as a split part, not as
-    data). Every split part with PNUM/PNO passed `split.check_part`."""
-
-    packet: Packet
-    frame: Frame
-    ack: bool
-    backfill: bool = False
-    fragment: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class FrameRejected:
-    error: Hj212Error
-    raw_head: bytes
-    packet: Packet | None = None
-    frame: Frame | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Bytes the shell should write now (replies that need no commit, requests, retries)."""
-
-    data: bytes
-    cn: str
-
-
-@dataclass(frozen=True, slots=True)
-class MnBound:
-    mn: str
-
-
-@dataclass(frozen=True, slots=True)
-class MnChanged:
-    old: str
-    new: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestAcknowledged:
-    qn: str
-    cn: str
-    qn_rtn: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFinished:
-    qn: str
-    cn: str
-    exe_rtn: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFailed:
-    qn: str
-    cn: str
-    reason: Literal["no_reply", "no_result", "rejected", "too_many_pending"]
-
-
-@dataclass(frozen=True, slots=True)
-class SplitPartsMissing:
-    mn: str | None
-    cn: str
-    data_time: str | None
-    missing: tuple[int, ...]
-
-
-Event = (
-    PacketReceived
-    | FrameRejected
-    | Send
-    | MnBound
-    | MnChanged
-    | RequestAcknowledged
-    | RequestFinished
-    | RequestFailed
-    | SplitPartsMissing
-)
-
-
-@dataclass(slots=True)
-class _PendingRequest:
-    qn: str
-    cn: str
-    data: bytes
-    over_time_s: float
-    retries_left: int
-    deadline: datetime
-    acknowledged: bool = False
-    expects_result: bool = True
-
-
 # ---- the session ------------------------------------------------------------------------------
 
 
-_NO_PENDING: dict[str, "_PendingRequest"] = {}  # shared and never written: see send_request
+_FAILURE_REASONS: dict[RequestAction, FailureReason] = {
+    RequestAction.FAIL_REJECTED: "rejected",
+    RequestAction.FAIL_NO_REPLY: "no_reply",
+    RequestAction.FAIL_NO_RESULT: "no_result",
+}
+
+
+_NO_PENDING: dict[str, PendingRequest] = {}  # shared and never written: see send_request
 
 
 class DasSession:
@@ -189,7 +126,7 @@ class DasSession:
         self.consecutive_rejects = 0
         self.close_reason: str | None = None
         # Most connections never see a platform request or a split packet: both are made on demand.
-        self._pending: dict[str, _PendingRequest] = _NO_PENDING
+        self._pending: dict[str, PendingRequest] = _NO_PENDING
         self._splits: SplitTracker | None = None
         self._last_qn = ""
 
@@ -282,7 +219,7 @@ class DasSession:
     def _dispatch(self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]) -> None:
         cn = packet.cn
         if cn in REPLY_CNS:
-            self._correlate(packet, events)
+            self._correlate(packet, now, events)
             events.append(PacketReceived(packet, frame, ack=False))
             return
         if cn in HEARTBEAT_CNS:
@@ -386,7 +323,7 @@ class DasSession:
             return [RequestFailed(qn, cn, "too_many_pending")]
         if self._pending is _NO_PENDING:
             self._pending = {}
-        self._pending[qn] = _PendingRequest(
+        self._pending[qn] = PendingRequest(
             qn,
             cn,
             data,
@@ -403,30 +340,42 @@ class DasSession:
     def _fetch_pending(self, cn: str, now: datetime) -> bool:
         """True if a fetch of `cn` was acknowledged; its data keeps the fetch alive (§9.1)."""
         found = False
-        for pending in self._pending.values():
-            if pending.cn == cn and pending.acknowledged:
-                pending.deadline = now + timedelta(seconds=pending.over_time_s)
-                found = True
+        for pending in list(self._pending.values()):
+            if pending.cn == cn:
+                found |= RequestAction.EXTEND in self._step(pending, RequestInput.DATA, now, [])
         return found
 
-    def _correlate(self, packet: Packet, events: list[Event]) -> None:
+    def _correlate(self, packet: Packet, now: datetime, events: list[Event]) -> None:
         data = packet.data
         qn = packet.qn or (getattr(data, "qn", None) if data is not None else None)
         pending = self._pending.get(qn) if qn else None
         if pending is None:
             return
         if isinstance(data, RequestReplyCp):
-            events.append(RequestAcknowledged(pending.qn, pending.cn, data.qn_rtn))
-            if data.qn_rtn != 1:
-                del self._pending[pending.qn]
-                events.append(RequestFailed(pending.qn, pending.cn, "rejected"))
-            elif not pending.expects_result:
-                del self._pending[pending.qn]
-            else:
-                pending.acknowledged = True
+            self._step(pending, reply_input(pending, data.qn_rtn), now, events, data.qn_rtn)
         elif isinstance(data, ExecutionResultCp):
+            self._step(pending, RequestInput.RESULT, now, events, data.exe_rtn)
+
+    def _step(
+        self, pending: PendingRequest, given: RequestInput, now: datetime, events: list[Event], code: int | None = None
+    ) -> tuple[RequestAction, ...]:
+        """One row of the request table (protocol/requests.py), its actions turned into events.
+
+        `code` is the QnRtn of a 9011 or the ExeRtn of a 9012.
+        """
+        actions = step(pending, given, now)
+        for action in actions:
+            if action is RequestAction.ACKNOWLEDGE:
+                events.append(RequestAcknowledged(pending.qn, pending.cn, code))
+            elif action is RequestAction.FINISH:
+                events.append(RequestFinished(pending.qn, pending.cn, code))
+            elif action is RequestAction.RESEND:
+                events.append(Send(pending.data, pending.cn))
+            elif action in _FAILURE_REASONS:
+                events.append(RequestFailed(pending.qn, pending.cn, _FAILURE_REASONS[action]))
+        if pending.state is RequestState.DONE:
             del self._pending[pending.qn]
-            events.append(RequestFinished(pending.qn, pending.cn, data.exe_rtn))
+        return actions
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -436,19 +385,8 @@ class DasSession:
             return []  # the usual case, checked for every connection every second
         events: list[Event] = []
         for pending in list(self._pending.values()):
-            if now < pending.deadline:
-                continue
-            if pending.acknowledged:
-                # Execution timeout: per HJ 212-2017 §6.2.2 a request is not re-sent after its 9011.
-                del self._pending[pending.qn]
-                events.append(RequestFailed(pending.qn, pending.cn, "no_result"))
-            elif pending.retries_left > 0:
-                pending.retries_left -= 1
-                pending.deadline = now + timedelta(seconds=pending.over_time_s)
-                events.append(Send(pending.data, pending.cn))
-            else:
-                del self._pending[pending.qn]
-                events.append(RequestFailed(pending.qn, pending.cn, "no_reply"))
+            if now >= pending.deadline:
+                self._step(pending, overtime_input(pending), now, events)
         for mn, cn, data_time, missing in self._splits.expire(now) if self._splits is not None else ():
             events.append(SplitPartsMissing(mn, cn, data_time, missing))
         return events
