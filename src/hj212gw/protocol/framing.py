@@ -350,11 +350,13 @@ def parse_frame(wire: bytes, limits: FrameLimits | None = None) -> Frame:
     Raises:
         FrameError: the first defect met before a frame; `NoFrame` if there is none at all.
     """
-    for found in iter_frames(wire, limits):
-        if isinstance(found, FrameError):
-            raise found
-        return found
-    raise NoFrame
+    buffer = FrameBuffer(limits)
+    buffer.feed(wire)
+    buffer.end_of_stream()
+    frame = buffer.next_frame()
+    if frame is None:
+        raise NoFrame
+    return frame
 
 
 def encode_frame(segment: bytes) -> bytes:

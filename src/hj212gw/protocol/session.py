@@ -339,6 +339,8 @@ class DasSession:
 
     def _fetch_pending(self, cn: str, now: datetime) -> bool:
         """True if a fetch of `cn` was acknowledged; its data keeps the fetch alive (§9.1)."""
+        if not self._pending:
+            return False  # the usual case, checked for every data packet
         found = False
         for pending in list(self._pending.values()):
             if pending.cn == cn:
