@@ -2,7 +2,7 @@
 
 Every field is printed with the standard's Chinese and English name, factor names and units come
 from protocol/factors.py, and a reject says exactly what is wrong. `--json` prints one object per
-packet. Exit status: 0 all valid, 1 any invalid, 2 usage. cli.py wires `build_parser`/`main`.
+packet. Exit status: 0 all valid, 1 any invalid, 2 usage. cli/__init__.py wires `build_parser`/`main`.
 """
 
 import argparse
