@@ -49,7 +49,7 @@ from bench.loadgen import BASE_TIME, Device, Stats, _pace, _pct, mn_for
 from hj212gw.protocol.framing import encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-MIXES = ("long_fields", "split_flood", "not_reading", "slowloris", "wrong_pw", "far_future", "garbage")
+MIXES = ("long_fields", "split_flood", "data_flood", "not_reading", "slowloris", "wrong_pw", "far_future", "garbage")
 VICTIM_PW = "765432"
 PER_CONNECTION_BYTES = 64 << 20  # every hostile connection stops after sending this much
 
@@ -226,6 +226,19 @@ async def split_flood(h: Hostile) -> None:
     await _talk(h, make, 0.02)
 
 
+async def data_flood(h: Hostile) -> None:
+    """Valid data packets (10 factors) as fast as the gateway reads them, acks read but never waited for."""
+    items = ";".join(f"a{i:05d}-Avg=1.0,a{i:05d}-Flag=N" for i in range(10))
+
+    def make() -> bytes:
+        h.k += 1
+        minute = h.k % 1_000_000
+        return h.packet(data_time=f"202601{1 + minute // 1440 % 28:02d}{minute // 60 % 24:02d}{minute % 60:02d}00",
+                        items=items)  # fmt: skip
+
+    await _talk(h, make, 0.0)
+
+
 async def not_reading(h: Hostile) -> None:
     """Heartbeats that ask for a reply (9015, A=1), never reading the replies, 4 KB window."""
     beat = encode_frame(f"QN=20260101000000001;ST=22;CN=9015;PW=123456;MN={h.mn};Flag=5;CP=&&&&".encode())
@@ -309,6 +322,7 @@ async def garbage(h: Hostile) -> None:
 BEHAVIOURS: dict[str, HostileLoop] = {
     "long_fields": long_fields,
     "split_flood": split_flood,
+    "data_flood": data_flood,
     "not_reading": not_reading,
     "slowloris": slowloris,
     "wrong_pw": wrong_pw,
@@ -413,7 +427,7 @@ async def phase(args: argparse.Namespace, mix: str | None, connections: int, sec
     PostgreSQL stored is counted."""
     schema = f"attack_{uuid.uuid4().hex[:10]}"
     env = dict(item.split("=", 1) for item in args.gateway_env)
-    gw = GatewayProcess(args.database_url, schema, None, env, workdir)
+    gw = GatewayProcess(args.database_url, schema, args.gateway_src, env, workdir)
     result: dict[str, Any] = {"mix": mix or "baseline", "hostile_connections": connections if mix else 0}
     try:
         await asyncio.to_thread(gw.wait_ready)
@@ -546,6 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-connections", type=int, default=1000, help="0: no memory-budget phase")
     parser.add_argument("--budget-seconds", type=float, default=40.0)
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
     # The hostile worker subprocess.
     parser.add_argument("--worker", choices=[*MIXES, "budget"], help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)

@@ -115,11 +115,37 @@ def encoded_bytes(item: IngestItem) -> int:
     return nbytes
 
 
+class QueueShare:
+    """One source's (a DAS connection's) part of the write queue: its items submitted and not yet
+    confirmed, and their bytes. The writer counts; the source decides what `full` means for it
+    (the server stops reading a connection whose share is full until it has room again)."""
+
+    __slots__ = ("items", "max_bytes", "max_items", "nbytes")
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.items = 0
+        self.nbytes = 0
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+
+    @property
+    def full(self) -> bool:
+        """`max_items` or `max_bytes` reached."""
+        return self.items >= self.max_items or self.nbytes >= self.max_bytes
+
+    @property
+    def has_room(self) -> bool:
+        """At most half of each bound in use: a full share reads again only from here, so a
+        flooding source is paused and resumed once per half a share, not once per item."""
+        return self.items <= self.max_items // 2 and self.nbytes <= self.max_bytes // 2
+
+
 @dataclass(slots=True)
 class _Pending:
     item: IngestItem
     on_done: OnDone | None
     nbytes: int
+    share: QueueShare | None
     done: bool = False  # on_done was called: never again
     refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
     anonymous: bool = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
@@ -203,8 +229,10 @@ class BatchWriter:
             self._names.append(name)
             self.supervisor.start(name, self._run)
 
-    def submit(self, item: IngestItem, on_done: OnDone | None = None) -> None:
+    def submit(self, item: IngestItem, on_done: OnDone | None = None, share: QueueShare | None = None) -> None:
         """Queue one packet's rows; `on_done(None)` runs right after their batch's COMMIT.
+
+        `share`: the source's counts, updated here and just before `on_done` runs.
 
         Never refuses for lack of room (the rows would be lost): callers check `full` and pause
         reading. A callback, not a Future: a Future per packet costs an extra event-loop turn.
@@ -220,7 +248,10 @@ class BatchWriter:
             nbytes += len(row.raw)
         for part in item.split_parts:
             nbytes += len(part.segment)
-        self._queue.append(_Pending(item, on_done, nbytes))
+        self._queue.append(_Pending(item, on_done, nbytes, share))
+        if share is not None:
+            share.items += 1
+            share.nbytes += nbytes
         self._pending += 1
         self._pending_bytes += nbytes
         if self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes:
@@ -390,6 +421,10 @@ class BatchWriter:
         entry.done = True
         self._pending -= 1
         self._pending_bytes -= entry.nbytes
+        share = entry.share
+        if share is not None:
+            share.items -= 1
+            share.nbytes -= entry.nbytes
         if entry.on_done is None:
             return
         try:

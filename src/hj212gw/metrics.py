@@ -170,6 +170,15 @@ class Metrics:
         self.paused_reading = Gauge(
             "hj212gw_paused_connections", "Connections whose reading is paused by backpressure.", registry=r
         )
+        self.queue_share_pauses = Counter(
+            "hj212gw_queue_share_pauses_total",
+            "Connections not read because their own packets in the write queue reached "
+            "connections.max_unconfirmed_items or max_unconfirmed_bytes, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        for limit in ("items", "bytes"):
+            self.queue_share_pauses.labels(limit=limit)
         self.write_paused = Gauge(
             "hj212gw_write_paused_connections",
             "Connections not read because their peer does not read our replies (outgoing buffer full).",

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from hj212gw.ingest import BatchWriter, IngestItem, OnDone, WriterClosed, evidence_kept
+from hj212gw.ingest import BatchWriter, IngestItem, OnDone, QueueShare, WriterClosed, evidence_kept
 from hj212gw.live_device import LiveDevice
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
@@ -100,6 +100,15 @@ class ReadHold(enum.IntFlag):
     PEER_NOT_READING = 2  # our outgoing buffer is over connections.write_buffer_high_bytes
     RETIRING = 4  # replaced by a newer connection: closing once its acks are out
     EVENTS = 8  # events held: a new MN's pin, the source IP's wrong-PW backoff, a wrong PW's close
+    QUEUE_SHARE = 16  # events held: this connection's share of the write queue is full
+
+
+# Holds under which what was read waits unhandled (events parsed, bytes not parsed yet).
+_EVENT_HOLDS = ReadHold.EVENTS | ReadHold.QUEUE_SHARE
+# A read longer than this (a burst: a flood, or a backlog after a pause; one read takes up to
+# 256 KiB) is parsed a slice at a time, so a connection whose queue share fills keeps the rest as
+# bytes, not as thousands of parsed packets.
+_SLICE_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -126,8 +135,9 @@ class DasConnection(asyncio.Protocol):
         "_loop",
         "_seen_at",
         "_seen_mn",
+        "_share",
         "_stall_timer",
-        "_unconfirmed",
+        "_unread",
         "closing_reason",
         "connected_at",
         "connection_id",
@@ -156,7 +166,11 @@ class DasConnection(asyncio.Protocol):
         self.frames_rejected = 0
         self.closing_reason: str | None = None
         self.eof = False
-        self._unconfirmed = 0  # items submitted and not yet committed (or failed)
+        limits = deps.settings.connections
+        # Items submitted and not yet committed (or failed), counted by the writer; when full, this
+        # socket alone is not read until half of them are confirmed: a flood delays only itself.
+        self._share = QueueShare(limits.max_unconfirmed_items, limits.max_unconfirmed_bytes)
+        self._unread: memoryview | None = None  # the rest of a burst, while events are held
         self._seen_mn: str | None = None  # the last sighting written: MN and perf_counter time
         self._seen_at = 0.0
         self._acks: list[bytes] | None = None  # 9014s of one commit round, sent together
@@ -259,7 +273,7 @@ class DasConnection(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing() or self.retiring
 
     def _close_when_confirmed(self) -> None:
-        if (self.eof or self.retiring) and not self._unconfirmed:
+        if (self.eof or self.retiring) and not self._share.items:
             self.close(self.closing_reason or "peer_closed")
 
     def retire(self, reason: str, grace_s: float) -> None:
@@ -351,7 +365,7 @@ class DasConnection(asyncio.Protocol):
             "das_not_reading",
             unsent_bytes=transport.get_write_buffer_size(),
             unsent_acks=len(self._acks or ()),
-            unconfirmed=self._unconfirmed,
+            unconfirmed=self._share.items,
             mn=self.session.mn,
         )
         self._acks = None
@@ -366,6 +380,23 @@ class DasConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         self.deps.metrics.received(len(data))
+        if len(data) > _SLICE_BYTES:
+            self._unread = memoryview(data)
+            self._read_unread()
+        elif self._parse(data):
+            self._after_input()
+
+    def _read_unread(self) -> None:
+        """Parse the rest of a burst a slice at a time, until it is done or events are held."""
+        while self._unread is not None and self._held is None:
+            chunk = self._unread[:_SLICE_BYTES]
+            self._unread = self._unread[_SLICE_BYTES:] or None
+            if not self._parse(chunk):
+                return
+        self._after_input()
+
+    def _parse(self, data: bytes | memoryview) -> bool:
+        """Feed the session and handle its events; False if a bug closed the connection."""
         try:
             events = self.session.receive_data(data, datetime.now(UTC))
             self._handle(events, time.perf_counter())
@@ -373,8 +404,8 @@ class DasConnection(asyncio.Protocol):
             # A bug, not bad input (the session turns all bad input into events): close only this one.
             self.log.exception("connection_bug", mn=self.session.mn)
             self.close("internal_error")
-            return
-        self._after_input()
+            return False
+        return True
 
     def _after_input(self) -> None:
         if self.session.should_close:
@@ -393,22 +424,26 @@ class DasConnection(asyncio.Protocol):
             else:
                 self._held.append((event, arrived))
 
-    def _hold(self) -> None:
-        """Stop reading; events already read wait in order until `_release`."""
+    def _hold(self, hold: ReadHold = ReadHold.EVENTS) -> None:
+        """Stop reading; events already read (and the rest of a burst) wait in order until `_release`."""
         if self._held is None:
             self._held = []
-        self.hold_reading(ReadHold.EVENTS)
+        self.hold_reading(hold)
 
-    def _release(self) -> None:
-        """Handle the held events (one may hold again: the rest waits on), then read again."""
-        held, self._held = self._held or [], None
-        if self.transport is None or self.transport.is_closing():
+    def _release(self, hold: ReadHold = ReadHold.EVENTS) -> None:
+        """Release `hold`; unless another hold keeps them waiting, handle the held events and the
+        rest of the burst (one may hold again: the rest waits on), then read again."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self._holds & hold:
             return
-        for event, arrived in held:
-            self._handle([event], arrived)
-        if self._held is None:
-            self.release_reading(ReadHold.EVENTS)  # reads again unless held for another reason
-        self._after_input()
+        self._holds &= ~hold  # reading stays paused while the held events are handled
+        if not self._holds & _EVENT_HOLDS:
+            held, self._held = self._held or [], None
+            for event, arrived in held:
+                self._handle([event], arrived)
+            self._read_unread()
+        if not self._holds and not transport.is_closing():
+            transport.resume_reading()
 
     def _pin_done(self, future: "asyncio.Future[None]") -> None:
         if future.cancelled() or future.exception() is not None:
@@ -546,19 +581,24 @@ class DasConnection(asyncio.Protocol):
         self.close(reason)
 
     def _submit(self, item: IngestItem, on_done: OnDone) -> None:
-        """Hand an item to the writer; `on_done` must end in `_stored` (it counts the unconfirmed)."""
+        """Hand an item to the writer; `on_done` must end in `_stored`. A full share holds the rest."""
+        share = self._share
         try:
-            self.deps.writer.submit(item, on_done)
+            self.deps.writer.submit(item, on_done, share)
         except WriterClosed:
             return  # shutting down: no ack, the DAS sends it again
-        self._unconfirmed += 1
+        if share.full and not self._holds & ReadHold.QUEUE_SHARE:
+            limit = "items" if share.items >= share.max_items else "bytes"
+            self.deps.metrics.queue_share_pauses.labels(limit=limit).inc()
+            self._hold(ReadHold.QUEUE_SHARE)
 
     def _stored(self, error: BaseException | None) -> None:
         """An item's batch committed (error None) or never will: one fewer to wait for before closing.
 
         A refused item (ItemRejected) is logged once, by the writer, with its MN and the error.
         """
-        self._unconfirmed -= 1
+        if self._held is not None and self._share.has_room:
+            self._release(ReadHold.QUEUE_SHARE)  # a no-op unless the share's hold is on
         self._close_when_confirmed()
 
     def _refused(self, error: BaseException, packet: Packet, arrived: float) -> None:

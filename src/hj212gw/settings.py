@@ -46,6 +46,12 @@ class ConnectionSettings(BaseModel):
     write_stall_timeout_s: float = Field(
         default=30.0, gt=0, description="Abort a DAS (not_reading) whose outgoing buffer stays full this long."
     )
+    max_unconfirmed_items: int = Field(
+        default=32, ge=1, description="Packets of one DAS in the write queue before that socket alone is not read."
+    )
+    max_unconfirmed_bytes: int = Field(
+        default=262144, ge=4096, description="Encoded bytes of one DAS in the write queue before it is not read."
+    )
 
     @model_validator(mode="after")
     def _write_limits(self) -> "ConnectionSettings":
