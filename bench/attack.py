@@ -510,7 +510,8 @@ async def drop_schema(dsn: str, schema: str) -> None:
     locks than one transaction may hold (max_locks_per_transaction)."""
     sql = (
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 LIMIT 100"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1"
+        " AND c.relkind IN ('r', 'p') LIMIT 100"  # not the partitions of partitioned indexes
     )
     conn = await asyncpg.connect(dsn)
     try:

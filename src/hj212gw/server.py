@@ -410,7 +410,7 @@ class DasConnection(asyncio.Protocol):
     def _after_input(self) -> None:
         if self.session.should_close:
             self.close(self.session.close_reason or "session")
-        elif self._held is None and self.deps.writer.full and self.transport is not None:
+        elif self.deps.writer.full and self.transport is not None:  # held or not: every socket pauses
             self.deps.gateway.pause(self)
 
     def poll(self, now: datetime) -> None:
