@@ -195,7 +195,10 @@ class BatchWriter:
         self.supervisor = supervisor or Supervisor()
         self.log = structlog.get_logger("hj212gw.ingest")
         self.ready = True  # False while PostgreSQL is down
-        self._queue: deque[_Pending] = deque()
+        # Two queues, so that a flood does not delay everyone (see `_take`): a source's only item
+        # (a DAS waiting for its ack has one at a time) and the backlogs of sources with more.
+        self._first: deque[_Pending] = deque()
+        self._rest: deque[_Pending] = deque()
         self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
@@ -248,8 +251,10 @@ class BatchWriter:
             nbytes += len(row.raw)
         for part in item.split_parts:
             nbytes += len(part.segment)
-        self._queue.append(_Pending(item, on_done, nbytes, share))
-        if share is not None:
+        if share is None:
+            self._first.append(_Pending(item, on_done, nbytes, share))
+        else:
+            (self._rest if share.items else self._first).append(_Pending(item, on_done, nbytes, share))
             share.items += 1
             share.nbytes += nbytes
         self._pending += 1
@@ -288,8 +293,9 @@ class BatchWriter:
         while self.pending and (deadline is None or time.monotonic() < deadline):
             self._wakeup.set()
             await asyncio.sleep(0.005)
-        unflushed = [e for b in self._active for e in b.entries] + list(self._queue)
-        self._queue.clear()
+        unflushed = [e for b in self._active for e in b.entries] + list(self._first) + list(self._rest)
+        self._first.clear()
+        self._rest.clear()
         await self.supervisor.stop(self._names)
         for entry in unflushed:  # never committed: no ack, the DAS sends it again
             self._finish(entry, WriterClosed("closed before commit"))
@@ -323,7 +329,7 @@ class BatchWriter:
 
     async def _gather(self, batch: _Batch) -> None:
         """Wait for a first item, then collect for up to linger_s or max_batch_rows."""
-        while not self._queue:
+        while not self._first and not self._rest:
             self._wakeup.clear()
             await self._wakeup.wait()
         deadline = time.monotonic() + self.linger_s
@@ -340,10 +346,15 @@ class BatchWriter:
                 return
 
     def _take(self, batch: _Batch) -> None:
-        while self._queue and batch.rows < self.max_batch_rows:
-            entry = self._queue.popleft()
-            batch.entries.append(entry)
-            batch.rows += entry.item.row_count
+        """Sources' only items fill up to half a batch, then backlogs, then only items again: a DAS
+        that waits for its ack is in one of the next batches however many packets a flood queued
+        before it, and a backlog still gets at least half of every full batch."""
+        full = self.max_batch_rows
+        for queue, rows in ((self._first, full // 2), (self._rest, full), (self._first, full)):
+            while queue and batch.rows < rows:
+                entry = queue.popleft()
+                batch.entries.append(entry)
+                batch.rows += entry.item.row_count
         self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:
