@@ -120,13 +120,18 @@ class QueueShare:
     confirmed, and their bytes. The writer counts; the source decides what `full` means for it
     (the server stops reading a connection whose share is full until it has room again)."""
 
-    __slots__ = ("items", "max_bytes", "max_items", "nbytes")
+    __slots__ = ("backlog_items", "items", "max_bytes", "max_items", "nbytes")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.items = 0
         self.nbytes = 0
         self.max_items = max_items
         self.max_bytes = max_bytes
+        # With this many items queued, the source's next ones are a backlog (see BatchWriter._take):
+        # a quarter of the share, under the half where a full share reads again, so a source that
+        # keeps its share full never leaves the backlog, while one whose acks come late does not
+        # enter it (a simulated DAS sending 5 packets/s has 8 in flight after 1.6 s without acks).
+        self.backlog_items = max(1, max_items // 4)
 
     @property
     def full(self) -> bool:
@@ -195,8 +200,8 @@ class BatchWriter:
         self.supervisor = supervisor or Supervisor()
         self.log = structlog.get_logger("hj212gw.ingest")
         self.ready = True  # False while PostgreSQL is down
-        # Two queues, so that a flood does not delay everyone (see `_take`): a source's only item
-        # (a DAS waiting for its ack has one at a time) and the backlogs of sources with more.
+        # Two queues, so that a flood does not delay everyone (see `_take`): the items of sources
+        # with few queued (a DAS waiting for its ack has one) and the backlogs of those with more.
         self._first: deque[_Pending] = deque()
         self._rest: deque[_Pending] = deque()
         self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
@@ -254,7 +259,8 @@ class BatchWriter:
         if share is None:
             self._first.append(_Pending(item, on_done, nbytes, share))
         else:
-            (self._rest if share.items else self._first).append(_Pending(item, on_done, nbytes, share))
+            queue = self._rest if share.items >= share.backlog_items else self._first
+            queue.append(_Pending(item, on_done, nbytes, share))
             share.items += 1
             share.nbytes += nbytes
         self._pending += 1
@@ -346,9 +352,9 @@ class BatchWriter:
                 return
 
     def _take(self, batch: _Batch) -> None:
-        """Sources' only items fill up to half a batch, then backlogs, then only items again: a DAS
-        that waits for its ack is in one of the next batches however many packets a flood queued
-        before it, and a backlog still gets at least half of every full batch."""
+        """Items of sources with few queued fill up to half a batch, then backlogs, then the former
+        again: a DAS that waits for its ack is in one of the next batches however many packets a
+        flood queued before it, and a backlog still gets at least half of every full batch."""
         full = self.max_batch_rows
         for queue, rows in ((self._first, full // 2), (self._rest, full), (self._first, full)):
             while queue and batch.rows < rows:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.ingest import BatchWriter, IngestItem, NullObserver, WriterClosed
+from hj212gw.ingest import BatchWriter, IngestItem, NullObserver, QueueShare, WriterClosed, encoded_bytes
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataBlock, DataRow, FrameRow, month_of
@@ -144,3 +144,37 @@ async def test_close_during_an_outage_mid_bisection_answers_each_item_once(
     assert [type(e) for n in (2, 3) for e in calls[n]] == [WriterClosed, WriterClosed]
     assert writer.pending == 0 and writer.pending_bytes == 0
     assert await count_rows(conn) == 4
+
+
+class BatchMarks(NullObserver):
+    """Writes `|` into `order` after each committed batch's items confirmed themselves there."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
+        self.order.append("|")  # called before the batch's items are confirmed
+
+
+async def test_each_source_counts_its_share_and_few_items_go_ahead_of_backlogs(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    order: list[str] = []
+    writer = BatchWriter(db, linger_s=0.01, max_batch_rows=30, writers=1, observer=BatchMarks(order))
+    flood = QueueShare(max_items=4, max_bytes=1 << 30)  # its second item on is a backlog
+    flood_items = [item(n, "FLOOD") for n in range(60)]
+    for each in flood_items:  # a source that does not wait for its acks: a backlog
+        writer.submit(each, lambda _e: order.append("flood"), flood)
+    shares = [QueueShare(max_items=32, max_bytes=1 << 20) for _ in range(10)]
+    for n, share in enumerate(shares):  # DAS units with one packet in flight each, queued after it
+        writer.submit(item(n, f"DAS{n}"), lambda _e: order.append("das"), share)
+    assert (flood.items, flood.nbytes) == (60, sum(encoded_bytes(i) for i in flood_items))
+
+    writer.start()
+    await writer.close()
+
+    batches = [batch.split() for batch in " ".join(order).split("|")[1:]]  # each batch's items
+    assert sum(batch.count("das") for batch in batches[:3]) == 10  # before: all ten after the flood
+    assert all(batch.count("flood") >= 5 for batch in batches if len(batch) == 10)  # half of a full batch
+    assert (flood.items, flood.nbytes) == (0, 0) and all(s.items == 0 for s in shares)
+    assert await count_rows(conn) == 140
