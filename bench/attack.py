@@ -17,9 +17,9 @@ Mixes: long_fields (MN, PW, QN, factor codes of about 3,000 characters), split_f
 parts that never complete), data_flood (valid data packets sent without waiting for acks),
 not_reading (requests that make replies, never read), slowloris (one byte every few seconds,
 with and without a valid first packet), wrong_pw (packets for pinned MNs with wrong PWs),
-far_future (DataTimes in random months up to year 9999), garbage (random bytes). Reported per phase: the normal devices' ack p50/p99 and acks, the gateway's RSS peak
-(the gateway process and its children), and the connections closed and frames rejected by
-reason (from /metrics); at the end, acked vs. stored (PostgreSQL) for the normal devices.
+far_future (DataTimes in random months up to year 9999), garbage (random bytes). Reported per
+phase: the normal devices' ack p50/p99 and acks, the gateway's RSS peak (the gateway process
+and its children), and the connections closed and frames rejected by reason (from /metrics); at the end, acked vs. stored (PostgreSQL) for the normal devices.
 Prints a summary on stderr, and with --json one JSON object on stdout.
 """
 
