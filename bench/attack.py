@@ -19,7 +19,8 @@ not_reading (requests that make replies, never read), slowloris (one byte every 
 with and without a valid first packet), wrong_pw (packets for pinned MNs with wrong PWs),
 far_future (DataTimes in random months up to year 9999), garbage (random bytes). Reported per
 phase: the normal devices' ack p50/p99 and acks, the gateway's RSS peak (the gateway process
-and its children), and the connections closed and frames rejected by reason (from /metrics); at the end, acked vs. stored (PostgreSQL) for the normal devices.
+and its children), and the connections closed and frames rejected by reason (from /metrics);
+at the end, acked vs. stored (PostgreSQL) for the normal devices.
 Prints a summary on stderr, and with --json one JSON object on stdout.
 """
 
