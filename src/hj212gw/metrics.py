@@ -210,6 +210,12 @@ class Metrics:
         self.device_pins = Counter(
             "hj212gw_device_pins_total", "Trust-on-first-use pins of new MNs' PWs, by outcome.", ["outcome"], registry=r
         )
+        self.device_pin_batch = Histogram(
+            "hj212gw_device_pin_batch_mns",
+            "New MNs per pin statement (one INSERT for every MN waiting; a refused one is isolated).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
         self.mn_moves = Counter(
             "hj212gw_mn_moves_total", "MNs moving between live connections, by outcome.", ["outcome"], registry=r
         )

@@ -1,7 +1,7 @@
 """The device registry's SQL: what the gateway loads, trust-on-first-use pins, and the operator
 commands of `hj212gw devices` (list, add, set-pw, approve/reject, import).
 
-`devices.pw` is a secret: only `fetch_registry` (the gateway's in-memory copy) and `save_pin`
+`devices.pw` is a secret: only `fetch_registry` (the gateway's in-memory copy) and `save_pins`
 read it; nothing here logs it, and `fetch_device_list` returns only whether one is set. A pin is
 decided by PostgreSQL, first writer wins: two replicas that see a new MN at the same moment both
 get the PW that committed first. Knows no HJ 212 parsing and no settings.
@@ -9,7 +9,7 @@ get the PW that committed first. Knows no HJ 212 parsing and no settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,12 +18,17 @@ REGISTRY_SQL = "SELECT mn, status, pw, enabled, heartbeat_reply, crc_variants FR
 
 # ON CONFLICT … WHERE d.pw IS NULL: an existing PW (pinned or set by an operator) is never
 # replaced by a device. The row lock taken by the conflict makes a concurrent pin of the same MN
-# wait for this one's commit and then find the PW set; RETURNING is empty for the loser.
-PIN_SQL = """
-INSERT INTO devices AS d (mn, status, pw, pw_source, pw_set_at) VALUES ($1, $2, $3, 'first_use', now())
+# wait for this one's commit and then find the PW set; RETURNING leaves out the loser's rows.
+# Rows are inserted in MN order, so two replicas pinning overlapping sets lock them in the same
+# order and never deadlock.
+PINS_SQL = """
+INSERT INTO devices AS d (mn, status, pw, pw_source, pw_set_at)
+SELECT p.mn, $3, p.pw, 'first_use', now() FROM unnest($1::text[], $2::text[]) AS p (mn, pw) ORDER BY p.mn
 ON CONFLICT (mn) DO UPDATE SET pw = excluded.pw, pw_source = 'first_use', pw_set_at = excluded.pw_set_at
 WHERE d.pw IS NULL
-RETURNING pw, status"""
+RETURNING mn, pw, status"""
+
+PINNED_SQL = "SELECT mn, pw, status FROM devices WHERE mn = ANY($1::text[]) AND pw IS NOT NULL"
 
 LIST_SQL = """
 SELECT mn, name, site, tags, status, enabled, pw IS NOT NULL AS pw_set, pw = '' AS pw_empty, pw_source,
@@ -77,18 +82,21 @@ async def fetch_registry(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(REGISTRY_SQL)  # type: ignore[no-any-return]
 
 
-async def save_pin(conn: asyncpg.Connection, mn: str, pw: str, status: str) -> tuple[str, str] | None:
-    """Pin `pw` for `mn` unless a PW is already set; return the PW and status that hold now.
+async def save_pins(conn: asyncpg.Connection, pins: Mapping[str, str], status: str) -> dict[str, tuple[str, str]]:
+    """Pin each MN's PW (`pins`: MN -> PW) unless one is set; return MN -> (PW, status) that hold now.
 
-    A new MN is inserted with `status`. None only if the row vanished between the two statements
-    (an operator deleted it): the caller tries again.
+    One statement for all MNs, plus one that reads back those whose PW was set already. New MNs
+    are inserted with `status`. An MN missing from the result vanished between the two statements
+    (an operator deleted it or cleared its PW): the caller tries it again. If PostgreSQL refuses
+    one row, the statement fails as a whole and nothing is pinned.
     """
-    row = await conn.fetchrow(PIN_SQL, mn, status, pw)
-    if row is None:  # a PW was set before: read it in a new statement (a new snapshot sees it)
-        row = await conn.fetchrow("SELECT pw, status FROM devices WHERE mn = $1", mn)
-    if row is None or row["pw"] is None:
-        return None
-    return row["pw"], row["status"]
+    mns = list(pins)
+    rows = await conn.fetch(PINS_SQL, mns, [pins[mn] for mn in mns], status)
+    held = {r["mn"]: (r["pw"], r["status"]) for r in rows}
+    if len(held) < len(mns):  # PWs set before: read them in a new statement (a new snapshot sees them)
+        rows = await conn.fetch(PINNED_SQL, [mn for mn in mns if mn not in held])
+        held.update((r["mn"], (r["pw"], r["status"])) for r in rows)
+    return held
 
 
 async def fetch_device_list(conn: asyncpg.Connection, status: str | None = None) -> list[dict[str, object]]:
