@@ -39,6 +39,18 @@ def new_pinner(db: Database) -> Pinner:
     return Pinner(db, DeviceRegistry(), Metrics())
 
 
+@pytest.fixture
+async def behind_proxy(pg_dsn: str, schema: str, db: Database, proxy: TcpProxy) -> AsyncIterator[Pinner]:
+    """A Pinner whose pool reaches PostgreSQL through `proxy` (outages)."""
+    via_proxy = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=1.0)
+    await via_proxy.connect()
+    pinner = new_pinner(via_proxy)
+    yield pinner
+    proxy.restore()
+    await pinner.stop()
+    await via_proxy.close()
+
+
 def sample(pinner: Pinner, name: str, **labels: str) -> float:
     return pinner.metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -140,50 +152,35 @@ async def test_a_pw_set_before_wins_over_the_one_presented(db: Database, conn: a
 
 
 async def test_during_an_outage_pins_fail_after_their_timeout_and_succeed_once_it_ends(
-    pg_dsn: str, schema: str, db: Database, proxy: TcpProxy, conn: asyncpg.Connection
+    behind_proxy: Pinner, proxy: TcpProxy, conn: asyncpg.Connection
 ) -> None:
-    via_proxy = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=1.0)
-    await via_proxy.connect()
-    pinner = new_pinner(via_proxy)
+    pinner = behind_proxy
     pinner.timeout_s = 0.6
-    try:
-        proxy.cut()
-        began = time.monotonic()
-        with capture_logs():
-            early = [pinner.pin(f"OUT{n}", "123456") for n in range(3)]
-            await asyncio.sleep(0.3)
-            late = pinner.pin("LATE", "123456")  # queued while the first batch waits to retry
-            errors = await settled([*early, late])
-        assert all(isinstance(err, PinFailed) for err in errors)
-        assert 0.6 <= time.monotonic() - began < 5
-        assert sample(pinner, "hj212gw_device_pins_total", outcome="failed") == 4
-        proxy.restore()
-        pinner.timeout_s = 10
-        assert await settled([pinner.pin(f"OUT{n}", "123456") for n in range(3)]) == [None] * 3
-        assert await conn.fetchval("SELECT count(*) FROM devices") == 3
-    finally:
-        proxy.restore()
-        await pinner.stop()
-        await via_proxy.close()
+    proxy.cut()
+    began = time.monotonic()
+    with capture_logs():
+        early = [pinner.pin(f"OUT{n}", "123456") for n in range(3)]
+        await asyncio.sleep(0.3)
+        late = pinner.pin("LATE", "123456")  # queued while the first batch waits to retry
+        errors = await settled([*early, late])
+    assert all(isinstance(err, PinFailed) for err in errors)
+    assert 0.6 <= time.monotonic() - began < 5
+    assert sample(pinner, "hj212gw_device_pins_total", outcome="failed") == 4
+    proxy.restore()
+    pinner.timeout_s = 10
+    assert await settled([pinner.pin(f"OUT{n}", "123456") for n in range(3)]) == [None] * 3
+    assert await conn.fetchval("SELECT count(*) FROM devices") == 3
 
 
 async def test_an_mn_presented_during_an_outage_joins_the_retry_and_pins_when_it_ends(
-    pg_dsn: str, schema: str, db: Database, proxy: TcpProxy, conn: asyncpg.Connection
+    behind_proxy: Pinner, proxy: TcpProxy, conn: asyncpg.Connection
 ) -> None:
-    via_proxy = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, connect_timeout_s=1.0)
-    await via_proxy.connect()
-    pinner = new_pinner(via_proxy)
-    try:
-        proxy.cut()
-        with capture_logs():
-            futures = [pinner.pin(f"WAIT{n}", "123456") for n in range(2)]
-            await asyncio.sleep(0.1)
-            futures += [pinner.pin(f"JOIN{n}", "123456") for n in range(20)]
-            await asyncio.sleep(0.5)
-        proxy.restore()
-        assert await settled(futures) == [None] * 22
-        assert await conn.fetchval("SELECT count(*) FROM devices WHERE pw = '123456'") == 22
-    finally:
-        proxy.restore()
-        await pinner.stop()
-        await via_proxy.close()
+    proxy.cut()
+    with capture_logs():
+        futures = [behind_proxy.pin(f"WAIT{n}", "123456") for n in range(2)]
+        await asyncio.sleep(0.1)
+        futures += [behind_proxy.pin(f"JOIN{n}", "123456") for n in range(20)]
+        await asyncio.sleep(0.5)
+    proxy.restore()
+    assert await settled(futures) == [None] * 22
+    assert await conn.fetchval("SELECT count(*) FROM devices WHERE pw = '123456'") == 22
