@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from hj212gw.protocol.builders import (
     Target,
+    answered_qn,
     build_control,
     build_data_ack,
     build_execution_result,
@@ -139,3 +140,16 @@ def test_every_built_request_decodes_to_what_was_asked(build, version, qn, st_co
     result = decode_frame(decoded)
     assert (result.qn, result.st, result.mn, result.pw) == (qn, st_code, MN, "123456")
     assert result.version is version and result.ack_requested
+
+
+def test_a_2005_request_reply_is_the_captured_2005_9011() -> None:
+    """§14: a 2005 DAS's 9011 (xiaoyao9184 capture, 2016) is what the builder makes for 2005."""
+    request = parse_segment(b"QN=20160824211301007;ST=32;CN=1012;PW=123456;MN=LD130131000382;Flag=1;CP=&&&&")
+    captured = (STD.parent / "xiaoyao9184-hj-t212-parser/9011-l190.hj212").read_bytes()
+    assert build_request_reply(request, QnRtn.READY) == captured
+
+
+def test_a_2005_notification_echoes_the_qn_it_carried_in_cp() -> None:
+    request = parse_segment(b"ST=91;CN=1013;PW=123456;MN=LD130133000018;Flag=1;CP=&&QN=20160824115654000&&")
+    assert answered_qn(request) == "20160824115654000"
+    assert b"Flag=0;CP=&&QN=20160824115654000&&" in build_notification_reply(request)

@@ -1,13 +1,13 @@
 """requests.py: the request lifecycle table, alone and through the session (9011 -> data -> 9012)."""
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hj212gw.protocol import requests
 from hj212gw.protocol.builders import Target, build_history_request, build_set_rtd_interval
-from hj212gw.protocol.constants import Cn, QnRtn
+from hj212gw.protocol.constants import Cn, ProtocolVersion, QnRtn
 from hj212gw.protocol.framing import encode_frame
 from hj212gw.protocol.requests import (
     TRANSITIONS,
@@ -28,7 +28,7 @@ from hj212gw.protocol.session import (
     Send,
     SessionConfig,
 )
-from tests.protocol.conftest import MN, T0, frame, std
+from tests.protocol.conftest import FIXTURES, MN, T0, frame, std
 
 LIVE = [s for s in RequestState if s is not RequestState.DONE]
 
@@ -194,3 +194,59 @@ def test_pending_requests_are_capped_and_the_refused_one_is_never_sent() -> None
     assert len(session.pending_requests()) == 2
     # Re-registering a pending QN is no new request.
     assert session.send_request(b"r1", qn="20240315100000001", cn="1012", now=T0) == [Send(b"r1", "1012")]
+
+
+# ---- in the version the DAS speaks (HJ 212-2017 §5 Flag, §12 E4, §14 for 2005) ---------------
+
+
+E4_1012 = datetime(2024, 3, 15, 4, 0, 1, tzinfo=UTC)
+
+
+def time_calibration(session: DasSession, request: bytes) -> list[Send]:
+    """What the session sends for a 1013: its 9013 and the 1012 that follows."""
+    return [e for e in session.receive_data(request, now=T0) if isinstance(e, Send)]
+
+
+def test_a_time_set_retry_carries_the_time_of_the_retry_with_the_same_qn() -> None:
+    session = DasSession()
+    [_, first] = time_calibration(session, std("1013-e4-time-calibration-request"))
+    assert b"SystemTime=20240315100000" in first.data
+    [retry] = session.poll(T0 + timedelta(seconds=10))
+    assert isinstance(retry, Send) and retry.cn == "1012"
+    # T0 + 10 s is 10:00:10 in Asia/Shanghai; the QN stays the first try's, so its 9011 correlates.
+    assert b"QN=20240315100000000;" in retry.data and b"SystemTime=20240315100010" in retry.data
+    [later] = session.poll(T0 + timedelta(seconds=20))
+    assert isinstance(later, Send) and b"SystemTime=20240315100020" in later.data
+    reply = frame(f"QN=20240315100000000;ST=91;CN=9011;PW=123456;MN={MN};Flag=4;CP=&&QnRtn=1&&")
+    assert RequestAcknowledged("20240315100000000", "1012", 1) in session.receive_data(reply, now=T0)
+
+
+def test_a_2005_1013_with_qn_in_cp_gets_a_2005_9013_and_a_2005_1012() -> None:
+    session = DasSession()
+    request = (FIXTURES / "packets/good/xiaoyao9184-hj-t212-parser/1013-l201.hj212").read_bytes()
+    [reply, set_time] = time_calibration(session, request)
+    # §14: a 2005 reply carries the answered QN inside CP, with Flag=0.
+    assert reply.data == frame("ST=91;CN=9013;PW=123456;MN=LD130133000018;Flag=0;CP=&&QN=20160824115654000&&")
+    # A 2005 request: QN in the header and Flag=1 (version bits 000000, A=1), not 2017's Flag=5.
+    assert set_time.data == frame(
+        "QN=20240315100000000;ST=32;CN=1012;PW=123456;MN=LD130133000018;Flag=1;CP=&&SystemTime=20240315100000&&"
+    )
+    assert session.target() == Target("LD130133000018", "123456", "32", ProtocolVersion.HJT212_2005)
+
+
+def test_a_2025_1013_gets_flag_8_and_a_1012_with_flag_9() -> None:
+    session = DasSession()
+    request = std("1013-e4-time-calibration-request").replace(b"Flag=5", b"Flag=9")
+    request = encode_frame(request[6:-6])
+    [reply, set_time] = time_calibration(session, request)
+    assert reply.data == encode_frame(std("9013-e4-notification-reply")[6:-6].replace(b"Flag=4", b"Flag=8"))
+    assert b";CN=1012;PW=123456;MN=" + MN.encode() + b";Flag=9;CP=&&SystemTime=20240315100000&&" in set_time.data
+
+
+def test_a_2017_1013_is_answered_as_the_standard_prints_it() -> None:
+    session = DasSession()
+    # E4's 1012 went out at 12:00:01 device time (04:00:01 UTC), one second after the 1013.
+    sends = [
+        e for e in session.receive_data(std("1013-e4-time-calibration-request"), now=E4_1012) if isinstance(e, Send)
+    ]
+    assert [s.data for s in sends] == [std("9013-e4-notification-reply"), std("1012-e4-set-time")]

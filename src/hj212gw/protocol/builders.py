@@ -1,14 +1,17 @@
 """Builders for every reply and platform->DAS command, in the version the DAS speaks.
 
 Replies (HJ 212-2017 §9.1) echo QN, PW and MN of the packet answered, with `ST=91` and the
-reply Flag of the DAS's version: 4 for 2017, 8 for 2025; a 2005 reply carries the answered QN
-inside CP (§14). Requests carry the site's ST, the DAS's PW, a fresh QN and the ack bit.
+reply Flag of the DAS's version: 0 for 2005, 4 for 2017, 8 for 2025; a 2005 reply carries the
+answered QN inside CP (§14), whether the DAS sent it in the header or, the 2005 way, in CP.
+Requests carry the site's ST, the DAS's PW, a fresh QN in the header and the version bits of
+the DAS with the ack bit: Flag 1 for 2005, 5 for 2017, 9 for 2025.
 """
 
 from dataclasses import dataclass
 
 from hj212gw.protocol.constants import Cn, ExeRtn, PacketFlag, ProtocolVersion, QnRtn
-from hj212gw.protocol.cp import Items, encode_items
+from hj212gw.protocol.cp import Items, encode_items, tokenize_cp
+from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.framing import encode_frame
 from hj212gw.protocol.models import Packet
 
@@ -31,16 +34,30 @@ def _segment(fields: Items, cp: str) -> bytes:
     return f"{head}CP=&&{cp}&&".encode()
 
 
+def answered_qn(packet: Packet) -> str | None:
+    """The QN a reply to `packet` echoes: the header's, else a 2005-style `QN=` item in CP."""
+    if packet.qn is not None:
+        return packet.qn
+    if "QN=" not in packet.cp:
+        return None  # the usual 2005 upload: no QN anywhere, so no tokenizing
+    try:
+        items = packet.data.items if packet.data is not None else tokenize_cp(packet.cp)
+    except Hj212Error:
+        return None  # a CP that does not tokenize has no QN to echo
+    return next((value for name, value in items if name == "QN"), None)
+
+
 def build_reply(answered: Packet, cn: str, cp_items: Items = ()) -> bytes:
     """A 9011/9012/9013/9014 frame answering `answered` in its version."""
     version = answered.version
     fields: list[tuple[str, str]] = []
     items = list(cp_items)
-    if answered.qn is not None:
+    qn = answered_qn(answered)
+    if qn is not None:
         if version is ProtocolVersion.HJT212_2005:
-            items.insert(0, ("QN", answered.qn))
+            items.insert(0, ("QN", qn))
         else:
-            fields.append(("QN", answered.qn))
+            fields.append(("QN", qn))
     fields.append(("ST", "91"))
     fields.append(("CN", cn))
     fields.append(("PW", answered.pw or ""))
@@ -88,7 +105,7 @@ class Target:
 
 
 def build_request(target: Target, cn: str, qn: str, cp_items: Items = (), *, ack: bool = True) -> bytes:
-    """A platform->DAS request frame: `QN;ST;CN;PW;MN;Flag;CP` with the ack bit (Flag 5 / 9)."""
+    """A platform->DAS request frame: `QN;ST;CN;PW;MN;Flag;CP` with the ack bit (Flag 1 / 5 / 9)."""
     flag = version_bits(target.version) | (PacketFlag.ACK_REQUESTED if ack else 0)
     fields = (
         ("QN", qn),

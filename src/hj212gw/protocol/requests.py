@@ -30,6 +30,7 @@ OVERTIME while retries are left, OVERTIME_LAST when none are. `step` applies one
 passed in.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -105,6 +106,9 @@ class PendingRequest:
     deadline: datetime
     expects_result: bool = True
     state: RequestState = RequestState.AWAITING_REPLY
+    # For a request whose content is a time (1012 SystemTime): the frame as of the retry's time,
+    # same QN. A retry of a time set must not set the clock to when the first try went out.
+    refresh: Callable[[datetime], bytes] | None = None
 
 
 def reply_input(request: PendingRequest, qn_rtn: int | None) -> RequestInput:
@@ -122,14 +126,17 @@ def overtime_input(request: PendingRequest) -> RequestInput:
 def step(request: PendingRequest, given: RequestInput, now: datetime) -> tuple[RequestAction, ...]:
     """Apply the table's row for (`request.state`, `given`); the actions left for the caller.
 
-    RESEND and EXTEND restart the OverTime clock here (RESEND also spends a retry); the caller
-    still writes the frame again for RESEND and reports the rest.
+    RESEND and EXTEND restart the OverTime clock here (RESEND also spends a retry, and rebuilds
+    `request.data` through `request.refresh` when it has one); the caller still writes the frame
+    again for RESEND and reports the rest.
     """
     transition = TRANSITIONS[request.state, given]
     request.state = transition.next_state
     for action in transition.actions:
         if action is RequestAction.RESEND:
             request.retries_left -= 1
+            if request.refresh is not None:
+                request.data = request.refresh(now)
         if action is RequestAction.RESEND or action is RequestAction.EXTEND:
             request.deadline = now + timedelta(seconds=request.over_time_s)
     return transition.actions

@@ -9,7 +9,7 @@ The events are in `events.py`, the request lifecycle's table in `requests.py`. T
 always passed in; nothing here reads a clock.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Literal
@@ -248,15 +248,21 @@ class DasSession:
             events.append(Send(build_reply(packet, choice), choice))
 
     def _send_time(self, packet: Packet, now: datetime) -> list[Event]:
-        """HJ 212-2017 §9.6: after the 9013, set the DAS clock to the platform's."""
+        """HJ 212-2017 §9.6: after the 9013, set the DAS clock to the platform's.
+
+        Each retry carries the time it is sent at (same QN), not the first try's.
+        """
         target = self.target()
         if target is None:
             return []
-        local = now.astimezone(self.config.device_tz)
+        device_tz = self.config.device_tz
         pol_id = packet.data.get("PolId") if packet.data is not None else None
         qn = self.new_qn(now)
-        frame = build_set_time(target, qn, format_hj_time(local), pol_id)
-        return self.send_request(frame, qn=qn, cn=Cn.SET_TIME, now=now)
+
+        def set_time_at(moment: datetime) -> bytes:
+            return build_set_time(target, qn, format_hj_time(moment.astimezone(device_tz)), pol_id)
+
+        return self.send_request(set_time_at(now), qn=qn, cn=Cn.SET_TIME, now=now, refresh=set_time_at)
 
     def _track_split(self, packet: Packet, frame: Frame, now: datetime, fragment: bool, events: list[Event]) -> bool:
         """False (and a FrameRejected) for a fragment the transfer caps refuse; a standalone part
@@ -291,7 +297,8 @@ class DasSession:
         """Header values for requests to this DAS, once its MN is known."""
         if self.mn is None:
             return None
-        version = self.version or ProtocolVersion.HJ212_2017
+        # Not `self.version or ...`: HJT212_2005 is 0, and a 2005 unit must get 2005 version bits.
+        version = ProtocolVersion.HJ212_2017 if self.version is None else self.version
         return Target(self.mn, self.pw or "", self.st or "32", version)
 
     def new_qn(self, now: datetime) -> str:
@@ -312,8 +319,12 @@ class DasSession:
         over_time_s: float = 10.0,
         re_count: int = 3,
         expects_result: bool = True,
+        refresh: Callable[[datetime], bytes] | None = None,
     ) -> list[Event]:
         """Register a request built by a `build_*` function and return the `Send` for it.
+
+        `refresh(now)` rebuilds the frame (same QN) for each retry of a request whose content
+        is a time; without it a retry repeats `data`.
 
         With `max_pending_requests` already awaiting their answer (a DAS that floods 1013, each
         answered with a 1012, or one that never answers), the request is not sent and fails at
@@ -331,6 +342,7 @@ class DasSession:
             re_count,
             now + timedelta(seconds=over_time_s),
             expects_result=expects_result,
+            refresh=refresh,
         )
         return [Send(data, cn)]
 
