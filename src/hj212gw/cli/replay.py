@@ -238,7 +238,7 @@ async def replay_connection(host: str, port: int, frames: list[CapturedFrame], c
         reader, writer = await asyncio.open_connection(host, port)
     except OSError as error:
         tally.connection_error = f"connect: {error}"
-        tally.unacked = sum(1 for f in frames if f.packet is not None and wants_answer(f.packet))
+        tally.ack_requested = tally.unacked = sum(1 for f in frames if f.packet is not None and wants_answer(f.packet))
         return tally
     replies = asyncio.create_task(_read_replies(reader, acks, half_closed, idle_s))
     try:
