@@ -2,7 +2,8 @@
 
 import asyncpg
 
-from hj212gw import records, row_layout
+from hj212gw.ingest import layout as row_layout
+from hj212gw.ingest import rows as records
 from hj212gw.storage import batch
 from hj212gw.storage.columns import (
     DATA_COLUMNS,

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from hj212gw.api import build_app
-from hj212gw.live_device import LiveDevice
+from hj212gw.server.live import LiveDevice
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataRow, DeviceSeen
 

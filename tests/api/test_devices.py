@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from hj212gw.live_device import LiveDevice
+from hj212gw.server.live import LiveDevice
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DeviceSeen
 from tests.api.harness import MN, OTHER, Harness, Live, make_harness, seen

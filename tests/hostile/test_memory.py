@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from hj212gw.cli import serve
 from hj212gw.cli.serve import Running
-from hj212gw.server import DasConnection
+from hj212gw.server.connection import DasConnection
 from tests.conftest import StartGateway
 from tests.integration.das import MN, DasClient, data_packet, empty_packet, settings_for
 from tests.integration.proxy import TcpProxy

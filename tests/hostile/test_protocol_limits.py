@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from hj212gw.cli import serve
+from hj212gw.ingest.rows import TimePolicy, data_block
 from hj212gw.protocol.cp import DataCp, tokenize_cp
 from hj212gw.protocol.errors import FrameError
 from hj212gw.protocol.framing import FrameBuffer, FrameLimits, Tolerance, encode_frame
 from hj212gw.protocol.session import DasSession, Event, FrameRejected, PacketReceived, RequestFailed, Send
-from hj212gw.records import TimePolicy, data_block
 from tests.copy_rows import decode_rows
 from tests.integration.das import DasClient, data_packet, empty_packet, settings_for
 from tests.integration.waiting import eventually

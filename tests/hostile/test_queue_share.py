@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from hj212gw.cli.serve import Running
-from hj212gw.server import DasConnection
+from hj212gw.server.connection import DasConnection
 from tests.conftest import Dial, StartGateway
 from tests.integration.das import MN, DasClient, data_packet
 from tests.integration.proxy import TcpProxy

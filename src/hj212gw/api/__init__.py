@@ -3,7 +3,7 @@
 Routes per resource: probes.py (/metrics, /healthz, /readyz), devices.py, data.py (stored rows
 and their versions); app.py builds the application and serves it; auth.py owns the bearer token.
 Reads stored data through `storage` and live connections through the `LiveState` interface in
-live.py; it imports nothing of the DAS server (`hj212gw.server`, `hj212gw.gateway`), which
+live.py; it imports nothing of the DAS server (`hj212gw.server`), which
 satisfies that interface structurally.
 """
 

@@ -14,10 +14,10 @@ import sys
 from pydantic import ValidationError
 
 from hj212gw import __version__
-from hj212gw.auth import Sm4KeysError, load_sm4_keys
 from hj212gw.cli import check_config, devices, migrate, replay
 from hj212gw.cli.options import add_settings_flags, settings_from
 from hj212gw.logs import configure_logging
+from hj212gw.server.auth import Sm4KeysError, load_sm4_keys
 from hj212gw.settings import Settings
 
 

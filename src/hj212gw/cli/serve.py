@@ -24,8 +24,8 @@ from hj212gw.api import build_app, start_http, stop_http
 from hj212gw.api.auth import HttpAccessError, http_access_token
 from hj212gw.cli.database import resolve_database_url, stop_started_embedded
 from hj212gw.embedded_watchdog import EmbeddedWatchdog
-from hj212gw.gateway import Gateway
 from hj212gw.metrics import Metrics
+from hj212gw.server.listener import Gateway
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.db import Database, DatabaseUnavailable
 from hj212gw.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError

@@ -6,7 +6,7 @@ is a whole gateway (its own loop, writer pool, device registry and metrics) and 
 replica of its own: gateway_id `<id>-<i>`, admin HTTP on the `--http` port + i, the DAS port
 shared through SO_REUSEPORT (the kernel spreads new connections over the workers). A newer
 connection for an MN held by another worker replaces the older one through PostgreSQL NOTIFY,
-exactly as between replicas on different hosts (gateway.py).
+exactly as between replicas on different hosts (server/listener.py).
 
 A worker that exits on its own is restarted, after a pause that grows while it keeps dying.
 SIGTERM/SIGINT is passed on to every worker, which drains as a single gateway does; then the

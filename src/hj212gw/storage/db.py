@@ -286,7 +286,7 @@ class Database:
                 conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends, split_parts=split_parts
             )
 
-    # -- split transfers (storage.split_parts; assembled by hj212gw.splits) ----------------------
+    # -- split transfers (storage.split_parts; assembled by hj212gw.ingest.splits) ----------------------
 
     async def fetch_complete_splits(self, keys: Sequence[SplitKey] | None, limit: int = 1000) -> list[SplitKey]:
         """Complete, unassembled transfers with a fragment: among `keys`, or any (None)."""

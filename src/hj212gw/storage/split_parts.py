@@ -5,7 +5,7 @@ calls `insert_parts`), and the statements of the sweep: which transfers are comp
 one under row locks so two replicas finishing the same transfer store its data once, and
 deleting transfers older than the split timeout. A transfer is (mn, cn, qn, pnum); a part resent
 while its transfer is still here keeps its first arrival (`ON CONFLICT DO NOTHING`). Knows no
-HJ 212 parsing: the shell assembles the stored segments (hj212gw.splits).
+HJ 212 parsing: the shell assembles the stored segments (hj212gw.ingest.splits).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""auth.py: the per-IP wrong-PW backoff (pure, time passed in) and the SM4 keys of serve."""
+"""server/auth.py: the per-IP wrong-PW backoff (pure, time passed in) and the SM4 keys of serve."""
 
 from pathlib import Path
 
 import pytest
 
-from hj212gw.auth import Sm4KeysError, WrongPwBackoff, load_sm4_keys, parse_sm4_key
+from hj212gw.server.auth import Sm4KeysError, WrongPwBackoff, load_sm4_keys, parse_sm4_key
 from hj212gw.settings import DeviceSettings
 
 

@@ -1,4 +1,4 @@
-"""server.py end to end: the gateway on port 0, a plain asyncio DAS, real PostgreSQL.
+"""server/connection.py end to end: the gateway on port 0, a plain asyncio DAS, real PostgreSQL.
 
 Each test starts its own gateway on a fresh schema, writes HJ 212 bytes, and checks the reply
 bytes, the rows in `data` and `raw_frames`, the metrics and the connection policies.

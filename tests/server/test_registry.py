@@ -3,7 +3,7 @@ and disabled devices, pins learned from PostgreSQL."""
 
 import pytest
 
-from hj212gw.registry import Admission, AuthMode, DeviceEntry, DeviceRegistry
+from hj212gw.server.registry import Admission, AuthMode, DeviceEntry, DeviceRegistry
 
 
 def registry(unknown_mn: str = "accept", auth: AuthMode = "tofu") -> DeviceRegistry:

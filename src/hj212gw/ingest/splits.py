@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from hj212gw.ingest.rows import TimePolicy, data_block
 from hj212gw.metrics import Metrics
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import encode_segment, parse_segment
 from hj212gw.protocol.split import MAX_KEY_CHARS, assemble_parts
-from hj212gw.records import TimePolicy, data_block
 from hj212gw.storage.db import ROW_ERRORS, Database, is_retryable
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow
 

@@ -1,4 +1,4 @@
-"""pinning.py: every MN waiting for a pin goes into one statement, a refused row fails alone, two
+"""server/pinning.py: every MN waiting for a pin goes into one statement, a refused row fails alone, two
 replicas racing agree on one PW, an outage fails a pin after its timeout.
 
 Real PostgreSQL (the gateway's own tests go through sockets: tests/hostile/test_auth.py). Rows
@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from hj212gw.metrics import Metrics
-from hj212gw.pinning import PinFailed, Pinner
-from hj212gw.registry import DeviceRegistry
+from hj212gw.server.pinning import PinFailed, Pinner
+from hj212gw.server.registry import DeviceRegistry
 from hj212gw.storage.db import Database
 from tests.integration.proxy import TcpProxy
 

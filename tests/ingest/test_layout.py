@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hj212gw import records, row_layout
+from hj212gw.ingest import layout as row_layout
+from hj212gw.ingest import rows as records
+from hj212gw.ingest.layout import RowLayout, layout_of
+from hj212gw.ingest.rows import TimePolicy, data_block
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
-from hj212gw.records import TimePolicy, data_block
-from hj212gw.row_layout import RowLayout, layout_of
 from tests.copy_rows import decode_rows
 
 POLICY = TimePolicy(ZoneInfo("Asia/Shanghai"))

@@ -9,7 +9,7 @@ encoded `data` rows (storage.pgcopy's binary COPY format) with one `float()` per
 Only the common case is compiled: every `code-Suffix` field has a number or Flag/EFlag suffix
 (fields without a code, like DataTime, are not rows). Layouts with other suffixes (SampleTime,
 vendor fields, which go to `extra`) are not, and `encode` refuses a packet whose numbers are
-not all finite numbers: those take the general encoder in hj212gw.records, which defines the
+not all finite numbers: those take the general encoder in hj212gw.ingest.rows, which defines the
 result. Tests hold the two byte-identical.
 """
 

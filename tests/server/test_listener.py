@@ -1,4 +1,4 @@
-"""gateway.py policies that span connections, and secrets in logs: quarantine, graceful replacement
+"""server/listener.py policies that span connections, and secrets in logs: quarantine, graceful replacement
 of a connection by a newer one for the same MN, and the PW never reaching a log line."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from hj212gw.cli import serve
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.framing import encode_frame
-from hj212gw.server import DasConnection
+from hj212gw.server.connection import DasConnection
 from hj212gw.storage.rows import DeviceSeen
 from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
 from tests.integration.waiting import eventually

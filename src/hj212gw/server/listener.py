@@ -22,15 +22,15 @@ from typing import TypeVar
 import asyncpg
 import structlog
 
-from hj212gw.auth import WrongPwBackoff, load_sm4_keys
-from hj212gw.ingest import BatchWriter
-from hj212gw.live_device import LiveDevice
+from hj212gw.ingest.splits import SplitSweeper
+from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
-from hj212gw.pinning import Pinner
-from hj212gw.registry import DeviceRegistry
-from hj212gw.server import DasConnection, Deps, ReadHold, session_config_from, time_policy_from
+from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
+from hj212gw.server.connection import DasConnection, Deps, ReadHold, session_config_from, time_policy_from
+from hj212gw.server.live import LiveDevice
+from hj212gw.server.pinning import Pinner
+from hj212gw.server.registry import DeviceRegistry
 from hj212gw.settings import Settings, split_host_port
-from hj212gw.splits import SplitSweeper
 from hj212gw.storage.announcements import channel_of
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database, is_retryable

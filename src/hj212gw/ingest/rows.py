@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+from hj212gw.ingest.layout import SUFFIX_COLUMNS, layout_of
 from hj212gw.protocol.cp import DataCp, SiteInfoCp
 from hj212gw.protocol.factors import CODE_2005_TO_2017
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet, parse_hj_time
-from hj212gw.row_layout import SUFFIX_COLUMNS, layout_of
 from hj212gw.storage import pgcopy
 from hj212gw.storage.columns import NUMBER_COLUMNS, VALUE_COLUMNS
 from hj212gw.storage.rows import DataBlock, DeviceSeen, FrameRow, month_of
@@ -109,7 +109,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     """The rows of a data upload (or 3020 info items), one per factor; None for packets without data.
 
     The packet's own columns are encoded once for all its factors. A data upload whose field
-    layout compiles (hj212gw.row_layout: the common case) is encoded in one `struct` call; any
+    layout compiles (hj212gw.ingest.layout: the common case) is encoded in one `struct` call; any
     other packet, or a number field without a finite number, takes `_factors`, which defines
     the result: this runs for every value the gateway stores.
     """

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.ingest import BatchWriter, IngestItem, NullObserver, QueueShare, WriterClosed, encoded_bytes
+from hj212gw.ingest.writer import BatchWriter, IngestItem, NullObserver, QueueShare, WriterClosed, encoded_bytes
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataBlock, DataRow, FrameRow, month_of

@@ -22,7 +22,7 @@ import structlog
 from asyncpg.exceptions._base import DataError as ClientDataError
 
 from hj212gw.metrics import Metrics
-from hj212gw.registry import DeviceRegistry, Status
+from hj212gw.server.registry import DeviceRegistry, Status
 from hj212gw.storage.db import DATABASE_ERRORS, RETRYABLE_ERRORS, Database, is_retryable
 from hj212gw.storage.devices import save_pins
 

@@ -1,7 +1,6 @@
 """`LiveDevice`: the server's view of the connection holding an MN, a plain value.
 
-Server side (server.py builds it, gateway.py collects it for `online()`); it goes into `server/`
-when that package exists. The admin API reads it through its own `api.live.LiveView` protocol and
+Server side (connection.py builds it, listener.py collects it for `online()`). The admin API reads it through its own `api.live.LiveView` protocol and
 never imports this module, nor does this module import the API.
 """
 

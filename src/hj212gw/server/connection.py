@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from hj212gw.ingest import BatchWriter, IngestItem, OnDone, QueueShare, WriterClosed, evidence_kept
-from hj212gw.live_device import LiveDevice
+from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row
+from hj212gw.ingest.splits import split_part_row
+from hj212gw.ingest.writer import BatchWriter, IngestItem, OnDone, QueueShare, WriterClosed, evidence_kept
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
@@ -43,13 +44,12 @@ from hj212gw.protocol.session import (
     SessionConfig,
     SplitPartsMissing,
 )
-from hj212gw.records import TimePolicy, data_block, device_seen, frame_row
-from hj212gw.registry import AUTH_FAILURES, DeviceRegistry
+from hj212gw.server.live import LiveDevice
+from hj212gw.server.registry import AUTH_FAILURES, DeviceRegistry
 from hj212gw.settings import Settings
-from hj212gw.splits import split_part_row
 
 if TYPE_CHECKING:
-    from hj212gw.gateway import Gateway
+    from hj212gw.server.listener import Gateway
 
 
 class RefusedByPolicy(SessionError):

@@ -3,9 +3,9 @@
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, device_time, frame_row
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
-from hj212gw.records import TimePolicy, data_block, device_seen, device_time, frame_row
 from hj212gw.storage.rows import DataBlock
 from tests.copy_rows import decode_rows
 
