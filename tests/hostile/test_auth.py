@@ -90,7 +90,7 @@ async def test_a_packet_with_a_known_mn_and_any_pw_takes_nothing_over(
     assert await conn.fetchval("SELECT avg FROM data WHERE mn = $1 AND data_time = '2024-03-15 02:00Z'", MN) == 40.1
     assert sample(running, "hj212gw_auth_failures_total", reason="wrong_pw") == 1
     assert sample(running, "hj212gw_connections_closed_total", reason="replaced_by_newer_connection") == 0
-    assert running.gateway.online()[MN].connection_id == running.gateway.by_mn[MN].connection_id
+    assert running.gateway.online()[MN].connection_id == running.gateway.bindings.by_mn[MN].connection_id
 
 
 # ---- trust on first use -------------------------------------------------------------------------
@@ -198,7 +198,7 @@ async def test_a_new_mn_during_an_outage_waits_for_its_pin_then_is_stored_and_ac
         proxy.cut()
         await das.send(data_packet("20240315101000001"))
         assert await das.nothing_within(0.5)  # no pin, so nothing stored, bound or acked
-        assert running.gateway.by_mn == {}
+        assert running.gateway.bindings.by_mn == {}
         proxy.restore()
         reply = await das.reply(timeout_s=15)
         assert (reply.packet.cn, reply.packet.qn) == ("9014", "20240315101000001")

@@ -195,12 +195,12 @@ async def test_a_long_mn_sighting_is_dropped_alone_and_the_others_are_written(
     gateway = running.gateway
     now = datetime.now(UTC)
     with capture_logs() as logs:
-        gateway.record_sighting(DeviceSeen(long_text(seed=3), 1, "32", "1.2.3.4:5", now))
-        gateway.record_sighting(DeviceSeen("MNGOOD", 1, "32", "1.2.3.4:6", now))
+        gateway.side_writes.record_sighting(DeviceSeen(long_text(seed=3), 1, "32", "1.2.3.4:5", now))
+        gateway.side_writes.record_sighting(DeviceSeen("MNGOOD", 1, "32", "1.2.3.4:6", now))
         await eventually(lambda: _mn_stored(conn, "MNGOOD"), timeout_s=10)
     dropped = [e for e in logs if e["event"] == "sighting_rejected_by_database"]
     assert len(dropped) == 1 and dropped[0]["sqlstate"] == "54000"
-    assert gateway._sightings == {}  # not kept for another doomed try
+    assert gateway.side_writes._sightings == {}  # not kept for another doomed try
 
 
 async def _mn_stored(conn: asyncpg.Connection, mn: str) -> bool:

@@ -135,7 +135,7 @@ async def test_a_sighting_made_during_an_outage_is_written_after_it(
     await das.send(packet(1))
     assert await das.nothing_within(0.5)
     with pytest.raises(OUTAGE_ERRORS):
-        await running.gateway._flush_sightings()
+        await running.gateway.side_writes.flush_sightings()
     await das.close()
     assert await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN) is None
     proxy.restore()

@@ -537,4 +537,4 @@ async def test_a_packet_with_a_wrong_pw_does_not_replace_the_devices_live_connec
     await device.send(data_packet("20240315101000003", pw="654321", data_time=minute(2)))
     assert (await device.reply()).packet.qn == "20240315101000003"
     assert sample(running, "hj212gw_connections_closed_total", reason="replaced_by_newer_connection") == 0
-    assert running.gateway.online()[MN].connection_id == running.gateway.by_mn[MN].connection_id
+    assert running.gateway.online()[MN].connection_id == running.gateway.bindings.by_mn[MN].connection_id

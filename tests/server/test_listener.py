@@ -77,7 +77,7 @@ async def test_a_replaced_connection_still_gets_the_acks_of_what_it_already_sent
     assert (await older.reply(timeout_s=5)).packet.qn == "20240315101000001"
     assert (await newer.reply(timeout_s=5)).packet.qn == "20240315101000002"
     assert await older.closed_by_gateway()
-    assert running.gateway.online()[MN].connection_id == running.gateway.by_mn[MN].connection_id
+    assert running.gateway.online()[MN].connection_id == running.gateway.bindings.by_mn[MN].connection_id
     await older.close()
     await newer.close()
 
@@ -99,7 +99,7 @@ async def test_a_newer_connection_on_another_replica_retires_the_older_one(
         assert await older.closed_by_gateway(timeout_s=5)  # announced within a second, then retired
     (replaced,) = [e for e in logs if e["event"] == "das_replaced"]
     assert replaced["by"] == "gateway replica-b"
-    assert MN not in first.gateway.by_mn and MN in second.gateway.by_mn
+    assert MN not in first.gateway.bindings.by_mn and MN in second.gateway.bindings.by_mn
     assert not await newer.closed_by_gateway(timeout_s=0.2)
     await older.close()
     await newer.close()
@@ -168,9 +168,8 @@ async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_st
         await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))
         await odd.nothing_within(0.3)  # rejected by the parser: no ack
         await odd.close()
-        running.gateway.record_sighting(DeviceSeen("BAD\x00MN", 1, None, "127.0.0.1:1", datetime.now(UTC)))
-        odd_mn = SimpleNamespace(mn="BAD\x00MN")
-        gone = SimpleNamespace(connection_id=10**9, session=odd_mn, frames_ok=0, frames_rejected=1)
+        running.gateway.side_writes.record_sighting(DeviceSeen("BAD\x00MN", 1, None, "127.0.0.1:1", datetime.now(UTC)))
+        gone = SimpleNamespace(connection_id=10**9, mn="BAD\x00MN", frames_ok=0, frames_rejected=1)
         running.gateway.record_close(cast(DasConnection, gone), "peer_closed")
         await asyncio.sleep(1.5)  # a housekeeping round meets the refused rows
         das = await connect(running)

@@ -1,47 +1,40 @@
-"""The Gateway: listening socket, shared writer/registry/metrics, timers, and the shutdown order.
+"""The listener (`Gateway`): the listening socket, the shared writer/registry/metrics, timers, and
+the shutdown order. It implements `connection.ConnectionHost` for the connections it accepts.
 
-Connection policies that span connections live here: total and per-IP limits, a newer connection
-for the same MN replacing the older one, idle and first-packet deadlines, pausing every socket
-while the write queue is full. The `connections` table is written in the background in batches.
-
-Replicas and workers: every new MN binding is announced with a PostgreSQL NOTIFY on the schema's
-channel; a gateway that holds an older connection for that MN retires it, as it would for a
-newer connection of its own. Announcements go out once a second; while PostgreSQL is down they
-are dropped (the older connection then ends by its idle timeout or when the DAS closes it).
+Connection policies that span connections live here: total and per-IP limits, idle and
+first-packet deadlines, the wrong-PW backoff per source IP, pausing every socket while the write
+queue is full. MN bindings (a newer connection replacing an older one, here or on another
+replica) are bindings.py; the sightings and the `connections` table are written in the background
+by ingest.side_writes; split transfers are assembled by ingest.splits. Housekeeping runs all of
+them about once a second.
 """
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import asyncpg
 import structlog
 
+from hj212gw.ingest.intake import Intake
+from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper
 from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
-from hj212gw.server.connection import DasConnection, Deps, ReadHold, session_config_from, time_policy_from
+from hj212gw.server.bindings import Bindings
+from hj212gw.server.config import session_config_from, time_policy_from
+from hj212gw.server.connection import DasConnection, Deps
+from hj212gw.server.flow import ReadHold
 from hj212gw.server.live import LiveDevice
 from hj212gw.server.pinning import Pinner
 from hj212gw.server.registry import DeviceRegistry
 from hj212gw.settings import Settings, split_host_port
-from hj212gw.storage.announcements import channel_of
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
-from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database, is_retryable
-from hj212gw.storage.rows import DeviceSeen
+from hj212gw.storage.db import OUTAGE_ERRORS, Database
 from hj212gw.supervisor import Supervisor
-
-_Row = TypeVar("_Row")
-
-_ID_BLOCK = 500
-_CONNECTION_LOG_LIMIT = 200_000
-_ANNOUNCE_LIMIT = 100_000
 
 
 class Gateway:
@@ -56,11 +49,35 @@ class Gateway:
         self.registry = DeviceRegistry(unknown_mn=devices.unknown_mn, auth=devices.auth)
         self.pinner = Pinner(db, self.registry, self.metrics)
         self.wrong_pw_backoff = WrongPwBackoff(base_s=devices.wrong_pw_backoff_s, max_s=devices.wrong_pw_backoff_max_s)
-        self.sm4_keys = load_sm4_keys(devices)
         self.supervisor = Supervisor(self.metrics)
-        w = settings.writer
-        self.writer = BatchWriter(
-            db,
+        self.writer = self._writer()
+        time_policy = time_policy_from(settings)
+        self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
+        self.side_writes = SideWrites(db)
+        self.bindings = Bindings(settings, db, self.metrics)
+        intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
+        self.deps = Deps(
+            settings=settings,
+            intake=intake,
+            registry=self.registry,
+            metrics=self.metrics,
+            session_config=session_config_from(settings, self.registry, load_sm4_keys(devices)),
+            host=self,
+        )
+        self.log = structlog.get_logger("hj212gw.gateway")
+        self.connections: set[DasConnection] = set()
+        self.per_ip: defaultdict[str, int] = defaultdict(int)
+        self.paused: set[DasConnection] = set()
+        self.server: asyncio.Server | None = None
+        self.port: int | None = None
+        self.db_up = True
+        self._resuming = False
+        self._stopping = False
+
+    def _writer(self) -> BatchWriter:
+        w = self.settings.writer
+        return BatchWriter(
+            self.db,
             max_batch_rows=w.max_batch_rows,
             linger_s=w.linger_ms / 1000,
             writers=w.writers,
@@ -69,42 +86,12 @@ class Gateway:
             observer=self.metrics,
             supervisor=self.supervisor,
         )
-        self.deps = Deps(
-            settings=settings,
-            writer=self.writer,
-            registry=self.registry,
-            metrics=self.metrics,
-            session_config=session_config_from(settings, self.registry, self.sm4_keys),
-            time_policy=time_policy_from(settings),
-            gateway=self,
-        )
-        self.splits = SplitSweeper(db, self.deps.time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
-        self.log = structlog.get_logger("hj212gw.gateway")
-        self.connections: set[DasConnection] = set()
-        self.by_mn: dict[str, DasConnection] = {}
-        self._mn_of: dict[DasConnection, tuple[str, ...]] = {}  # the MNs each connection carries
-        self._bound_at: dict[str, float] = {}  # MN -> wall-clock time of its current binding
-        self._moved_at: dict[str, float] = {}  # MN -> monotonic time of its last move (bound MNs only)
-        self._announce: list[str] = []
-        self._listener: asyncpg.Connection | None = None
-        self.channel = channel_of(db.schema)
-        self.per_ip: defaultdict[str, int] = defaultdict(int)
-        self.paused: set[DasConnection] = set()
-        self.server: asyncio.Server | None = None
-        self.port: int | None = None
-        self.db_up = True
-        self._ids: list[int] = []
-        self._sightings: dict[str, DeviceSeen] = {}  # the latest per MN, until the next flush
-        self._opened: list[ConnectionOpened] = []
-        self._closed: list[ConnectionClosed] = []
-        self._resuming = False
-        self._stopping = False
 
     # -- start / stop --------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.registry.refresh(self.db)
-        await self._refill_ids()
+        await self.side_writes.refill_ids()
         self.writer.start()
         host, port = split_host_port(self.settings.listen)
         loop = asyncio.get_running_loop()
@@ -116,7 +103,7 @@ class Gateway:
             reuse_port=self.settings.workers > 1,  # the workers of one supervisor share the port
             backlog=4096,
         )
-        await self._listen()
+        await self.bindings.listen()
         self.port = self.server.sockets[0].getsockname()[1]
         self.metrics.dependency_up.labels(name="postgresql").set(1)
         self.supervisor.start("gateway-tick", self._tick)
@@ -135,15 +122,14 @@ class Gateway:
         await asyncio.sleep(0)  # let connection_lost run
         await self.supervisor.stop()
         await self.pinner.stop()
-        for flush in (self._flush_connection_log, self._flush_sightings):  # best effort: neither is data
-            with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
-                await flush()
-        if self._listener is not None:
-            with contextlib.suppress(*OUTAGE_ERRORS):
-                await self._listener.close(timeout=2)
+        with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # best effort: neither is data
+            await self.side_writes.flush_connection_log()
+        with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
+            await self.side_writes.flush_sightings()
+        await self.bindings.close()
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)
 
-    # -- connection policy ---------------------------------------------------------------------
+    # -- ConnectionHost ------------------------------------------------------------------------
 
     def admit_connection(self, conn: DasConnection) -> str | None:
         """None to accept, or the refusal reason."""
@@ -168,58 +154,14 @@ class Gateway:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
-        for mn in self._mn_of.pop(conn, ()):
-            if self.by_mn.get(mn) is conn:
-                del self.by_mn[mn]
-                self._bound_at.pop(mn, None)
-                self._moved_at.pop(mn, None)
+        self.bindings.forget(conn)
         return True
 
     def bind_mn(self, conn: DasConnection, mn: str) -> str | None:
-        """Bind `mn`, whose PW `conn` presented, to `conn`; None, or why it may not.
+        return self.bindings.bind(conn, mn)
 
-        One connection may carry several MNs (up to `devices.max_mns_per_connection`). An MN that
-        a live connection holds moves to the newer one (HJ 212-2017 §15) at most once per
-        `devices.move_interval_s`; the older connection unbinds it, and if it carries no other MN
-        it stops reading, sends the acks of what it already queued, and closes within
-        `replace_grace_s`.
-        """
-        held = self._mn_of.get(conn, ())
-        if mn not in held and len(held) >= self.settings.devices.max_mns_per_connection:
-            return "too_many_mns"
-        old = self.by_mn.get(mn)
-        if old is not None and old is not conn and not old.gone:
-            now = time.monotonic()
-            last = self._moved_at.get(mn)
-            if last is not None and now - last < self.settings.devices.move_interval_s:
-                self.metrics.mn_moves.labels(outcome="rate_limited").inc()
-                return "mn_move_rate_limited"
-            self._moved_at[mn] = now
-            self.metrics.mn_moves.labels(outcome="moved").inc()
-            self.log.warning("mn_moved", mn=mn, old_peer=old.peer, new_peer=conn.peer, new_conn=conn.connection_id)
-            self._unbind(old, mn, f"connection {conn.connection_id} ({conn.peer})")
-        if mn not in held:
-            self._mn_of[conn] = (*held, mn)
-            if held:
-                conn.log.info("das_mn_added", added=mn, mns=len(held) + 1)
-        self.by_mn[mn] = conn
-        self._bound_at[mn] = time.time()
-        if len(self._announce) < _ANNOUNCE_LIMIT:
-            self._announce.append(mn)
-        return None
-
-    def _unbind(self, conn: DasConnection, mn: str, by: str) -> None:
-        """`mn` went elsewhere: `conn` keeps its other MNs, or retires if it carried only this one."""
-        held = self._mn_of.get(conn, ())
-        rest = tuple(m for m in held if m != mn)
-        if self.by_mn.get(mn) is conn:
-            del self.by_mn[mn]
-        if rest:
-            self._mn_of[conn] = rest
-            return
-        self._mn_of.pop(conn, None)
-        conn.log.info("das_replaced", mn=mn, by=by)
-        conn.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
+    def pin(self, mn: str, pw: str | None) -> "asyncio.Future[None]":
+        return self.pinner.pin(mn, pw)
 
     def auth_failed(self, conn: DasConnection, reason: str) -> float:
         """A packet on `conn` failed authentication: count it; return how long `conn` waits before
@@ -234,37 +176,21 @@ class Gateway:
             self.metrics.auth_throttled.inc()
         return wait
 
-    # -- MN bindings across replicas -----------------------------------------------------------
+    def next_connection_id(self) -> int | None:
+        return self.side_writes.next_connection_id()
 
-    async def _listen(self) -> None:
-        """(Re)open the connection that receives other gateways' MN announcements."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        with contextlib.suppress(*OUTAGE_ERRORS):
-            self._listener = await self.db.listen(self.channel, self._on_announcement)
+    def record_open(self, conn: DasConnection) -> None:
+        if conn.connection_id is not None:
+            opened = ConnectionOpened(conn.connection_id, self.settings.gateway_id, conn.peer, conn.connected_at)
+            self.side_writes.record_open(opened)
 
-    async def _send_announcements(self) -> None:
-        if not self._announce:
-            return
-        mns, self._announce = self._announce, []
-        payloads = [
-            json.dumps({"gateway_id": self.settings.gateway_id, "mn": mn, "at": self._bound_at.get(mn, 0.0)})
-            for mn in mns
-        ]
-        await self.db.announce(self.channel, payloads)
-
-    def _on_announcement(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        """Another gateway bound an MN: retire our connection for it if ours is the older one."""
-        try:
-            note = json.loads(payload)
-            other, mn, at = str(note["gateway_id"]), str(note["mn"]), float(note["at"])
-        except (ValueError, KeyError, TypeError):
-            self.log.warning("bad_mn_announcement", payload=payload[:200])
-            return
-        conn = self.by_mn.get(mn)
-        if other == self.settings.gateway_id or conn is None or self._bound_at.get(mn, 0.0) > at:
-            return
-        self._unbind(conn, mn, f"gateway {other}")
+    def record_close(self, conn: DasConnection, reason: str) -> None:
+        if conn.connection_id is not None:
+            self.side_writes.record_close(
+                ConnectionClosed(
+                    conn.connection_id, datetime.now(UTC), reason, conn.mn, conn.frames_ok, conn.frames_rejected
+                )
+            )
 
     def pause(self, conn: DasConnection) -> None:
         """Backpressure: the write queue is full; stop reading sockets until it has room.
@@ -276,7 +202,7 @@ class Gateway:
         if conn in self.paused:
             return
         for each in (conn,) if self._resuming else tuple(self.connections):
-            if each.transport is not None and each not in self.paused:
+            if each not in self.paused:
                 each.hold_reading(ReadHold.WRITE_QUEUE)
                 self.paused.add(each)
         self.metrics.paused_reading.set(len(self.paused))
@@ -294,13 +220,10 @@ class Gateway:
             conn.release_reading(ReadHold.WRITE_QUEUE)  # reads again unless its peer is not reading
         self.metrics.paused_reading.set(0)
 
+    # -- state for the admin API ---------------------------------------------------------------
+
     def online(self) -> dict[str, LiveDevice]:
-        found = {}
-        for mn, conn in self.by_mn.items():
-            live = conn.live(mn)
-            if live is not None:
-                found[mn] = live
-        return found
+        return self.bindings.online()
 
     def ready(self) -> bool:
         return not self.not_ready_reasons()
@@ -326,13 +249,9 @@ class Gateway:
             now_mono = time.monotonic()
             now = datetime.now(UTC)
             for conn in list(self.connections):
-                silent = now_mono - conn.last_activity
-                if silent > limits.idle_timeout_s:
+                if now_mono - conn.last_activity > limits.idle_timeout_s:
                     conn.close("idle_timeout")
-                elif (
-                    conn.session.mn is None
-                    and (now - conn.connected_at).total_seconds() > limits.first_packet_timeout_s
-                ):
+                elif conn.mn is None and (now - conn.connected_at).total_seconds() > limits.first_packet_timeout_s:
                     conn.close("no_valid_packet")
                 else:
                     conn.poll(now)
@@ -342,17 +261,15 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self._listen()
-                await self._send_announcements()
-                await self._flush_connection_log()
-                await self._flush_sightings()
+                await self.bindings.listen()
+                await self.bindings.send_announcements()
+                await self.side_writes.flush()
                 await self.splits.sweep(datetime.now(UTC))
                 await self.db.ensure_partitions_ahead(datetime.now(UTC))  # a round trip only for a new month
                 if time.monotonic() - last_refresh > self.settings.devices.refresh_s:
                     await self.registry.refresh(self.db)
                     last_refresh = time.monotonic()
-                if len(self._ids) < _ID_BLOCK // 2:
-                    await self._refill_ids()
+                await self.side_writes.refill_ids(when_low=True)
                 up = await self.db.ping()
             except OUTAGE_ERRORS:
                 up = False
@@ -360,87 +277,3 @@ class Gateway:
                 self.log.warning("housekeeping_failed", error=type(err).__name__, detail=str(err)[:200])
                 up = self.db_up
             self.db_up = up
-
-    # -- the connections table -----------------------------------------------------------------
-
-    async def _refill_ids(self) -> None:
-        with contextlib.suppress(*OUTAGE_ERRORS):
-            self._ids.extend(await self.db.fetch_connection_ids(_ID_BLOCK))
-
-    def next_connection_id(self) -> int | None:
-        return self._ids.pop(0) if self._ids else None
-
-    def record_open(self, conn: DasConnection) -> None:
-        if conn.connection_id is not None and len(self._opened) < _CONNECTION_LOG_LIMIT:
-            self._opened.append(
-                ConnectionOpened(conn.connection_id, self.settings.gateway_id, conn.peer, conn.connected_at)
-            )
-
-    def record_close(self, conn: DasConnection, reason: str) -> None:
-        if conn.connection_id is not None and len(self._closed) < _CONNECTION_LOG_LIMIT:
-            self._closed.append(
-                ConnectionClosed(
-                    conn.connection_id, datetime.now(UTC), reason, conn.session.mn, conn.frames_ok, conn.frames_rejected
-                )
-            )
-
-    # -- device sightings ----------------------------------------------------------------------
-
-    def record_sighting(self, seen: DeviceSeen) -> None:
-        """A device was seen (a connection's first packet, then at most every 10 s). Written to
-        `devices` by the housekeeping task within about a second, not in the batch its packet's
-        ack waits for: an ack vouches for the data and the raw frame, not for `last_seen`."""
-        kept = self._sightings.get(seen.mn)
-        if kept is None or seen.seen_at >= kept.seen_at:
-            self._sightings[seen.mn] = seen
-
-    async def _flush_sightings(self) -> None:
-        if not self._sightings:
-            return
-        sightings, self._sightings = self._sightings, {}
-        try:
-            await self._write_rows("sighting", list(sightings.values()), self.db.save_sightings)
-        except (*OUTAGE_ERRORS, asyncpg.PostgresError):
-            for seen in sightings.values():  # kept for the next try; newer sightings win
-                self.record_sighting(seen)
-            raise
-
-    async def _write_rows(self, what: str, rows: list[_Row], write: Callable[[list[_Row]], Awaitable[None]]) -> None:
-        """Write rows in one go; if PostgreSQL refuses them (anything but an outage or a lock
-        conflict: a NUL byte from a tolerated header, an index row too large for a 3,000-character
-        MN, ...), write them one at a time and drop each refused one with a WARNING. Writes are
-        idempotent, so a retry after an outage may repeat some. Raises outages and conflicts."""
-        try:
-            await write(rows)
-        except DATABASE_ERRORS as err:
-            if is_retryable(err):
-                raise
-            for row in rows:
-                try:
-                    await write([row])
-                except DATABASE_ERRORS as row_err:
-                    if is_retryable(row_err):
-                        raise
-                    self.log.warning(
-                        f"{what}_rejected_by_database",
-                        row=repr(row)[:200],
-                        error=type(row_err).__name__,
-                        sqlstate=getattr(row_err, "sqlstate", None),
-                        detail=str(row_err)[:200],
-                    )
-
-    async def _flush_connection_log(self) -> None:
-        if not self._opened and not self._closed:
-            return
-        opened, closed = self._opened, self._closed
-        self._opened, self._closed = [], []
-
-        try:  # opened before closed: a connection's row exists before its close is recorded
-            if opened:
-                await self._write_rows("connection_log", opened, self.db.save_connections_opened)
-            if closed:
-                await self._write_rows("connection_log", closed, self.db.save_connections_closed)
-        except (*OUTAGE_ERRORS, asyncpg.PostgresError):
-            self._opened = opened + self._opened
-            self._closed = closed + self._closed
-            raise

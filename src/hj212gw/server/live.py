@@ -1,6 +1,7 @@
 """`LiveDevice`: the server's view of the connection holding an MN, a plain value.
 
-Server side (connection.py builds it, listener.py collects it for `online()`). The admin API reads it through its own `api.live.LiveView` protocol and
+Server side (connection.py builds it, listener.py collects it for `online()`). The admin API
+reads it through its own `api.live.LiveView` protocol and
 never imports this module, nor does this module import the API.
 """
 

@@ -5,14 +5,17 @@ Lookups on the per-packet path are dictionary reads and one constant-time compar
 database is asked every `refresh_s` (SQL in storage.devices) and, under trust on first use, once
 for a brand-new MN: `admit` answers "pin" and the gateway has PostgreSQL decide the PW before the
 packet goes further. Holds the PW secrets in memory only; nothing here logs them.
+`RefusedByPolicy` is a refusal as the typed error (reason, QnRtn) the connection's policy applies.
 """
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from hmac import compare_digest
-from typing import Literal
+from typing import ClassVar, Literal
 
+from hj212gw.protocol.constants import QnRtn
+from hj212gw.protocol.errors import SessionError
 from hj212gw.storage.db import Database
 from hj212gw.storage.devices import fetch_registry
 
@@ -167,3 +170,27 @@ class DeviceRegistry:
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""
         self._known.add(mn)
+
+
+class RefusedByPolicy(SessionError):
+    """The device registry refuses this packet (unknown MN under `reject`, wrong PW, disabled), or
+    the gateway does not bind its MN here (too many MNs on the connection, a move too soon)."""
+
+    _QN_RTN: ClassVar[Mapping[str, QnRtn]] = {
+        "wrong_pw": QnRtn.PW_ERROR,
+        "pw_not_registered": QnRtn.PW_ERROR,
+        "unknown_mn": QnRtn.MN_ERROR,
+        "device_rejected": QnRtn.REJECTED,
+    }
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refused by device policy: {reason}")
+        self.policy_reason = reason
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]  # per instance: the policy that refused
+        return self.policy_reason
+
+    @property
+    def qn_rtn(self) -> QnRtn:  # type: ignore[override]
+        return self._QN_RTN.get(self.policy_reason, QnRtn.REJECTED)
