@@ -142,3 +142,12 @@ async def dial(start_gateway: StartGateway) -> AsyncIterator[Dial]:
     yield connect
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def gateways(pg_dsn: str, schema: str) -> AsyncIterator[list[Running]]:
+    """Gateways a test starts on its schema (replicas, with tests.integration.serving.start); stopped after it."""
+    started: list[Running] = []
+    yield started
+    for running in started:
+        await running.stop()

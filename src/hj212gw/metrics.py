@@ -259,7 +259,7 @@ class Metrics:
             child.inc(count)
         self._frames_ok_pending.clear()
 
-    # WriterObserver (hj212gw.ingest) --------------------------------------------------------
+    # WriterObserver (hj212gw.ingest.items)---------------------------------------------------
 
     def batch_committed(self, *, items: int, rows: int, values: int, latency_s: float) -> None:
         self.values_stored.inc(values)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.cli import serve
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.framing import encode_frame
 from tests.integration.child import GatewayChild
-from tests.integration.das import MN, PW, DasClient, settings_for
+from tests.integration.das import MN, PW, DasClient
+from tests.integration.serving import start
 from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -42,20 +41,6 @@ def parts(qn: str, cp: str = CP, cuts: tuple[int, ...] = CUTS, mn: str = MN) -> 
         encode_frame(f"QN={qn};ST=32;CN=2051;PW={PW};MN={mn};Flag=7;PNUM={len(texts)};PNO={n};CP=&&{t}&&".encode())
         for n, t in enumerate(texts, 1)
     ]
-
-
-@pytest.fixture
-async def gateways(pg_dsn: str, schema: str) -> AsyncIterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for running in started:
-        await running.stop()
-
-
-async def start(started: list[Running], pg_dsn: str, schema: str, **overrides: object) -> Running:
-    running = await serve.start(settings_for(pg_dsn, schema, **overrides))
-    started.append(running)
-    return running
 
 
 async def send_acked(running: Running | int, *frames: bytes) -> None:

@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 from hj212gw.api import bound_port
 from hj212gw.cli import serve
 from hj212gw.cli.serve import Running
-from hj212gw.ingest.writer import BatchWriter, IngestItem, ItemRejected, encoded_bytes
+from hj212gw.ingest.items import IngestItem, ItemRejected, encoded_bytes
+from hj212gw.ingest.writer import BatchWriter
 from hj212gw.protocol.framing import encode_frame
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database

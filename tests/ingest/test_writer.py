@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.ingest.writer import BatchWriter, IngestItem, NullObserver, QueueShare, WriterClosed, encoded_bytes
+from hj212gw.ingest.items import IngestItem, NullObserver, QueueShare, WriterClosed, encoded_bytes
+from hj212gw.ingest.writer import BatchWriter
 from hj212gw.storage import pgcopy
 from hj212gw.storage.db import Database
 from hj212gw.storage.rows import DataBlock, DataRow, FrameRow, month_of

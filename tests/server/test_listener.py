@@ -1,46 +1,45 @@
-"""server/listener.py policies that span connections, and secrets in logs: quarantine, graceful replacement
-of a connection by a newer one for the same MN, and the PW never reaching a log line."""
+"""server/listener.py: the policies that span connections (limits per IP, idle and first-packet
+timers, shutdown with packets in flight, quarantine) and secrets kept out of logs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import cast
+import contextlib
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from hj212gw.cli import serve
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.framing import encode_frame
-from hj212gw.server.connection import DasConnection
-from hj212gw.storage.rows import DeviceSeen
-from tests.integration.das import MN, PW, DasClient, data_packet, settings_for
-from tests.integration.waiting import eventually
+from tests.conftest import Dial, StartGateway
+from tests.integration.das import MN, PW, DasClient, data_packet
+from tests.integration.serving import E1, E1_ACK, connect, minute, sample, start
+from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def gateways(pg_dsn: str, schema: str) -> AsyncIterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for running in started:
-        await running.stop()
+async def pump(das: DasClient, mn: str, acked: set[str], sent: list[str]) -> None:
+    """Send uploads back to back (never waiting for an ack) until the gateway goes away."""
+    reader = asyncio.create_task(collect_acks(das, acked))
+    try:
+        for n in range(100_000):
+            qn = f"2024031510{n:07d}"
+            sent.append(qn)
+            await das.send(data_packet(qn, mn=mn, data_time=minute(n), values={"w01018": str(n)}))
+            await asyncio.sleep(0)
+    except ConnectionError:
+        pass
+    await reader
 
 
-async def start(started: list[Running], pg_dsn: str, schema: str, **overrides: object) -> Running:
-    running = await serve.start(settings_for(pg_dsn, schema, **overrides))
-    started.append(running)
-    return running
-
-
-async def connect(running: Running) -> DasClient:
-    assert running.gateway.port is not None
-    return await DasClient.connect(running.gateway.port)
+async def collect_acks(das: DasClient, acked: set[str]) -> None:
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        while True:
+            reply = await das.reply(timeout_s=30.0)
+            assert reply.packet.cn == "9014" and reply.packet.qn is not None
+            acked.add(reply.packet.qn)
 
 
 async def test_quarantine_registers_the_device_archives_and_acks_but_stores_no_data(
@@ -64,82 +63,6 @@ async def test_quarantine_registers_the_device_archives_and_acks_but_stores_no_d
     assert running.gateway.registry.admit(MN, PW).action == "archive"  # with its pinned PW
 
 
-async def test_a_replaced_connection_still_gets_the_acks_of_what_it_already_sent(
-    gateways: list[Running], pg_dsn: str, schema: str
-) -> None:
-    # A long linger keeps the older connection's packet uncommitted when the newer one binds.
-    running = await start(gateways, pg_dsn, schema, writer={"linger_ms": 400})
-    older = await connect(running)
-    newer = await connect(running)
-    await older.send(data_packet("20240315101000001"))
-    await asyncio.sleep(0.05)
-    await newer.send(data_packet("20240315101000002", data_time="20240315100100"))
-    assert (await older.reply(timeout_s=5)).packet.qn == "20240315101000001"
-    assert (await newer.reply(timeout_s=5)).packet.qn == "20240315101000002"
-    assert await older.closed_by_gateway()
-    assert running.gateway.online()[MN].connection_id == running.gateway.bindings.by_mn[MN].connection_id
-    await older.close()
-    await newer.close()
-
-
-async def test_a_newer_connection_on_another_replica_retires_the_older_one(
-    gateways: list[Running], pg_dsn: str, schema: str
-) -> None:
-    first = await start(gateways, pg_dsn, schema, gateway_id="replica-a")
-    second = await start(gateways, pg_dsn, schema, gateway_id="replica-b")
-    older = await connect(first)
-    await older.send(data_packet("20240315101000001"))
-    assert (await older.reply(timeout_s=5)).packet.cn == "9014"
-    await asyncio.sleep(1.5)  # replica-a's own announcement has gone out: it must not retire itself
-    assert not await older.closed_by_gateway(timeout_s=0.2)
-    newer = await connect(second)
-    await newer.send(data_packet("20240315101000002", data_time="20240315100100"))
-    assert (await newer.reply(timeout_s=5)).packet.cn == "9014"
-    with capture_logs() as logs:
-        assert await older.closed_by_gateway(timeout_s=5)  # announced within a second, then retired
-    (replaced,) = [e for e in logs if e["event"] == "das_replaced"]
-    assert replaced["by"] == "gateway replica-b"
-    assert MN not in first.gateway.bindings.by_mn and MN in second.gateway.bindings.by_mn
-    assert not await newer.closed_by_gateway(timeout_s=0.2)
-    await older.close()
-    await newer.close()
-
-
-async def test_a_connection_refreshes_its_device_sighting_at_most_every_ten_seconds(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
-) -> None:
-    running = await start(gateways, pg_dsn, schema)
-
-    async def last_seen() -> datetime | None:
-        return await conn.fetchval("SELECT last_seen FROM devices WHERE mn = $1", MN)  # type: ignore[no-any-return]
-
-    das = await connect(running)
-    await das.send(data_packet("20240315101000001"))
-    assert (await das.reply()).packet.cn == "9014"
-
-    async def sighted() -> bool:  # written by the housekeeping task, about once a second
-        return await last_seen() is not None
-
-    await eventually(sighted)
-    first = await last_seen()
-    await das.send(data_packet("20240315101000002", data_time="20240315100100"))
-    assert (await das.reply()).packet.cn == "9014"
-    await asyncio.sleep(1.5)  # a housekeeping round later: no new sighting from the same connection
-    assert await last_seen() == first
-    assert await conn.fetchval("SELECT count(*) FROM data WHERE mn = $1", MN) == 2  # both stored
-    again = await connect(running)  # a new connection writes a sighting with its first packet
-    await again.send(data_packet("20240315101000003", data_time="20240315100200"))
-    assert (await again.reply()).packet.cn == "9014"
-
-    async def moved_on() -> bool:
-        seen = await last_seen()
-        return seen is not None and first is not None and seen > first
-
-    await eventually(moved_on)
-    await das.close()
-    await again.close()
-
-
 async def test_the_access_password_never_reaches_a_log_line(gateways: list[Running], pg_dsn: str, schema: str) -> None:
     running = await start(gateways, pg_dsn, schema)
     das = await connect(running)
@@ -154,35 +77,88 @@ async def test_the_access_password_never_reaches_a_log_line(gateways: list[Runni
     await das.close()
 
 
-async def test_a_value_postgresql_refuses_in_a_sighting_or_the_connection_log_stops_nothing_else(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+@pytest.mark.slow
+async def test_a_slow_sender_is_served_and_not_taken_for_idle(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
 ) -> None:
-    # PostgreSQL text cannot hold NUL bytes. The parser rejects an MN with one (and removes them
-    # from other values), so none comes off the wire; a sighting and a connection-log row that
-    # PostgreSQL refuses anyway are injected below. Each is dropped with a WARNING, and the
-    # housekeeping that writes them goes on writing everybody else's. Without authentication, so
-    # that no first-use pin is involved (tests/hostile/test_auth.py).
-    running = await start(gateways, pg_dsn, schema, devices={"auth": "off"})
-    with capture_logs() as logs:
-        odd = await connect(running)
-        await odd.send(data_packet("20240315101000001", mn="BAD\x00MN"))
-        await odd.nothing_within(0.3)  # rejected by the parser: no ack
-        await odd.close()
-        running.gateway.side_writes.record_sighting(DeviceSeen("BAD\x00MN", 1, None, "127.0.0.1:1", datetime.now(UTC)))
-        gone = SimpleNamespace(connection_id=10**9, mn="BAD\x00MN", frames_ok=0, frames_rejected=1)
-        running.gateway.record_close(cast(DasConnection, gone), "peer_closed")
-        await asyncio.sleep(1.5)  # a housekeeping round meets the refused rows
-        das = await connect(running)
-        await das.send(data_packet("20240315101000002"))
-        assert (await das.reply()).packet.cn == "9014"
-        await das.close()
+    running = await start_gateway(connections={"idle_timeout_s": 1.5})
+    das = await dial(running)
+    wire = encode_frame(
+        b"QN=20240315101000001;ST=32;CN=2051;PW=1;MN=M1;Flag=5;CP=&&DataTime=20240315100000;w01018-Avg=1&&"
+    )
+    await das.send_slowly(wire, delay_s=0.05)  # about 5 s for the frame, 50 ms between bytes
 
-        async def written() -> bool:
-            seen = await conn.fetchval("SELECT count(*) FROM devices WHERE mn = $1", MN)
-            closed = await conn.fetchval("SELECT count(*) FROM connections WHERE mn = $1", MN)
-            return bool(seen and closed)
+    ack = await das.reply()
 
-        await eventually(written, timeout_s=10.0)
-    assert [e["reason"] for e in logs if e["event"] == "frame_rejected"] == ["bad_field_value"]
-    refused = {e["event"] for e in logs if e["event"].endswith("_rejected_by_database")}
-    assert {"sighting_rejected_by_database", "connection_log_rejected_by_database"} <= refused
+    assert (ack.packet.cn, ack.packet.qn) == ("9014", "20240315101000001")
+    assert await conn.fetchval("SELECT avg FROM data WHERE mn = 'M1'") == 1.0
+
+
+async def test_an_idle_connection_is_closed(start_gateway: StartGateway, dial: Dial) -> None:
+    running = await start_gateway(connections={"idle_timeout_s": 1.0})
+    das = await dial(running)
+    await das.send(E1.read_bytes())
+    assert (await das.reply()).raw == E1_ACK
+
+    assert await das.closed_by_gateway(timeout_s=4.0)
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="idle_timeout") == 1)
+
+
+async def test_a_connection_without_a_valid_packet_is_closed_after_the_first_packet_timeout(
+    start_gateway: StartGateway, dial: Dial
+) -> None:
+    running = await start_gateway(connections={"first_packet_timeout_s": 1.0, "idle_timeout_s": 30.0})
+    das = await dial(running)
+    # Busy but never complete: E1 at 10 bytes a second keeps the idle timer fresh for 40 s.
+    trickle = asyncio.create_task(das.send_slowly(E1.read_bytes(), delay_s=0.1))
+    try:
+        assert await das.closed_by_gateway(timeout_s=4.0)
+    finally:
+        trickle.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await trickle
+    await until(lambda: sample(running, "hj212gw_connections_closed_total", reason="no_valid_packet") == 1)
+
+
+async def test_connections_beyond_max_per_ip_are_refused(start_gateway: StartGateway, dial: Dial) -> None:
+    running = await start_gateway(connections={"max_connections_per_ip": 2})
+    first, second = await dial(running), await dial(running)
+    third = await dial(running)
+
+    assert await third.closed_by_gateway()
+    for n, das in enumerate((first, second), start=1):
+        await das.send(data_packet(f"2024031510100000{n}", mn=f"MN{n}"))
+        assert (await das.reply()).packet.qn == f"2024031510100000{n}"
+    assert sample(running, "hj212gw_connections_total", outcome="max_connections_per_ip") == 1
+
+    await first.close()
+    await until(lambda: sample(running, "hj212gw_connections_open") == 1)
+    fourth = await dial(running)
+    await fourth.send(data_packet("20240315101000004", mn="MN4"))
+    assert (await fourth.reply()).packet.qn == "20240315101000004"
+
+
+async def test_stop_with_packets_in_flight_acks_only_what_was_committed(
+    start_gateway: StartGateway, dial: Dial, pg_dsn: str, schema: str
+) -> None:
+    running = await start_gateway()
+    acked: dict[str, set[str]] = {f"MN{n}": set() for n in range(4)}
+    sent: dict[str, list[str]] = {mn: [] for mn in acked}
+    clients = [await dial(running) for _ in acked]
+    pumps = [asyncio.create_task(pump(das, mn, acked[mn], sent[mn])) for das, mn in zip(clients, acked, strict=True)]
+    await asyncio.sleep(0.5)
+
+    await running.stop()
+    await asyncio.wait_for(asyncio.gather(*pumps), 10)
+
+    check = await asyncpg.connect(pg_dsn, server_settings={"search_path": schema})
+    try:
+        for mn, qns_acked in acked.items():
+            stored = {r["qn"] for r in await check.fetch("SELECT qn FROM data WHERE mn = $1", mn)}
+            assert qns_acked, f"{mn}: nothing acked before the stop"
+            assert qns_acked <= stored, f"{mn}: acked but not stored: {sorted(qns_acked - stored)[:5]}"
+        closed = await check.fetch("SELECT mn, close_reason FROM connections ORDER BY mn")
+        assert [tuple(c) for c in closed] == [(mn, "shutdown") for mn in acked]
+    finally:
+        await check.close()
+    assert sum(len(s) for s in sent.values()) > sum(len(a) for a in acked.values())  # the stop cut real traffic

@@ -10,10 +10,11 @@ transfer. Nothing here knows sockets, the registry or the policy for bad input.
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from hj212gw.ingest.items import IngestItem, OnDone, QueueShare
 from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper, split_part_row
-from hj212gw.ingest.writer import BatchWriter, IngestItem, OnDone, QueueShare
+from hj212gw.ingest.writer import BatchWriter
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet
 from hj212gw.storage.split_parts import SplitKey

@@ -32,7 +32,7 @@ from typing import Protocol, cast
 import structlog
 
 from hj212gw.ingest.intake import Intake
-from hj212gw.ingest.writer import QueueShare, WriterClosed, evidence_kept
+from hj212gw.ingest.items import QueueShare, WriterClosed, evidence_kept
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
 from hj212gw.protocol.constants import ExeRtn, QnRtn
