@@ -3,7 +3,8 @@
 It feeds bytes to its `DasSession`, hands each packet to ingest in one call (`Intake.submit_packet`)
 and writes the 9014 when the packet's batch has committed. What it needs from the listener that
 accepted it is the `ConnectionHost` interface below; it never imports the listener. Flow control
-(read holds, a peer that does not read) is its base class, `flow.SocketFlow`.
+(read holds, the queue share, retiring, a peer that does not read) is its base class,
+`flow.SocketFlow`.
 
 The policy for what a DAS sends, all applied in `_on_event` and the methods it calls:
 
@@ -32,7 +33,7 @@ from typing import Protocol, cast
 import structlog
 
 from hj212gw.ingest.intake import Intake
-from hj212gw.ingest.items import QueueShare, WriterClosed, evidence_kept
+from hj212gw.ingest.items import WriterClosed, evidence_kept
 from hj212gw.metrics import Metrics, cn_label
 from hj212gw.protocol.builders import build_data_ack, build_request_reply
 from hj212gw.protocol.constants import ExeRtn, QnRtn
@@ -52,7 +53,7 @@ from hj212gw.protocol.session import (
 )
 from hj212gw.server.flow import ReadHold, SocketFlow, mask_pw
 from hj212gw.server.live import LiveDevice
-from hj212gw.server.registry import AUTH_FAILURES, DeviceRegistry, RefusedByPolicy
+from hj212gw.server.registry import AUTH_FAILURES, Admission, DeviceRegistry, RefusedByPolicy
 from hj212gw.settings import Settings
 
 __all__ = ["ConnectionHost", "DasConnection", "Deps", "ReadHold", "RefusedByPolicy", "mask_pw"]
@@ -114,17 +115,14 @@ class DasConnection(SocketFlow):
     __slots__ = (
         "_seen_at",
         "_seen_mn",
-        "_share",
         "connected_at",
         "connection_id",
         "deps",
-        "eof",
         "frames_ok",
         "frames_rejected",
         "ip",
         "last_activity",
         "peer",
-        "retiring",
         "session",
     )
 
@@ -139,14 +137,8 @@ class DasConnection(SocketFlow):
         self.last_activity = time.monotonic()
         self.frames_ok = 0
         self.frames_rejected = 0
-        self.eof = False
-        limits = deps.settings.connections
-        # Items submitted and not yet committed (or failed), counted by the writer; when full, this
-        # socket alone is not read until half of them are confirmed: a flood delays only itself.
-        self._share = QueueShare(limits.max_unconfirmed_items, limits.max_unconfirmed_bytes)
         self._seen_mn: str | None = None  # the last sighting written: MN and perf_counter time
         self._seen_at = 0.0
-        self.retiring = False
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -164,7 +156,7 @@ class DasConnection(SocketFlow):
         return self.session.mn
 
     def _not_reading_context(self) -> dict[str, object]:
-        return {"unconfirmed": self._share.items, "mn": self.session.mn}
+        return {"mn": self.session.mn}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -232,29 +224,6 @@ class DasConnection(SocketFlow):
             return True
         self._close_when_confirmed()
         return True
-
-    @property
-    def gone(self) -> bool:
-        """Closed, closing or retiring: no longer the live connection of its MNs."""
-        return self.transport is None or self.transport.is_closing() or self.retiring
-
-    def _close_when_confirmed(self) -> None:
-        if (self.eof or self.retiring) and not self._share.items:
-            self.close(self.closing_reason or "peer_closed")
-
-    def retire(self, reason: str, grace_s: float) -> None:
-        """Stop reading, send the acks of what is already queued, then close (at most `grace_s`).
-
-        Used when a newer connection takes over this MN (HJ 212-2017 §15): the old socket's
-        pending acks still go out, so the DAS need not resend data that was stored.
-        """
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.retiring = True
-        self.closing_reason = self.closing_reason or reason
-        self.hold_reading(ReadHold.RETIRING)
-        asyncio.get_running_loop().call_later(grace_s, self.close, reason)
-        self._close_when_confirmed()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -339,6 +308,13 @@ class DasConnection(SocketFlow):
         deps.metrics.frame_ok(packet.cn)
         for tolerance in packet.tolerances:
             deps.metrics.tolerances.labels(tolerance=tolerance).inc()
+        self._submit_packet(packet, frame, admission, ack=ack, backfill=backfill, fragment=fragment, arrived=arrived)
+
+    def _submit_packet(
+        self, packet: Packet, frame: Frame, admission: Admission, *, ack: bool, backfill: bool, fragment: bool,
+        arrived: float,
+    ) -> None:  # fmt: skip
+        """Hand an admitted packet to ingest; its 9014 goes out when its rows are committed."""
         sighting = None
         if packet.mn != self._seen_mn or arrived - self._seen_at >= SIGHTING_INTERVAL_S:
             sighting = "quarantined" if admission.reason == "quarantined" else "accepted"
@@ -351,7 +327,7 @@ class DasConnection(SocketFlow):
                 self._stored(error)
 
         try:
-            seen_mn = deps.intake.submit_packet(
+            seen_mn = self.deps.intake.submit_packet(
                 packet, frame, store=store, fragment=fragment, backfill=backfill, sighting=sighting,
                 connection_id=self.connection_id, peer=self.peer, share=self._share, on_done=done,
             )  # fmt: skip
@@ -360,7 +336,7 @@ class DasConnection(SocketFlow):
         if seen_mn is not None:
             self._seen_mn, self._seen_at = seen_mn, arrived
             if store:
-                deps.registry.remember(seen_mn)
+                self.deps.registry.remember(seen_mn)
         self._check_share()
 
     def _refuse(self, reason: str, packet: Packet, frame: Frame) -> None:
@@ -385,26 +361,6 @@ class DasConnection(SocketFlow):
         if reply is not None:
             self._write(reply)
         self.close(reason)
-
-    def _check_share(self) -> None:
-        """After a submit: a full share holds the rest of what was read."""
-        share = self._share
-        if share.full and not self._holds & ReadHold.QUEUE_SHARE:
-            limit = "items" if share.items >= share.max_items else "bytes"
-            self.deps.metrics.queue_share_pauses.labels(limit=limit).inc()
-            self._hold(ReadHold.QUEUE_SHARE)
-
-    def _stored(self, error: BaseException | None) -> None:
-        """An item's batch committed (error None) or never will: one fewer to wait for before closing.
-
-        A refused item (ItemRejected) is logged once, by the writer, with its MN and the error.
-        Acked all the same (9014, by `_ack`) when PostgreSQL refused its rows and its raw frame was
-        archived instead (verdict `refused_by_database:<SQLSTATE>`): a resend could never succeed,
-        and the evidence is kept (docs/protocol.md). Otherwise no ack: the DAS sends it again.
-        """
-        if self._held is not None and self._share.has_room:
-            self._release(ReadHold.QUEUE_SHARE)  # a no-op unless the share's hold is on
-        self._close_when_confirmed()
 
     def _ack(self, packet: Packet, arrived: float) -> None:
         """The packet's rows are committed: its 9014, then the same bookkeeping as `_stored`.

@@ -3,8 +3,9 @@ held (parsed events in order, the rest of a burst as bytes), and what a peer tha
 costs (the outgoing buffer's marks, the stall timer, the abort as `not_reading`).
 
 `SocketFlow` is the base of `DasConnection`: it owns the transport, the read holds, the held
-events, the acks of one commit round and the close by policy; the connection adds the session,
-the events' policy and the bookkeeping (`_parse`, `_after_input`, `_on_event`).
+events, the connection's share of the write queue (`_stored` is every item's last callback), the
+acks of one commit round, retiring and the close by policy; the connection adds the session and
+the policy for what it reads (`_parse`, `_after_input`, `_on_event`).
 """
 
 import asyncio
@@ -15,6 +16,7 @@ from typing import cast
 
 import structlog
 
+from hj212gw.ingest.items import QueueShare
 from hj212gw.logs import WIRE_LOGGER
 from hj212gw.metrics import Metrics
 from hj212gw.protocol.session import Event
@@ -58,9 +60,12 @@ class SocketFlow(asyncio.Protocol):
         "_loop",
         "_metrics",
         "_settings",
+        "_share",
         "_stall_timer",
         "_unread",
         "closing_reason",
+        "eof",
+        "retiring",
         "transport",
     )
 
@@ -77,6 +82,12 @@ class SocketFlow(asyncio.Protocol):
         # Events waiting while reading is held: for a new MN's pin, for the source IP's wrong-PW
         # backoff, or (never released) after a wrong PW until the connection closes.
         self._held: list[tuple[Event, float]] | None = None
+        limits = settings.connections
+        # Items submitted and not yet committed (or failed), counted by the writer; when full, this
+        # socket alone is not read until half of them are confirmed: a flood delays only itself.
+        self._share = QueueShare(limits.max_unconfirmed_items, limits.max_unconfirmed_bytes)
+        self.eof = False  # the peer half-closed: close once what it sent is confirmed
+        self.retiring = False
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -142,6 +153,51 @@ class SocketFlow(asyncio.Protocol):
             self._read_unread()
         if not self._holds and not transport.is_closing():
             transport.resume_reading()
+
+    # -- the queue share and closing after confirmation ---------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """Closed, closing or retiring: no longer the live connection of its MNs."""
+        return self.transport is None or self.transport.is_closing() or self.retiring
+
+    def _close_when_confirmed(self) -> None:
+        if (self.eof or self.retiring) and not self._share.items:
+            self.close(self.closing_reason or "peer_closed")
+
+    def retire(self, reason: str, grace_s: float) -> None:
+        """Stop reading, send the acks of what is already queued, then close (at most `grace_s`).
+
+        Used when a newer connection takes over this MN (HJ 212-2017 §15): the old socket's
+        pending acks still go out, so the DAS need not resend data that was stored.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.retiring = True
+        self.closing_reason = self.closing_reason or reason
+        self.hold_reading(ReadHold.RETIRING)
+        asyncio.get_running_loop().call_later(grace_s, self.close, reason)
+        self._close_when_confirmed()
+
+    def _check_share(self) -> None:
+        """After a submit: a full share holds the rest of what was read."""
+        share = self._share
+        if share.full and not self._holds & ReadHold.QUEUE_SHARE:
+            limit = "items" if share.items >= share.max_items else "bytes"
+            self._metrics.queue_share_pauses.labels(limit=limit).inc()
+            self._hold(ReadHold.QUEUE_SHARE)
+
+    def _stored(self, error: BaseException | None) -> None:
+        """An item's batch committed (error None) or never will: one fewer to wait for before closing.
+
+        A refused item (ItemRejected) is logged once, by the writer, with its MN and the error.
+        Acked all the same (9014, by `_ack`) when PostgreSQL refused its rows and its raw frame was
+        archived instead (verdict `refused_by_database:<SQLSTATE>`): a resend could never succeed,
+        and the evidence is kept (docs/protocol.md). Otherwise no ack: the DAS sends it again.
+        """
+        if self._held is not None and self._share.has_room:
+            self._release(ReadHold.QUEUE_SHARE)  # a no-op unless the share's hold is on
+        self._close_when_confirmed()
 
     # -- output and flow control ----------------------------------------------------------------
 
@@ -229,6 +285,7 @@ class SocketFlow(asyncio.Protocol):
             "das_not_reading",
             unsent_bytes=transport.get_write_buffer_size(),
             unsent_acks=len(self._acks or ()),
+            unconfirmed=self._share.items,
             **self._not_reading_context(),
         )
         self._acks = None
