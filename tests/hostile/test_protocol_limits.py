@@ -21,9 +21,9 @@ from hj212gw.protocol.cp import DataCp, tokenize_cp
 from hj212gw.protocol.errors import FrameError
 from hj212gw.protocol.framing import FrameBuffer, FrameLimits, Tolerance, encode_frame
 from hj212gw.protocol.session import DasSession, Event, FrameRejected, PacketReceived, RequestFailed, Send
-from tests.copy_rows import decode_rows
 from tests.integration.das import DasClient, data_packet, empty_packet, settings_for
 from tests.integration.waiting import eventually
+from tests.storage.copy_rows import decode_rows
 
 T0 = datetime(2024, 3, 15, 2, 0, tzinfo=UTC)
 MN = "010000A8900016F000169DC0"  # tests.integration.das.MN

@@ -13,7 +13,7 @@ from hj212gw.ingest.layout import RowLayout, layout_of
 from hj212gw.ingest.rows import TimePolicy, data_block
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
-from tests.copy_rows import decode_rows
+from tests.storage.copy_rows import decode_rows
 
 POLICY = TimePolicy(ZoneInfo("Asia/Shanghai"))
 RECEIVED = datetime(2024, 3, 15, 2, 11, tzinfo=UTC)

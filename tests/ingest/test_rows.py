@@ -7,7 +7,7 @@ from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, device_time
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
 from hj212gw.storage.rows import DataBlock
-from tests.copy_rows import decode_rows
+from tests.storage.copy_rows import decode_rows
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 POLICY = TimePolicy(SHANGHAI)
