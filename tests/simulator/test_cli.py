@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from hj212gw.cli import main as hj212gw_main
-from hj212gw.simulator.cli import main, run_simulation
+from hj212gw.simulator.cli import main, parse_scenario_flag, run_simulation
 from hj212gw.simulator.config import SimConfig, make_mn
-from hj212gw.simulator.scenarios import Scenario
+from hj212gw.simulator.scenarios import Scenario, parse_scenario
 from tests.simulator.receiver import ReferenceReceiver
 
 START = "2024-03-15T00:00:00+08:00"
@@ -161,3 +161,17 @@ def test_main_rejects_a_bad_target() -> None:
 def test_hj212gw_simulate_hands_every_flag_to_the_simulator() -> None:
     # Returned, not argparse's SystemExit: `--target` reached the simulator's own parser.
     assert hj212gw_main(["simulate", "--target", "nowhere", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("flag", "devices"),
+    [("cut:devices=0.1,start_s=3600,duration_s=3600", 0.1), ("cut:devices=0;3", (0, 3)), ("cut:devices=all", "all")],
+)
+def test_scenario_flag_takes_a_fraction_indices_or_all(flag: str, devices: object) -> None:
+    scenario = parse_scenario(parse_scenario_flag(flag))
+    assert scenario.devices == devices
+
+
+def test_scenario_flag_with_a_bad_device_selector_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--scenario", "cut:devices=some", "--quiet"]) == 2
+    assert "devices='some': use all, a fraction" in capsys.readouterr().err

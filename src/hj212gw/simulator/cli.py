@@ -146,21 +146,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_scenario_flag(text: str) -> dict[str, object]:
-    """`cut:devices=0;1,start_s=600,duration_s=1800` -> a scenario table."""
+    """`cut:devices=0;1,start_s=600,duration_s=1800` -> a scenario table.
+
+    `devices` is `all`, a fraction (`0.1`: every tenth device) or indices separated by `;`.
+    Raises ValueError for a value that is none of these.
+    """
     kind, _, rest = text.partition(":")
     table: dict[str, object] = {"kind": kind}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key in ("devices", "factors"):
-            parts = value.split(";")
-            table[key] = value if value == "all" else [int(v) for v in parts] if key == "devices" else parts
-            if key == "devices" and "." in value:
-                table[key] = float(value)
+        if key == "devices":
+            table[key] = _device_selector(value)
+        elif key == "factors":
+            table[key] = value.split(";")
         elif key == "flag":
             table[key] = value
         else:
             table[key] = float(value)
     return table
+
+
+def _device_selector(value: str) -> str | float | list[int]:
+    if value == "all":
+        return value
+    try:
+        return float(value) if "." in value else [int(v) for v in value.split(";")]
+    except ValueError:
+        raise ValueError(f"devices={value!r}: use all, a fraction (0.1) or indices separated by ; (0;3)") from None
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
