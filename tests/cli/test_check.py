@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,20 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 def test_no_frame_at_all(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hello"]) == 1
     assert "INVALID" in capsys.readouterr().out
+
+
+def test_a_packet_pasted_with_a_literal_crlf_text_is_accepted_and_said(capsys: pytest.CaptureFixture[str]) -> None:
+    pasted = text(FIRST).rstrip("\r\n") + "\\r\\n"
+    assert main([pasted]) == 0
+    out = capsys.readouterr().out
+    assert "VALID" in out and "the text \\r\\n at the end was read as the CR LF" in out
+    assert "CR LF appended" not in out
+
+
+@pytest.mark.parametrize("path", GOOD[::4], ids=fixture_id)
+def test_no_internal_class_name_is_printed(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([text(path)])
+    main(["--json", text(path)])
+    out = capsys.readouterr().out
+    assert not re.search(r"[A-Z][A-Za-z]*Cp\b|model ", out), out
+    assert "CP 指令参数 (command parameters): " in out

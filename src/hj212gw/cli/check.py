@@ -13,6 +13,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from hj212gw.protocol.constants import PacketFlag
+from hj212gw.protocol.cp import (
+    CpData,
+    DataCp,
+    EmptyCp,
+    ExecutionResultCp,
+    GenericCp,
+    HardwareSerialCp,
+    HistoryRequestCp,
+    IntervalCp,
+    KeyExchangeCp,
+    NewPasswordCp,
+    PolIdCommandCp,
+    RequestReplyCp,
+    RestartCp,
+    SetMnCp,
+    SiteInfoCp,
+    SystemTimeCp,
+    TimeoutsCp,
+)
 from hj212gw.protocol.crc import crc16_modbus, swap_bytes
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error
@@ -20,6 +39,29 @@ from hj212gw.protocol.factors import factor_for
 from hj212gw.protocol.framing import Frame, iter_frames
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.names import CN_NAMES, DATA_FLAG_NAMES, EXE_RTN_NAMES, FIELD_NAMES, QN_RTN_NAMES, ST_NAMES
+
+
+# A packet pasted from a spec or a chat message often ends in the four characters `\r\n`.
+LITERAL_CRLF = b"\\r\\n"
+# What each CP model holds, in the words of the standard rather than the class names of protocol/cp.py.
+CP_KINDS: dict[type[CpData], str] = {
+    GenericCp: "items as sent (this CN has no fixed layout here)",
+    DataCp: "per-factor values",
+    HistoryRequestCp: "history request (BeginTime/EndTime)",
+    SiteInfoCp: "site information",
+    RestartCp: "restart time",
+    RequestReplyCp: "request reply (QnRtn)",
+    ExecutionResultCp: "execution result (ExeRtn)",
+    EmptyCp: "no parameters",
+    SystemTimeCp: "system time",
+    TimeoutsCp: "timeout and retry count (OverTime, ReCount)",
+    IntervalCp: "upload interval (RtdInterval or MinInterval)",
+    NewPasswordCp: "new access password",
+    PolIdCommandCp: "command to one instrument (PolId)",
+    HardwareSerialCp: "hardware serial numbers",
+    SetMnCp: "MN assignment",
+    KeyExchangeCp: "SM4 key exchange",
+}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -90,9 +132,12 @@ def check_packet(wire: bytes, policy: CrcPolicy, keys: dict[str, list[bytes]]) -
     shown = re.sub(r"PW=([^;]*)", lambda m: f"PW={_mask(m.group(1))}", wire.decode("utf-8", "replace"))
     report: dict[str, Any] = {"input": shown, "notes": [], "valid": False}
     body = wire.rstrip(b"\r\n")
-    if wire != body + b"\r\n":
+    if body.endswith(LITERAL_CRLF):
+        report["notes"].append("the text \\r\\n at the end was read as the CR LF it stands for")
+        body = body.removesuffix(LITERAL_CRLF)
+    elif wire != body + b"\r\n":
         report["notes"].append("line did not end in CR LF: CR LF appended for framing")
-        wire = body + b"\r\n"
+    wire = body + b"\r\n"
     errors: list[Hj212Error] = []
     frame: Frame | None = None
     for found in iter_frames(wire):
@@ -116,7 +161,7 @@ def check_packet(wire: bytes, policy: CrcPolicy, keys: dict[str, list[bytes]]) -
 
 
 def _error(error: Hj212Error) -> dict[str, Any]:
-    return {"reason": error.reason, "detail": str(error), "qn_rtn": int(error.qn_rtn), "class": type(error).__name__}
+    return {"reason": error.reason, "detail": str(error), "qn_rtn": int(error.qn_rtn)}
 
 
 def _frame(frame: Frame) -> dict[str, Any]:
@@ -180,7 +225,7 @@ def _packet(packet: Packet) -> dict[str, Any]:
         "rf": packet.rf,
         "encrypted": packet.encrypted,
         "tolerances": list(packet.tolerances),
-        "model": type(data).__name__ if data is not None else None,
+        "cp_kind": CP_KINDS.get(type(data), "items") if data is not None else None,
         "data_time": data.get("DataTime") if data is not None else None,
         "items": [list(item) for item in data.items] if data is not None else [],
         "readings": readings,
@@ -247,7 +292,7 @@ def _render_packet(packet: dict[str, Any]) -> list[str]:
     lines.append(f"  {_name('RF')}: {'1 (backfill)' if packet['rf'] else 'absent/0 (live)'}")
     if packet["encrypted"]:
         lines.append("  CP was SM4-encrypted and decrypted")
-    lines.append(f"  {_name('CP')}: model {packet['model']}, DataTime {packet['data_time']}")
+    lines.append(f"  {_name('CP')}: {packet['cp_kind']}, DataTime {packet['data_time']}")
     for reading in packet["readings"]:
         name = (
             f"{reading['name_zh']} {reading['name_en']} [{reading['unit']}]" if reading["name_zh"] else "unknown factor"
