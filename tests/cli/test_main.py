@@ -54,3 +54,17 @@ def test_serve_refuses_a_short_or_unreadable_token(
     monkeypatch.setenv("HJ212GW_HTTP_TOKEN_FILE", str(tmp_path / "short"))
     assert main(["serve", "--http", "127.0.0.1:9213", "--log-format", "json"]) == 2
     assert "shorter than 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"listen = [\n", "Invalid value"), (b"listen = \xff\n", "codec can't decode")],
+)
+def test_an_unreadable_config_file_is_one_line_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, needle: str
+) -> None:
+    config = tmp_path / "hj212gw.toml"
+    config.write_bytes(content)
+    assert main(["serve", "--config", str(config), "--log-format", "json"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hj212gw: cannot read the settings file: ") and needle in line

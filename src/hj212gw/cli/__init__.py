@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 failure (invalid packet, unreachable database, unacked 
 import argparse
 import asyncio
 import sys
+import tomllib
 
 from pydantic import ValidationError
 
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return replay.run(args)
     try:
         settings = settings_from(args)
-    except (ValidationError, FileNotFoundError) as exc:
+    except ValidationError as exc:
         print(f"hj212gw: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # a config file it cannot read
+        print(f"hj212gw: cannot read the settings file: {_one_line(exc)}", file=sys.stderr)
         return 2
     if args.command == "check-config":
         return check_config.run(settings)
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return asyncio.run(migrate.run(settings))
     return _serve(settings)
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception's message on one line (TOML errors name the line and column)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _check_http_access(settings: Settings) -> int | None:
