@@ -47,9 +47,9 @@ class Harness:
         return body
 
 
-def make_harness(db: Database) -> Harness:
+def make_harness(db: Database, **app_options: Any) -> Harness:
     live, registry, ready = Live(), CollectorRegistry(), [True]
-    app = build_app(db=db, live=live, metrics_registry=registry, ready=lambda: ready[0])
+    app = build_app(db=db, live=live, metrics_registry=registry, ready=lambda: ready[0], **app_options)
     return Harness(TestClient(TestServer(app)), live, registry, ready)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import encode_cursor
-from tests.api.harness import END, MN, OTHER, START, T0, Harness, row
+from tests.api.harness import END, MN, OTHER, START, T0, Harness, make_harness, row, seen
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,7 @@ async def test_data_returns_every_field_and_flag_with_rfc3339_times(api: Harness
     }  # fmt: skip
     by_code = await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, code="w01018")
     assert by_code["count"] == 1
+    await db.save_sightings([seen(MN)])  # no rows for this code: a known device's empty page, not a 404
     assert (await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, code="a34004"))["count"] == 0
 
 
@@ -100,3 +101,50 @@ async def test_bad_data_parameters_are_400_with_a_clear_error(
 async def test_a_parameter_given_twice_is_400(api: Harness) -> None:
     resp = await api.client.get(f"/api/v1/data?mn={MN}&mn=X&cn=2051&start={START}&end={END}")
     assert resp.status == 400 and (await resp.json())["detail"] == "mn is given more than once"
+
+
+async def test_an_mn_never_seen_is_404_unknown_device(api: Harness, db: Database) -> None:
+    await db.save_batch([row()])
+    for path in ("/api/v1/data", "/api/v1/data/versions"):
+        body = await api.get(path, 404, mn="NEVER0000000001", cn="2051", start=START, end=END)
+        assert body["error"] == "unknown_device" and "NEVER0000000001" in body["detail"]
+    await db.save_sightings([seen(OTHER)])
+    assert (await api.get("/api/v1/data", mn=OTHER, cn="2051", start=START, end=END))["count"] == 0
+
+
+async def test_names_add_the_factor_name_and_unit_from_the_code_table(api: Harness, db: Database) -> None:
+    await db.save_batch([row("w01018"), row("011", factor_2017="w01018", cn="2061"), row("x99999")])
+    plain = await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END)
+    assert all("unit" not in r for r in plain["rows"])
+    named = await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, names="1")
+    by_code = {r["factor"]: r for r in named["rows"]}
+    cod = by_code["w01018"]
+    assert (cod["name_zh"], cod["name_en"], cod["unit"], cod["cou_unit"]) == ("化学需氧量", "COD", "毫克/升", "千克")
+    assert (by_code["x99999"]["name_zh"], by_code["x99999"]["unit"]) == (None, None)
+    old = (await api.get("/api/v1/data", mn=MN, cn="2061", start=START, end=END, names="true"))["rows"][0]
+    assert (old["factor"], old["name_en"], old["unit"]) == ("011", "COD", "毫克/升")  # a 2005 code via its 2017 one
+    await api.get("/api/v1/data", 400, mn=MN, cn="2051", start=START, end=END, names="yes")
+
+
+async def test_tz_renders_every_time_in_the_zone_asked_or_the_device_zone(api: Harness, db: Database) -> None:
+    await db.save_batch([row()])
+    await db.save_batch([row(avg=1.0, received_at=T0 + timedelta(minutes=5))])  # a second arrival: a version
+    shanghai = (await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, tz="Asia/Shanghai"))["rows"]
+    assert shanghai[0]["data_time"] == "2024-05-01T16:00:00+08:00"
+    assert shanghai[0]["first_received_at"] == "2024-05-01T16:00:05.123456+08:00"
+    assert shanghai[0]["received_at"] == "2024-05-01T16:05:00+08:00"
+    device = (await api.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, tz="device"))["rows"]
+    assert device == shanghai  # the configured device_timezone (default Asia/Shanghai)
+    versions = await api.get("/api/v1/data/versions", mn=MN, cn="2051", start=START, end=END, tz="Europe/Berlin")
+    assert versions["rows"][0]["data_time"] == "2024-05-01T10:00:00+02:00"
+    for bad in ("Mars/Olympus", "../etc/passwd", "Asia"):
+        body = await api.get("/api/v1/data", 400, mn=MN, cn="2051", start=START, end=END, tz=bad)
+        assert body["error"] == "bad_parameter" and "IANA time zone" in body["detail"]
+
+
+async def test_tz_device_is_the_configured_device_timezone(db: Database) -> None:
+    await db.save_batch([row()])
+    harness = make_harness(db, device_timezone="America/New_York")
+    async with harness.client:
+        rows = (await harness.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, tz="device"))["rows"]
+    assert rows[0]["data_time"] == "2024-05-01T04:00:00-04:00"

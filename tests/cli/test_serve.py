@@ -27,8 +27,9 @@ async def test_serve_on_a_busy_port_fails_in_one_error_line(pg_dsn: str, schema:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = [sys.executable, "-m", "hj212gw.cli", "serve", "--listen", f"127.0.0.1:{port}", "--http",
-                "127.0.0.1:0", "--database-url", pg_dsn, "--database-schema", schema, "--log-format", "json"]  # fmt: skip
+        argv = [sys.executable, "-m", "hj212gw.cli", "serve", "--listen", f"127.0.0.1:{port}",
+                "--http", "127.0.0.1:0", "--database-url", pg_dsn, "--database-schema", schema,
+                "--log-format", "json"]  # fmt: skip
         done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout

@@ -10,6 +10,7 @@ when it is required: auth.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from zoneinfo import ZoneInfo
 
 import prometheus_client
 import structlog
@@ -19,6 +20,7 @@ from hj212gw.api.auth import require_bearer_token
 from hj212gw.api.data import DataRoutes
 from hj212gw.api.devices import DeviceRoutes
 from hj212gw.api.errors import errors_as_json
+from hj212gw.api.index import IndexRoutes
 from hj212gw.api.live import LiveState
 from hj212gw.api.probes import ProbeRoutes
 from hj212gw.storage.db import Database
@@ -34,17 +36,20 @@ def build_app(
     ready: Callable[[], bool],
     token: str | None = None,
     not_ready_reasons: Callable[[], list[str]] | None = None,
+    device_timezone: str = "Asia/Shanghai",
 ) -> web.Application:
     """The admin application; `metrics_registry=None` exposes prometheus_client's default registry.
 
     With a `token`, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
-    `not_ready_reasons` names what keeps `ready` false (shown by /readyz).
+    `not_ready_reasons` names what keeps `ready` false (shown by /readyz); `device_timezone` is
+    the zone `?tz=device` renders data times in. `/` redirects to the index of routes, /api/v1.
     """
     guards = [] if token is None else [require_bearer_token(token)]
     app = web.Application(middlewares=[errors_as_json, *guards])
     ProbeRoutes(metrics_registry or prometheus_client.REGISTRY, ready, not_ready_reasons).add_to(app.router)
     DeviceRoutes(db, live).add_to(app.router)
-    DataRoutes(db).add_to(app.router)
+    DataRoutes(db, live, ZoneInfo(device_timezone)).add_to(app.router)
+    IndexRoutes().add_to(app.router)
     return app
 
 

@@ -1,20 +1,24 @@
 """GET /api/v1/data (the current value of each reading) and /api/v1/data/versions (every arrival).
 
 Both take mn, cn, start, end (RFC 3339 with offset), optional code and limit, and page with an
-opaque cursor that is checked here before it reaches PostgreSQL.
+opaque cursor that is checked here before it reaches PostgreSQL; `names` and `tz` choose how rows
+are shown (rendering.py). An MN neither stored nor connected is a 404 `unknown_device`, not an
+empty page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from aiohttp import web
 
 from hj212gw.api.errors import read_db
+from hj212gw.api.live import LiveState
 from hj212gw.api.params import optional_param, parse_bool, parse_limit, parse_time, required_param
-from hj212gw.api.responses import ApiError, json_response, json_value, rfc3339
+from hj212gw.api.rendering import RowStyle
+from hj212gw.api.responses import ApiError, json_response, rfc3339
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import BadCursor, DataPage, decode_cursor, decode_version_cursor
 
@@ -23,37 +27,42 @@ VERSIONS_ROUTE = "/api/v1/data/versions"
 
 
 class DataRoutes:
-    """The data endpoints, bound to the API's database."""
+    """The data endpoints, bound to the API's database, the live connections and the device zone."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, live: LiveState, device_zone: tzinfo) -> None:
         self.db = db
+        self.live = live
+        self.device_zone = device_zone
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_get(DATA_ROUTE, self.data)
         router.add_get(VERSIONS_ROUTE, self.versions)
 
     async def data(self, request: web.Request) -> web.Response:
-        q = DataQuery.from_request(request)
+        q, style = DataQuery.from_request(request), RowStyle.from_request(request, self.device_zone)
         suspect = parse_bool("time_suspect", optional_param(request, "time_suspect"))
         fetch = self.db.fetch_data(
             q.mn, q.cn, q.start, q.end, q.code, limit=q.limit, cursor=q.cursor, time_suspect=suspect
         )
-        return await _page(request, fetch)
+        return await self._page(request, q.mn, style, fetch)
 
     async def versions(self, request: web.Request) -> web.Response:
         q = DataQuery.from_request(request, versions=True)
-        return await _page(request, self.db.fetch_versions(q.mn, q.cn, q.start, q.end, q.code, q.limit, q.cursor))
+        style = RowStyle.from_request(request, self.device_zone)
+        fetch = self.db.fetch_versions(q.mn, q.cn, q.start, q.end, q.code, q.limit, q.cursor)
+        return await self._page(request, q.mn, style, fetch)
 
-
-async def _page(request: web.Request, fetch: Awaitable[DataPage]) -> web.Response:
-    """One page of rows as JSON, with the URL of the next page."""
-    try:
-        page = await read_db(fetch)
-    except BadCursor as err:
-        raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
-    next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
-    rows = [{key: json_value(value) for key, value in row.items()} for row in page.rows]
-    return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
+    async def _page(self, request: web.Request, mn: str, style: RowStyle, fetch: Awaitable[DataPage]) -> web.Response:
+        """One page of rows as JSON, with the URL of the next page; 404 for an MN never seen."""
+        try:
+            page = await read_db(fetch)
+        except BadCursor as err:
+            raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
+        if not page.rows and mn not in self.live.online() and await read_db(self.db.fetch_device(mn)) is None:
+            raise ApiError(404, "unknown_device", f"no device with mn={mn!r} has been seen")
+        next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
+        rows = [style.render(row) for row in page.rows]
+        return json_response({"rows": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ from hj212gw.protocol.framing import Frame, iter_frames
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.names import CN_NAMES, DATA_FLAG_NAMES, EXE_RTN_NAMES, FIELD_NAMES, QN_RTN_NAMES, ST_NAMES
 
-
 # A packet pasted from a spec or a chat message often ends in the four characters `\r\n`.
 LITERAL_CRLF = b"\\r\\n"
 # What each CP model holds, in the words of the standard rather than the class names of protocol/cp.py.

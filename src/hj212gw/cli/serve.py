@@ -127,6 +127,7 @@ async def start(settings: Settings) -> Running:
             ready=gateway.ready if watchdog is None else lambda: watchdog.up and gateway.ready(),
             token=token,
             not_ready_reasons=gateway.not_ready_reasons,
+            device_timezone=settings.device_timezone,
         )
         host, port = split_host_port(settings.http)
         runner = await _listening("http", settings.http, start_http(app, host, port))
