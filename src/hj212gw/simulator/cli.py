@@ -10,10 +10,10 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hj212gw.simulator.clock import VirtualClock
+from hj212gw.simulator.clock import VirtualClock, parse_start
 from hj212gw.simulator.config import (
     VERSION_LABELS,
     SimConfig,
@@ -47,8 +47,7 @@ async def run_simulation(config: SimConfig, *, progress: bool = False, on_ack: A
     `on_ack(mn, packet)` is called for every data packet the platform acknowledged.
     """
     host, port = config.host_port()
-    start = datetime.fromisoformat(config.start) if config.start else None
-    clock = VirtualClock(speed=config.speed, start=start)
+    clock = VirtualClock(speed=config.speed, start=parse_start(config.start, datetime.now(UTC)))
     counters = Counters()
     devices = build_devices(config, clock, counters, on_ack)
     run_s = run_seconds(config)
@@ -123,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="real seconds to run (default 60; 0 = until Ctrl-C)")
     p.add_argument("--sim-duration", type=float, help="simulated seconds to run instead")
     p.add_argument("--speed", type=float, help="virtual clock speed: 1440 = a day per minute (default 1)")
-    p.add_argument("--start", help="simulated start time, ISO 8601 (default now)")
+    p.add_argument("--start", help="simulated start: ISO 8601, or a span ago such as -6h (default now)")
     p.add_argument("--ramp", type=float, help="connects per second (default all at once)")
     p.add_argument("--seed", type=int, help="seed for MNs, values and episodes (default 1)")
     p.add_argument("--versions", help="protocol mix, e.g. 2017=0.8,2025=0.15,2005=0.05")
@@ -200,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     settings["scenarios"] = (*scenarios, *extra)
     config = with_overrides(SimConfig(), **settings)
     config.host_port()
+    parse_start(config.start, datetime.now(UTC))
     return config
 
 

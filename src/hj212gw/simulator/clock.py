@@ -7,6 +7,7 @@ backoff, ack latency. Keeping them apart lets a sped-up run keep realistic netwo
 Imports nothing from asyncio; the shell sleeps, the clock only converts.
 """
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -45,6 +46,27 @@ class VirtualClock:
     def real_delay_until(self, moment: datetime) -> float:
         """Real seconds until simulated `moment` (0 if it has passed)."""
         return max(0.0, (moment - self.sim_now()).total_seconds() / self.speed)
+
+
+RELATIVE_START = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_start(text: str | None, now: datetime) -> datetime | None:
+    """The simulated start: None (now) when absent, `now` minus a span for `-6h` (s, m, h, d), else ISO 8601.
+
+    Raises:
+        ValueError: neither form.
+    """
+    if not text:
+        return None
+    relative = RELATIVE_START.fullmatch(text)
+    if relative:
+        return now - timedelta(seconds=float(relative[1]) * UNIT_S[relative[2]])
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"start={text!r}: use ISO 8601 (2024-03-15T00:00:00+08:00) or a span ago (-6h)") from None
 
 
 class FakeClock:
