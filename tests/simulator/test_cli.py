@@ -4,12 +4,14 @@ import asyncio
 import json
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from hj212gw.cli import main as hj212gw_main
 from hj212gw.simulator.cli import main, parse_scenario_flag, run_simulation
+from hj212gw.simulator.clock import parse_start
 from hj212gw.simulator.config import SimConfig, make_mn
 from hj212gw.simulator.scenarios import Scenario, parse_scenario
 from tests.simulator.receiver import ReferenceReceiver
@@ -175,3 +177,23 @@ def test_scenario_flag_takes_a_fraction_indices_or_all(flag: str, devices: objec
 def test_scenario_flag_with_a_bad_device_selector_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--scenario", "cut:devices=some", "--quiet"]) == 2
     assert "devices='some': use all, a fraction" in capsys.readouterr().err
+
+
+def test_start_takes_iso_or_a_span_ago() -> None:
+    now = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
+    assert parse_start("-6h", now) == now - timedelta(hours=6)
+    assert parse_start("-90m", now) == now - timedelta(minutes=90)
+    assert parse_start("-1.5d", now) == now - timedelta(hours=36)
+    assert parse_start(START, now) == datetime.fromisoformat(START)
+    assert parse_start(None, now) is None
+    with pytest.raises(ValueError, match="a span ago"):
+        parse_start("6 hours ago", now)
+    assert main(["--start=yesterday", "--quiet"]) == 2
+
+
+async def test_a_run_started_a_span_ago_sends_data_of_that_time(receiver: ReferenceReceiver) -> None:
+    summary = await run_simulation(_config(receiver, count=1, start="-6h", speed=3600, duration_s=1.0))
+    assert summary.sim_duration_s == pytest.approx(3600, rel=0.2)
+    times = [datetime.strptime(r.packet.data.data_time, "%Y%m%d%H%M%S") for r in receiver.received if r.acked]
+    shanghai_now = datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None)
+    assert times and max(times) < shanghai_now - timedelta(hours=4)

@@ -1,7 +1,7 @@
 """The JSON shapes every admin API answer shares (docs/api.md): times, values, errors.
 
-Every time in a response is RFC 3339 in UTC with a `Z` suffix; JSON has no NaN or Infinity, so
-such values are null. Imports nothing of the API's routes.
+Every time in a response is RFC 3339 in UTC with a `Z` suffix (data rows in another zone on
+request: rendering.py); JSON has no NaN or Infinity, so such values are null. Imports nothing of the API's routes.
 """
 
 from __future__ import annotations
