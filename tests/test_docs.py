@@ -27,6 +27,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hj212gw.settings import Settings
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +163,17 @@ def test_the_documented_scenario_file_and_its_command_line_form_run(gateway: Gat
     from_flags = gateway.simulate([*HJ212GW, "simulate", *shlex.split(flags)])
     for summary in (from_file, from_flags):  # both sped up: a day's data in 3 s is sent and acked
         assert summary["devices"] == 20 and summary["acked"] > 0 and summary["frames_rejected"] == 0, summary
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="docs/api.md's examples use curl")
+def test_the_api_examples_are_on_the_default_port_and_reach_a_route(gateway: Gateway) -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    default_port = Settings().http.rsplit(":", 1)[1]
+    assert set(re.findall(r"127\.0\.0\.1:(\d+)", text)) == {default_port}
+    # The one-line examples that need no token, jq or shell variables, as documented but on the test port.
+    simple = [c for block in sh_blocks(text) for c in block if c.startswith("curl -s ") and "$" not in c]
+    assert len(simple) >= 8, simple
+    for command in simple:
+        done = subprocess.run(["bash", "-c", gateway.on_test_ports(command)], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout, command
+        assert '"not_found"' not in done.stdout and '"internal_error"' not in done.stdout, (command, done.stdout)
