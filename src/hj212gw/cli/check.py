@@ -12,26 +12,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from hj212gw.protocol import cp
 from hj212gw.protocol.constants import PacketFlag
-from hj212gw.protocol.cp import (
-    CpData,
-    DataCp,
-    EmptyCp,
-    ExecutionResultCp,
-    GenericCp,
-    HardwareSerialCp,
-    HistoryRequestCp,
-    IntervalCp,
-    KeyExchangeCp,
-    NewPasswordCp,
-    PolIdCommandCp,
-    RequestReplyCp,
-    RestartCp,
-    SetMnCp,
-    SiteInfoCp,
-    SystemTimeCp,
-    TimeoutsCp,
-)
 from hj212gw.protocol.crc import crc16_modbus, swap_bytes
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error
@@ -43,23 +25,23 @@ from hj212gw.protocol.names import CN_NAMES, DATA_FLAG_NAMES, EXE_RTN_NAMES, FIE
 # A packet pasted from a spec or a chat message often ends in the four characters `\r\n`.
 LITERAL_CRLF = b"\\r\\n"
 # What each CP model holds, in the words of the standard rather than the class names of protocol/cp.py.
-CP_KINDS: dict[type[CpData], str] = {
-    GenericCp: "items as sent (this CN has no fixed layout here)",
-    DataCp: "per-factor values",
-    HistoryRequestCp: "history request (BeginTime/EndTime)",
-    SiteInfoCp: "site information",
-    RestartCp: "restart time",
-    RequestReplyCp: "request reply (QnRtn)",
-    ExecutionResultCp: "execution result (ExeRtn)",
-    EmptyCp: "no parameters",
-    SystemTimeCp: "system time",
-    TimeoutsCp: "timeout and retry count (OverTime, ReCount)",
-    IntervalCp: "upload interval (RtdInterval or MinInterval)",
-    NewPasswordCp: "new access password",
-    PolIdCommandCp: "command to one instrument (PolId)",
-    HardwareSerialCp: "hardware serial numbers",
-    SetMnCp: "MN assignment",
-    KeyExchangeCp: "SM4 key exchange",
+CP_KINDS: dict[type[cp.CpData], str] = {
+    cp.GenericCp: "items as sent (this CN has no fixed layout here)",
+    cp.DataCp: "per-factor values",
+    cp.HistoryRequestCp: "history request (BeginTime/EndTime)",
+    cp.SiteInfoCp: "site information",
+    cp.RestartCp: "restart time",
+    cp.RequestReplyCp: "request reply (QnRtn)",
+    cp.ExecutionResultCp: "execution result (ExeRtn)",
+    cp.EmptyCp: "no parameters",
+    cp.SystemTimeCp: "system time",
+    cp.TimeoutsCp: "timeout and retry count (OverTime, ReCount)",
+    cp.IntervalCp: "upload interval (RtdInterval or MinInterval)",
+    cp.NewPasswordCp: "new access password",
+    cp.PolIdCommandCp: "command to one instrument (PolId)",
+    cp.HardwareSerialCp: "hardware serial numbers",
+    cp.SetMnCp: "MN assignment",
+    cp.KeyExchangeCp: "SM4 key exchange",
 }
 
 
