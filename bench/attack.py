@@ -170,15 +170,23 @@ async def _drain(reader: asyncio.StreamReader) -> None:
         pass
 
 
+async def _open_draining(h: Hostile) -> tuple[asyncio.StreamWriter, asyncio.Task[None]] | None:
+    """A new connection whose replies are read and dropped; None (after a pause) if it failed."""
+    try:
+        reader, writer = await h.open()
+    except OSError:
+        await asyncio.sleep(0.2)
+        return None
+    return writer, asyncio.create_task(_drain(reader))
+
+
 async def _talk(h: Hostile, make: Callable[[], bytes], interval_s: float) -> None:
     """Connect, send `make()` every `interval_s` reading (and dropping) the replies; reconnect."""
     while h.going():
-        try:
-            reader, writer = await h.open()
-        except OSError:
-            await asyncio.sleep(0.2)
+        opened = await _open_draining(h)
+        if opened is None:
             continue
-        drain = asyncio.create_task(_drain(reader))
+        writer, drain = opened
         try:
             while h.going() and not drain.done():
                 await h.send(writer, make())
@@ -264,12 +272,10 @@ async def slowloris(h: Hostile, drip_s: float = 2.0) -> None:
     """One byte every `drip_s`: odd slots after a valid first packet (a frame that never ends),
     even slots without one (whitespace, never a frame)."""
     while h.going():
-        try:
-            reader, writer = await h.open()
-        except OSError:
-            await asyncio.sleep(0.2)
+        opened = await _open_draining(h)
+        if opened is None:
             continue
-        drain = asyncio.create_task(_drain(reader))
+        writer, drain = opened
         try:
             if h.index % 2:
                 await h.send(writer, h.packet())
