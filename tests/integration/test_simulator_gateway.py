@@ -48,7 +48,7 @@ def _config(gateway: Running, **kw: object) -> SimConfig:
     fields: dict[str, object] = {
         "target": f"127.0.0.1:{gateway.gateway.port}", "start": START.isoformat(), "seed": 7,
         "versions": {"2017": 0.6, "2025": 0.3, "2005": 0.1}, "uploads": PERIOD_CNS, "heartbeat_s": 0.3,
-        "drain_s": 10.0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "episode_rate": 0.05,
+        "drain_s": 120.0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "episode_rate": 0.05,
     }  # fmt: skip
     fields.update(kw)
     return SimConfig(**fields)  # type: ignore[arg-type]
@@ -86,11 +86,17 @@ async def _assert_acked_equals_stored(summary: Summary, acked: set[Key], conn: a
     assert distinct == await conn.fetchval("SELECT count(*) FROM data")
 
 
-def _heartbeats_answered(summary: Summary, config: SimConfig) -> None:
-    """Every 2025 heartbeat got its 9013, except at most one per device still in flight at the end."""
-    devices_2025 = sum(s.version is ProtocolVersion.HJ212_2025 for s in device_specs(config))
-    assert summary.heartbeats > 0
-    assert summary.heartbeats - devices_2025 <= summary.heartbeats_answered <= summary.heartbeats
+def _heartbeats_answered(summary: Summary) -> None:
+    """Every 2025 heartbeat got its 9013 unless its link went down first; none left waiting at the end.
+
+    Heartbeats are paced by network (wall-clock) time, so how many are sent depends on the machine;
+    the counts are checked against each other, not against a number derived from the duration.
+    A DAS waits for one heartbeat's reply before the next, so a lost link costs at most one.
+    """
+    assert summary.heartbeats_answered > 0
+    assert summary.heartbeats_waiting == 0  # the drain waits for the replies, as for the 9014s
+    assert summary.heartbeats == summary.heartbeats_answered + summary.heartbeats_lost
+    assert summary.heartbeats_lost <= summary.reconnects
 
 
 async def test_a_mixed_fleet_stores_everything_it_was_acked(gateway: Running, conn: asyncpg.Connection) -> None:
@@ -102,7 +108,7 @@ async def test_a_mixed_fleet_stores_everything_it_was_acked(gateway: Running, co
         return len(await conn.fetch("SELECT DISTINCT protocol_version FROM devices")) == 3
 
     await eventually(every_version_seen)
-    _heartbeats_answered(summary, config)
+    _heartbeats_answered(summary)
 
 
 @pytest.mark.slow
@@ -116,7 +122,7 @@ async def test_network_cut_is_followed_by_reupload_and_nothing_is_lost(
     specs = device_specs(config)
     cut_specs = [s for s in specs if cut.applies_to(s.index)]
     assert summary.reconnects >= len(cut_specs) and summary.reuploaded > 0
-    _heartbeats_answered(summary, config)
+    _heartbeats_answered(summary)
 
     minutes: dict[str, set[datetime]] = defaultdict(set)
     for mn, cn, data_time, _ in acked:

@@ -23,7 +23,7 @@ def _config(receiver: ReferenceReceiver, **kw: object) -> SimConfig:
     port = receiver.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     base: dict[str, object] = {
         "target": f"127.0.0.1:{port}", "start": START, "min_interval_min": 1, "uploads": ("2051", "2061"),
-        "drain_s": 3.0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
+        "drain_s": 30.0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,  # the drain ends once all is acked
     }  # fmt: skip
     base.update(kw)
     return SimConfig(**base)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+from hj212gw.protocol.builders import build_notification_reply
 from hj212gw.protocol.cp import DataCp
 from hj212gw.protocol.models import parse_hj_time
 from hj212gw.simulator.scenarios import Scenario
@@ -113,3 +114,15 @@ def test_2025_heartbeat_when_idle_only() -> None:
     assert das.wait_real(30) == []
     [beat] = das.wait_real(31)
     assert beat.cn == "9015" and beat.flag == 9
+
+
+def test_2025_heartbeat_waits_for_the_previous_9013_and_a_lost_link_costs_it() -> None:
+    das = SteppedDevice(version="2025", heartbeat_s=60)
+    das.ack(das.connect())
+    [first] = das.wait_real(61)
+    assert das.wait_real(600) == []  # no second heartbeat while the first waits for its reply
+    [second] = das.feed(build_notification_reply(first))  # the link has been idle long enough
+    assert second.cn == "9015" and second.qn != first.qn
+    das.disconnect()
+    counters = das.counters
+    assert (counters.heartbeats, counters.heartbeats_answered, counters.heartbeats_lost) == (2, 1, 1)

@@ -94,12 +94,13 @@ class DeviceRunner:
         return self.link is not None
 
     def settled(self, now_s: float) -> bool:
-        """Done generating and, if connected, nothing left to send or waiting for its 9014."""
+        """Done generating and, if connected, nothing left to send or waiting for its 9014 or 9013."""
         if self.generating:
             return False
         d = self.device.delivery
         ready_store = bool(d.store) and d.store[0].not_before_s <= now_s
-        return self.link is None or not (d.in_flight or d.fresh or d.lane or d.lane_waiting or ready_store)
+        waiting = d.in_flight or d.fresh or d.lane or d.lane_waiting or ready_store or self.device.heartbeat_qn
+        return self.link is None or not waiting
 
     def kick(self) -> None:
         self._event.set()
@@ -141,6 +142,7 @@ class DeviceRunner:
                     continue
                 await self._sleep(loop, self._delay(sim, now_s, down_until))
         finally:
+            self.device.stop()
             self._drop()
 
     def _generate(self, sim: datetime) -> bool:
@@ -148,6 +150,7 @@ class DeviceRunner:
         behind = self.device.tick(min(sim, self.generate_until), max_records=_CATCH_UP_RECORDS)
         if not behind and sim >= self.generate_until:
             self.generating = False
+            self.device.heartbeating = False  # the run drains: only the heartbeat waiting is awaited
             self.device.delivery.retry_store_now()  # the run is draining: no point waiting RetryAfter
         return behind
 

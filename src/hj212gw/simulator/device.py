@@ -80,6 +80,7 @@ class SimDevice:
         self._last_qn = datetime.min
         self._last_send_s = 0.0
         self.heartbeat_qn: str | None = None  # the heartbeat still waiting for its reply
+        self.heartbeating = True  # the shell turns it off when the run drains
         local = self.local(self.boot)
         self._next_rtd = _floor(local, self.rtd_interval_s) + timedelta(seconds=self.rtd_interval_s)
         self._next = {
@@ -247,10 +248,15 @@ class SimDevice:
         return frames
 
     def _heartbeat_due(self, now_s: float) -> bool:
+        return self._may_heartbeat() and now_s - self._last_send_s >= self.spec.heartbeat_s
+
+    def _may_heartbeat(self) -> bool:
+        """A 2025 DAS on an idle link; one heartbeat at a time: the next waits for the 9013."""
         return (
             self.spec.version is ProtocolVersion.HJ212_2025
+            and self.heartbeating
             and self.delivery.connected
-            and now_s - self._last_send_s >= self.spec.heartbeat_s
+            and self.heartbeat_qn is None
         )
 
     def next_sim_due(self) -> datetime:
@@ -259,7 +265,7 @@ class SimDevice:
 
     def next_real_due(self) -> float | None:
         deadline = self.delivery.next_deadline_s()
-        if self.spec.version is ProtocolVersion.HJ212_2025 and self.delivery.connected:
+        if self._may_heartbeat():
             heartbeat = self._last_send_s + self.spec.heartbeat_s
             deadline = heartbeat if deadline is None else min(deadline, heartbeat)
         return deadline
@@ -268,7 +274,16 @@ class SimDevice:
         self._last_send_s = now_s
         self.delivery.link_up()
 
+    def stop(self) -> None:
+        """The run is over: a heartbeat still waiting is counted as such, not as lost with the link."""
+        if self.heartbeat_qn is not None:
+            self.heartbeat_qn = None
+            self.counters.heartbeats_waiting += 1
+
     def link_down(self) -> None:
+        if self.heartbeat_qn is not None:
+            self.heartbeat_qn = None
+            self.counters.heartbeats_lost += 1  # its 9013, if any, went with the link
         self.delivery.link_down()
 
     def receive(self, packet: Packet, sim: datetime, now_s: float) -> None:

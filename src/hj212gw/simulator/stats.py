@@ -24,6 +24,8 @@ class Counters:
     commands: int = 0  # platform commands answered (1000, 1011, 1012, 106x, 2012, …)
     heartbeats: int = 0
     heartbeats_answered: int = 0  # 9013 (or 9014) with the heartbeat's QN
+    heartbeats_lost: int = 0  # still waiting for the reply when the link went down
+    heartbeats_waiting: int = 0  # still waiting for the reply when the run stopped
     connects: int = 0
     reconnects: int = 0
     connect_failures: int = 0
@@ -75,6 +77,8 @@ class Summary:
     commands: int
     heartbeats: int
     heartbeats_answered: int
+    heartbeats_lost: int
+    heartbeats_waiting: int
     connects: int
     reconnects: int
     connect_failures: int
@@ -107,7 +111,8 @@ class Summary:
                 f"sent {self.sent}  acked {self.acked}  resent {self.resent}  re-uploaded {self.reuploaded}  "
                 f"unacked {self.unacked}  dropped {self.dropped}  ({self.packets_per_s:.0f} packets/s)",
                 f"history requests answered {self.history_requests} ({self.history_packets} packets)  "
-                f"commands {self.commands}  heartbeats {self.heartbeats} ({self.heartbeats_answered} answered)",
+                f"commands {self.commands}  heartbeats {self.heartbeats} ({self.heartbeats_answered} answered, "
+                f"{self.heartbeats_lost} lost with the link, {self.heartbeats_waiting} waiting at the end)",
                 f"connects {self.connects}  reconnects {self.reconnects}  connect failures {self.connect_failures}",
                 f"ack latency ms  p50 {ms('p50')}  p90 {ms('p90')}  p99 {ms('p99')}  max {ms('max')}",
             ]
@@ -138,6 +143,8 @@ def summarize(counters: Counters, *, devices: int, unacked: int, duration_s: flo
         commands=counters.commands,
         heartbeats=counters.heartbeats,
         heartbeats_answered=counters.heartbeats_answered,
+        heartbeats_lost=counters.heartbeats_lost,
+        heartbeats_waiting=counters.heartbeats_waiting,
         connects=counters.connects,
         reconnects=counters.reconnects,
         connect_failures=counters.connect_failures,
