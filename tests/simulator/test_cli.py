@@ -99,6 +99,9 @@ async def test_dropped_connections_reconnect_and_resend(receiver: ReferenceRecei
     config = _config(receiver, count=3, speed=600, duration_s=2.5, versions={"2017": 1.0})
     task = asyncio.create_task(run_simulation(config))
     await asyncio.sleep(0.8)
+    async with asyncio.timeout(10):  # a loaded machine may take longer to connect all three
+        while len(receiver.links) < 3:
+            await asyncio.sleep(0.02)
     receiver.drop()
     summary = await task
     assert summary.reconnects >= 3 and summary.unacked == 0
