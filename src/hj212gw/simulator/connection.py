@@ -56,7 +56,8 @@ class DeviceRunner:
 
     It generates data up to simulated `generate_until` (then `generating` turns False) and not
     after real `stop_at_s`. A device that fell behind catches up one period per step and yields
-    in between, so an overloaded process stays responsive and its deadlines hold.
+    in between, so an overloaded process stays responsive and its deadlines hold; meanwhile it
+    meets the scenarios' network cuts at its records' time, not the clock's.
     """
 
     def __init__(
@@ -129,7 +130,9 @@ class DeviceRunner:
                 if now_s >= self.stop_at_s:
                     break
                 behind = self.generating and self._generate(sim)
-                down_until = self.device.scenarios.network_down(sim)
+                # A device catching up lives at its records' time: data of a cut stays cut off.
+                at = min(sim, self.device.next_sim_due()) if behind else sim
+                down_until = self.device.scenarios.network_down(at)
                 if self.link is not None and down_until is not None:
                     self._drop()
                 elif self.link is None and down_until is None and now_s >= self._connect_at:
