@@ -99,8 +99,7 @@ class DeviceRunner:
         if self.generating:
             return False
         d = self.device.delivery
-        ready_store = bool(d.store) and d.store[0].not_before_s <= now_s
-        waiting = d.in_flight or d.fresh or d.lane or d.lane_waiting or ready_store or self.device.heartbeat_qn
+        waiting = d.in_flight or d.fresh or d.lane or d.lane_waiting or d.store or self.device.heartbeat_qn
         return self.link is None or not waiting
 
     def kick(self) -> None:
@@ -130,6 +129,8 @@ class DeviceRunner:
                 if now_s >= self.stop_at_s:
                     break
                 behind = self.generating and self._generate(sim)
+                if not self.generating and self.device.delivery.store:
+                    self.device.delivery.retry_store_now()  # draining: what failed is retried at once
                 # A device catching up lives at its records' time: data of a cut stays cut off.
                 at = min(sim, self.device.next_sim_due()) if behind else sim
                 down_until = self.device.scenarios.network_down(at)
