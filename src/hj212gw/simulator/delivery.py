@@ -26,6 +26,7 @@ class Outgoing:
     part: tuple[int, int] | None = None  # (PNUM, PNO)
     keep: bool = True  # goes to the unacked store on failure (False for real-time data)
     backfill: bool = False  # sent from the store: RF=1 on 2025
+    sent_live: bool = False  # sent at least once before it went to the store
     history: bool = False
     qn: str = ""
     frame: bytes = b""
@@ -140,6 +141,7 @@ class Delivery:
         item.first_sent_s = item.last_sent_s = now_s
         out.append(item.frame)
         if not item.backfill:
+            item.sent_live = True
             self.counters.sent += 1
         if item.ack:
             self.in_flight[item.qn] = item
