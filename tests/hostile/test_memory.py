@@ -115,6 +115,7 @@ async def test_writer_backpressure_does_not_resume_a_socket_whose_peer_does_not_
     assert running.gateway.port is not None
     hostile = await non_reader(running.gateway.port)
     heartbeat = empty_packet("20240315101000001", "9015", flag=5, mn=HOSTILE_MN)
+    reader: asyncio.Task[None] | None = None
     try:
         await flood(hostile, heartbeat, max_bytes=64 << 20, seconds=3.0)
         await until(lambda: sample(running, "hj212gw_write_paused_connections") == 1)
@@ -125,12 +126,16 @@ async def test_writer_backpressure_does_not_resume_a_socket_whose_peer_does_not_
         await until(lambda: not running.gateway.paused)
         assert not conn.transport.is_reading()  # still held: its peer has not read
 
-        running.gateway.pause(conn)  # full again, and now the peer reads everything
-        await drain(hostile, until_quiet_s=0.3)
-        await until(lambda: sample(running, "hj212gw_write_paused_connections") == 0)
-        await until(lambda: not running.gateway.paused)
-        assert conn.transport.is_reading()
+        running.gateway.pause(conn)  # full again, and now the peer reads everything, from now on
+        # (a reader that stops after a quiet spell would let the rest of the flood, read once the
+        # socket resumes, back its replies up again: that raced under load)
+        reader = asyncio.create_task(drain(hostile, until_quiet_s=3600.0))
+        await until(lambda: sample(running, "hj212gw_write_paused_connections") == 0, timeout_s=30.0)
+        await until(lambda: not running.gateway.paused, timeout_s=30.0)
+        await until(conn.transport.is_reading, timeout_s=30.0)
     finally:
+        if reader is not None:
+            reader.cancel()
         hostile.close()
 
 
