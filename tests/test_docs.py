@@ -138,7 +138,10 @@ def test_the_readme_try_it_shows_minute_and_hour_data_and_flagged_values(gateway
     assert devices["count"] == 20
     assert minutes["count"] > 0 and hours["count"] > 0, (minutes, hours)
     flags = {r["flag"] for r in minutes["rows"]}
-    assert flags and flags <= {"M", "D"}, flags  # the first logger is one of the flagged tenth
+    # The first logger is one of the flagged tenth: some of its values carry the fault's flag (M, or D
+    # where the simulator rolls flue-gas flags up per HJ 212 §10); which rows fall inside the fault
+    # window depends on how fast the run went, so values still N may come with them.
+    assert flags & {"M", "D"} and flags <= set("NFMSDCTB"), flags
     assert all(r["unit"] and r["name_zh"] and r["data_time"].endswith("+08:00") for r in minutes["rows"])
     assert "hj212gw_values_stored_total" in outputs[3].stdout
 
