@@ -273,14 +273,25 @@ def test_frame_limits_derive_the_segment_cap_and_the_window() -> None:
     assert isinstance(error, BufferOverflow)
 
 
-def test_a_frame_consumed_whole_by_its_defect_carries_the_head_of_its_bytes() -> None:
+def test_a_defect_carries_every_byte_it_consumed_up_to_the_window() -> None:
     [error] = frames_of(b"##0010QN=1;CP=&&&&\r\n")
-    assert isinstance(error, CrcMissing) and error.head == b"##0010QN=1;CP=&&&&"
+    assert isinstance(error, CrcMissing) and (error.head, error.consumed) == (b"##0010QN=1;CP=&&&&\r\n", 20)
     wire = b"##0000" + encode_frame(b"x" * 4120)[6:]
     [error] = frames_of(wire)
-    assert isinstance(error, FrameTooLong) and error.head == wire[:120]
-    [error, _] = frames_of(b"##9999" + b"x" * 10)
-    assert isinstance(error, FrameTooLong) and error.head == b""  # only `##` consumed: the rest is garbage
+    assert isinstance(error, FrameTooLong) and (error.head, error.consumed) == (wire, len(wire))
+    [error, junk] = frames_of(b"##9999" + b"x" * 10)
+    assert isinstance(error, FrameTooLong) and (error.head, error.consumed) == (b"##", 2)  # the rest is garbage
+    assert isinstance(junk, Garbage) and junk.head == b"9999" + b"x" * 10
+    [error, _] = frames_of(b"##01a1QN=1")
+    assert isinstance(error, LengthFieldError) and error.head == b"##"
+
+
+def test_a_long_defect_keeps_the_first_window_bytes_and_says_how_many_it_consumed() -> None:
+    window = FrameLimits().window
+    [error] = frames_of(b"\xff" * (3 * window))
+    assert isinstance(error, Garbage) and error.head == b"\xff" * window and error.consumed == 3 * window
+    [error] = frames_of(b"##0101" + b"x" * 1000)  # no CRC at the end of the stream: more than 120 bytes kept
+    assert isinstance(error, CrcMissing) and error.head == b"##0101" + b"x" * 1000
 
 
 def test_iter_frames_gives_frames_and_defects_in_stream_order() -> None:

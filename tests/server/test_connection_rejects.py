@@ -3,6 +3,9 @@ logged and answered (9011) only when asked; the connection closes by the policy 
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
 from collections import Counter
 
 import aiohttp
@@ -11,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hj212gw.api import bound_port
-from hj212gw.protocol.framing import encode_frame
+from hj212gw.protocol.framing import FrameLimits, encode_frame
 from hj212gw.storage.db import Database
 from tests.conftest import Dial, StartGateway
 from tests.integration.das import MN, data_packet
@@ -135,3 +138,54 @@ async def test_an_oversized_declared_length_is_rejected_and_the_next_frame_still
     await eventually(lambda: exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'frame_too_long'"))
     garbage = await conn.fetchval("SELECT raw FROM raw_frames WHERE verdict = 'garbage'")
     assert garbage.startswith(b"9999QN=20240315101000000;ST=32;CN=2051")  # the rest, after the `##`
+
+
+async def test_a_frame_cut_by_a_reset_is_archived_with_every_byte_it_had(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    das = await dial(running)
+    whole = data_packet("20240315101000004", values={f"w{i:05d}": "2.5" for i in range(20)})
+    cut = whole[: whole.index(b"-Flag=", len(whole) // 2) + 4]  # ends `-Fla`: no CRC, no tail
+    assert len(cut) > 200
+    await das.send(cut)
+    await asyncio.sleep(0.1)  # read by the gateway before the reset
+    sock = das.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+    das.writer.transport.abort()
+
+    await eventually(lambda: exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'crc_missing'"))
+    row = await conn.fetchrow("SELECT raw, tolerances FROM raw_frames WHERE verdict = 'crc_missing'")
+    assert (bytes(row["raw"]), row["tolerances"]) == (cut, [])  # whole, not its first 120 bytes
+
+
+async def test_a_bad_length_field_and_a_missing_crc_keep_their_bytes_in_the_archive(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway()
+    no_crc = b"##0101QN=20240315101000005;ST=32;CN=2051;CP=&&" + b"a" * 150 + b"&&"
+    await send_and_half_close(dial, running, b"##01x1" + E1.read_bytes() + no_crc)
+
+    await eventually(lambda: exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'crc_missing'"))
+    rows = await conn.fetch("SELECT verdict, raw FROM raw_frames WHERE verdict <> 'ok' ORDER BY id")
+    assert [(r["verdict"], bytes(r["raw"])) for r in rows] == [
+        ("length_field_invalid", b"##"),  # only the `##` is consumed: a header may follow at once
+        ("garbage", b"01x1"),
+        ("crc_missing", no_crc),  # whole at the end of the stream, not its first 120 bytes
+    ]
+
+
+async def test_a_flood_of_junk_is_archived_up_to_the_window_and_marked_truncated(
+    start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
+) -> None:
+    running = await start_gateway(protocol={"max_segment_bytes": 1024})
+    window = FrameLimits(max_segment_bytes=1024).window
+    junk = b"\xff" * (20 * window)  # one write: the gateway reads it in one or a few chunks
+    await send_and_half_close(dial, running, junk + E1.read_bytes())
+
+    await eventually(lambda: exists(conn, "SELECT 1 FROM raw_frames WHERE verdict = 'ok'"))
+    rows = await conn.fetch("SELECT raw, tolerances FROM raw_frames WHERE verdict = 'garbage' ORDER BY id")
+    assert rows and all(set(bytes(r["raw"])) == {0xFF} and len(r["raw"]) <= window for r in rows)
+    assert any(r["tolerances"] == ["raw_truncated"] for r in rows)  # some read held more than a window
+    assert all(len(r["raw"]) == window for r in rows if r["tolerances"] == ["raw_truncated"])
+    assert sum(len(r["raw"]) for r in rows) < len(junk)

@@ -91,14 +91,16 @@ class Intake:
         *,
         verdict: str,
         packet: Packet | None,
+        consumed: int = 0,
         connection_id: int | None,
         peer: str,
         share: QueueShare,
         on_done: OnDone,
     ) -> None:
-        """Archive a rejected frame (`verdict`: the reason). A framing defect (declared length over
-        the limit, bad length field) consumes only the `##`: its row has no bytes, and the bytes
-        after it arrive as the next `garbage` row. Raises WriterClosed like `submit_packet`."""
+        """Archive a rejected frame (`verdict`: the reason). Without a frame, `raw` holds the bytes
+        the framing defect consumed (a header's `##`, junk, a frame without CRC), at most
+        FrameLimits.window of the `consumed` ones: a shorter `raw` is marked `raw_truncated` in
+        the row's tolerances. Raises WriterClosed like `submit_packet`."""
         row = frame_row(
             frame,
             datetime.now(UTC),
@@ -107,6 +109,7 @@ class Intake:
             peer=peer,
             packet=packet,
             raw=None if frame is not None else raw,
+            truncated=frame is None and consumed > len(raw),
         )
         self.writer.submit(IngestItem(frame_rows=(row,)), on_done, share)
 

@@ -34,6 +34,8 @@ _FACTOR_CACHE: dict[str, bytes] = {}
 _FACTOR_CACHE_SIZE = 4096  # codes come from devices: a misbehaving one must not grow it forever
 _DATA_TIMES: dict[tuple[str | None, tzinfo], tuple[datetime, tuple[int, int]]] = {}
 _DATA_TIME_CACHE_SIZE = 512
+RAW_TRUNCATED = "raw_truncated"
+"""In raw_frames.tolerances: the row keeps only the first FrameLimits.window bytes of a reject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +187,13 @@ def frame_row(
     peer: str,
     packet: Packet | None = None,
     raw: bytes | None = None,
+    truncated: bool = False,
 ) -> FrameRow:
-    """The raw-archive row of one frame, good (`verdict="ok"`) or rejected (the reason)."""
+    """The raw-archive row of one frame, good (`verdict="ok"`) or rejected (the reason);
+    `truncated`: `raw` is only the head of what a framing defect consumed (marked RAW_TRUNCATED)."""
     tolerances = packet.tolerances if packet is not None else (frame.tolerances if frame else ())
+    if truncated:
+        tolerances = (*tolerances, RAW_TRUNCATED)
     return FrameRow(
         received_at=received_at,
         raw=raw if raw is not None else (frame.raw if frame is not None else b""),

@@ -27,9 +27,11 @@ class FrameError(Hj212Error):
     """The bytes do not form a `##dddd<segment><crc>\\r\\n` frame."""
 
     reason = "frame_error"
-    # The first bytes of what the defect consumed, when it consumed more than its `##` (junk, a
-    # whole frame without a CRC or too long): for the log line and the raw archive.
+    # What the defect consumed (a header's `##`, junk, a whole frame without a CRC or too long),
+    # for the log line and the raw archive: its first FrameLimits.window bytes in `head`, and its
+    # length in `consumed` (larger than len(head) when the head is truncated).
     head: bytes = b""
+    consumed: int = 0
 
 
 class LengthFieldError(FrameError):

@@ -27,6 +27,10 @@ class PacketReceived:
 
 @dataclass(frozen=True, slots=True)
 class FrameRejected:
+    """`raw_head`: the first `SessionConfig.raw_head_bytes` of a rejected frame (its whole bytes
+    are `frame.raw`); for a framing defect without a frame, the bytes it consumed, at most
+    `FrameLimits.window` of them (`error.consumed` says how many there were)."""
+
     error: Hj212Error
     raw_head: bytes
     packet: Packet | None = None

@@ -79,11 +79,12 @@ class FrameLimits:
 
     No accepted segment is longer than `max_segment_bytes`, and no frame may take more than
     `max_buffer_bytes` of buffer (header, segment, CRC and tail), however the bytes are chunked.
+    A defect keeps at most `window` bytes of what it consumed (`FrameError.head`; the raw archive
+    of a reject): the longest frame the limits let through, 6 + `segment_cap` + 4 + 64 bytes.
     """
 
     max_segment_bytes: int = 4096  # >1024 is accepted but marked OVERSIZE_SEGMENT
     max_buffer_bytes: int = 65536
-    max_junk_report_bytes: int = 120
     # Derived once here, not per connection: the longest segment both bounds allow, and how far
     # past a header the tail is looked for.
     segment_cap: int = field(init=False, repr=False, compare=False)
@@ -178,12 +179,10 @@ class FrameBuffer:
             return None
         length_text = bytes(buf[2:6])
         if not length_text.isdigit():
-            del buf[:2]
-            raise LengthFieldError(length_text)
+            raise self._header_only(LengthFieldError(length_text))
         declared = int(length_text)
         if declared > self.limits.segment_cap:
-            del buf[:2]
-            raise FrameTooLong(declared=declared, limit=self.limits.segment_cap)
+            raise self._header_only(FrameTooLong(declared=declared, limit=self.limits.segment_cap))
         end = 6 + declared
         if len(buf) >= end + 6 and buf[end + 4 : end + 6] == b"\r\n" and _is_hex4(buf[end : end + 4]):
             segment = bytes(buf[6:end])
@@ -200,7 +199,7 @@ class FrameBuffer:
         junk = bytes(buf[:start])
         del buf[:start]
         if junk.strip(_INTER_FRAME):
-            raise Garbage(junk[: self.limits.max_junk_report_bytes], len(junk))
+            raise _consumed(Garbage(junk[: self.limits.window], len(junk)), junk, self.limits.window)
         # What follows the junk is bounded frame by frame (the window of `_frame_by_tail`), not
         # here: one read may carry a long backlog of good frames.
         return self.next_frame() if buf.startswith(b"##") else None
@@ -223,10 +222,9 @@ class FrameBuffer:
         boundary = min(candidates) if candidates else -1
         if boundary < 0:
             if len(buf) > window:
-                del buf[:2]
                 if window == self.limits.max_buffer_bytes:
-                    raise BufferOverflow(buffered=window, limit=window)
-                raise TrailerError(f"no CRC and tail within {window} bytes of a header")
+                    raise self._header_only(BufferOverflow(buffered=window, limit=window))
+                raise self._header_only(TrailerError(f"no CRC and tail within {window} bytes of a header"))
             if not self._eof or len(buf) <= 6:
                 return None
             boundary = len(buf)
@@ -247,6 +245,7 @@ class FrameBuffer:
         tail_start = len(line.rstrip(b"\r" + _BLANK))
         tail_text = line[tail_start:] + (b"\n" if is_newline else b"")
         line = line[:tail_start]
+        wire = bytes(buf[:consumed])
         del buf[:consumed]
         crs = tail_text.count(b"\r")
         if tail_text.strip(b"\r\n"):
@@ -259,7 +258,7 @@ class FrameBuffer:
             tolerances.append(Tolerance.EXTRA_CR)
         crc_text = line[-4:]
         if not _is_hex4(crc_text):
-            raise self._whole(CrcMissing(crc_text), length_text, line)
+            raise _consumed(CrcMissing(crc_text), wire, self.limits.window)
         segment = line[:-4]
         injected = b""
         keepalive = segment.rfind(b"&&#G")
@@ -270,14 +269,23 @@ class FrameBuffer:
         if len(segment) != declared:
             if len(segment) > self.limits.segment_cap:
                 too_long = FrameTooLong(declared=declared, limit=self.limits.segment_cap, received=len(segment))
-                raise self._whole(too_long, length_text, line)
+                raise _consumed(too_long, wire, self.limits.window)
             tolerances.append(Tolerance.LENGTH_MISMATCH)
         return _make_frame(segment, declared, length_text, crc_text, tail_text, injected, tolerances)
 
-    def _whole(self, error: FrameError, length_text: bytes, line: bytes) -> FrameError:
-        """`error` for a frame consumed whole, carrying the head of its bytes."""
-        error.head = (b"##" + length_text + line)[: self.limits.max_junk_report_bytes]
-        return error
+    def _header_only(self, error: FrameError) -> FrameError:
+        """`error` for a defect seen in a header: only its `##` is consumed, so that a real header
+        inside what follows still starts the next frame (the rest arrives as `Garbage`)."""
+        del self._buf[:2]
+        return _consumed(error, b"##", self.limits.window)
+
+
+def _consumed(error: FrameError, wire: bytes, cap_bytes: int) -> FrameError:
+    """`error` carrying the bytes its defect consumed: the first `cap_bytes` of them in `head`,
+    and how many there were in `consumed` (more than `len(head)`: the head is truncated)."""
+    error.head = wire[:cap_bytes]
+    error.consumed = len(wire)
+    return error
 
 
 def _looks_like_end(buf: bytearray, newline: int) -> bool:

@@ -160,7 +160,8 @@ class DasSession:
             self._on_frame(frame, now, events)
 
     def _reject(self, events: list[Event], error: Hj212Error, raw: bytes, **extra: object) -> None:
-        head = raw[: self.config.raw_head_bytes] or getattr(error, "head", b"")[: self.config.raw_head_bytes]
+        # A framing defect's head is what it consumed, already bounded by FrameLimits.window.
+        head = raw[: self.config.raw_head_bytes] if raw else getattr(error, "head", b"")
         events.append(FrameRejected(error, head, **extra))  # type: ignore[arg-type]
         self.consecutive_rejects += 1
         if self.consecutive_rejects >= self.config.max_consecutive_rejects:

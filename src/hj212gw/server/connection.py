@@ -400,7 +400,7 @@ class DasConnection(SocketFlow):
         # Every reject is archived, so raw_frames agrees with the metric.
         try:
             self.deps.intake.submit_reject(
-                frame, raw, verdict=reason, packet=packet,
+                frame, raw, verdict=reason, packet=packet, consumed=getattr(error, "consumed", len(raw)),
                 connection_id=self.connection_id, peer=self.peer, share=self._share, on_done=self._stored,
             )  # fmt: skip
         except WriterClosed:
