@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from hj212gw.storage.alarms import AlarmRow
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import encode_cursor
 from tests.api.harness import END, MN, OTHER, START, T0, Harness, make_harness, row, seen
@@ -105,7 +106,7 @@ async def test_a_parameter_given_twice_is_400(api: Harness) -> None:
 
 async def test_an_mn_never_seen_is_404_unknown_device(api: Harness, db: Database) -> None:
     await db.save_batch([row()])
-    for path in ("/api/v1/data", "/api/v1/data/versions"):
+    for path in ("/api/v1/data", "/api/v1/data/versions", "/api/v1/alarms"):
         body = await api.get(path, 404, mn="NEVER0000000001", cn="2051", start=START, end=END)
         assert body["error"] == "unknown_device" and "NEVER0000000001" in body["detail"]
     await db.save_sightings([seen(OTHER)])
@@ -148,3 +149,17 @@ async def test_tz_device_is_the_configured_device_timezone(db: Database) -> None
     async with harness.client:
         rows = (await harness.get("/api/v1/data", mn=MN, cn="2051", start=START, end=END, tz="device"))["rows"]
     assert rows[0]["data_time"] == "2024-05-01T04:00:00-04:00"
+
+
+async def test_alarms_page_by_alarm_time_with_names_and_refuse_a_data_cursor(api: Harness, db: Database) -> None:
+    alarms = [
+        AlarmRow(MN, "2072", T0 + timedelta(minutes=m), "a21026", "1", 9.5, {"Ala": "9.5"}, None, T0) for m in range(3)
+    ]
+    await db.save_batch((), alarms=alarms)
+    page = await api.get("/api/v1/alarms", mn=MN, start=START, end=END, limit="2", names="1")
+    assert [r["alarm_time"] for r in page["rows"]] == ["2024-05-01T08:00:00Z", "2024-05-01T08:01:00Z"]
+    assert page["rows"][0]["name_en"] == "SO2" and page["rows"][0]["value"] == 9.5
+    rest = await api.get("/api/v1/alarms", mn=MN, start=START, end=END, cursor=page["next_cursor"])
+    assert [r["alarm_time"] for r in rest["rows"]] == ["2024-05-01T08:02:00Z"] and rest["next"] is None
+    bad = encode_cursor(T0, "a21026")  # a /data cursor has no id
+    assert (await api.get("/api/v1/alarms", 400, mn=MN, start=START, end=END, cursor=bad))["error"] == "bad_cursor"

@@ -1,6 +1,7 @@
-"""GET /api/v1/data (the current value of each reading) and /api/v1/data/versions (every arrival).
+"""GET /api/v1/data (the current value of each reading), /api/v1/data/versions (every arrival) and
+/api/v1/alarms (alarm events at their AlarmTime; mn, start, end, no cn or code).
 
-Both take mn, cn, start, end (RFC 3339 with offset), optional code and limit, and page with an
+They take mn, cn, start, end (RFC 3339 with offset), optional code and limit, and page with an
 opaque cursor that is checked here before it reaches PostgreSQL; `names` and `tz` choose how rows
 are shown (rendering.py). An MN neither stored nor connected is a 404 `unknown_device`, not an
 empty page.
@@ -24,6 +25,7 @@ from hj212gw.storage.queries import BadCursor, DataPage, decode_cursor, decode_v
 
 DATA_ROUTE = "/api/v1/data"
 VERSIONS_ROUTE = "/api/v1/data/versions"
+ALARMS_ROUTE = "/api/v1/alarms"
 
 
 class DataRoutes:
@@ -37,6 +39,7 @@ class DataRoutes:
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_get(DATA_ROUTE, self.data)
         router.add_get(VERSIONS_ROUTE, self.versions)
+        router.add_get(ALARMS_ROUTE, self.alarms)
 
     async def data(self, request: web.Request) -> web.Response:
         q, style = DataQuery.from_request(request), RowStyle.from_request(request, self.device_zone)
@@ -51,6 +54,11 @@ class DataRoutes:
         style = RowStyle.from_request(request, self.device_zone)
         fetch = self.db.fetch_versions(q.mn, q.cn, q.start, q.end, q.code, q.limit, q.cursor)
         return await self._page(request, q.mn, style, fetch)
+
+    async def alarms(self, request: web.Request) -> web.Response:
+        q = DataQuery.from_request(request, versions=True, alarms=True)
+        style = RowStyle.from_request(request, self.device_zone)
+        return await self._page(request, q.mn, style, self.db.fetch_alarms(q.mn, q.start, q.end, q.limit, q.cursor))
 
     async def _page(self, request: web.Request, mn: str, style: RowStyle, fetch: Awaitable[DataPage]) -> web.Response:
         """One page of rows as JSON, with the URL of the next page; 404 for an MN never seen."""
@@ -78,9 +86,11 @@ class DataQuery:
     cursor: str | None
 
     @classmethod
-    def from_request(cls, request: web.Request, *, versions: bool = False) -> DataQuery:
-        """Raises ApiError(400) naming the first bad parameter."""
-        mn, cn = required_param(request, "mn"), required_param(request, "cn")
+    def from_request(cls, request: web.Request, *, versions: bool = False, alarms: bool = False) -> DataQuery:
+        """Raises ApiError(400) naming the first bad parameter. `versions`: the cursor carries an
+        id; `alarms`: no `cn` (alarm events of every CN)."""
+        mn = required_param(request, "mn")
+        cn = "" if alarms else required_param(request, "cn")
         start = parse_time("start", required_param(request, "start"))
         end = parse_time("end", required_param(request, "end"))
         if end < start:

@@ -10,6 +10,7 @@ transfer. Nothing here knows sockets, the registry or the policy for bad input.
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from hj212gw.ingest.alarms import alarm_rows
 from hj212gw.ingest.items import IngestItem, OnDone, QueueShare
 from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.ingest.side_writes import SideWrites
@@ -58,13 +59,15 @@ class Intake:
         share: QueueShare,
         on_done: OnDone,
     ) -> str | None:
-        """Queue a good packet: its data rows if `store` (a fragment's wait for its transfer), its
+        """Queue a good packet: its data rows if `store` (alarm events for an alarm upload; a
+        fragment's wait for its transfer), its
         raw frame, and a split part's row; `on_done` as the writer's contract. `sighting`: the
         device status to record a sighting with, or None for none. Returns the MN sighted (None if
         no sighting was recorded). Raises WriterClosed once the writer is shutting down."""
         now = datetime.now(UTC)
         data = None
-        if store and not fragment:
+        alarms = alarm_rows(packet, now, self.time_policy.device_tz) if store and not fragment else ()
+        if store and not fragment and not alarms:
             data = data_block(packet, now, self.time_policy, resend=backfill)
             if data is not None and data.time_suspect:
                 self.on_time_suspect()
@@ -73,7 +76,7 @@ class Intake:
             self.side_writes.record_sighting(seen)
             seen_mn = seen.mn
         row = frame_row(frame, now, verdict="ok", connection_id=connection_id, peer=peer, packet=packet)
-        item = IngestItem(data=data, frame_rows=(row,))
+        item = IngestItem(data=data, frame_rows=(row,), alarms=alarms)
         if store and (fragment or (packet.split and data is not None)):
             part = split_part_row(
                 packet, fragment=fragment, backfill=backfill, received_at=now, connection_id=connection_id

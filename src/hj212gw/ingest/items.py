@@ -8,11 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from hj212gw.storage.alarms import AlarmRow
 from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.storage.split_parts import SplitPartRow
 
 REFUSED_VERDICT = "refused_by_database"
 """raw_frames.verdict of a packet whose data PostgreSQL refused, as `refused_by_database:<SQLSTATE>`."""
+
+
+ALARM_ROW_BYTES = 256
+"""What an alarm row is counted as in the write queue (a handful of short fields)."""
 
 
 class WriterClosed(Exception):
@@ -34,9 +39,9 @@ class ItemRejected(Exception):
 
 
 class IngestItem(NamedTuple):
-    """What ONE packet stores before its ack: its data rows, its raw frame(s) and, for a split
-    part, its `split_parts` row. (Its device sighting is not part of it: the gateway writes
-    sightings apart, about once a second.)
+    """What ONE packet stores before its ack: its data rows (or, for an alarm upload, its
+    `alarm_events` rows), its raw frame(s) and, for a split part, its `split_parts` row. (Its
+    device sighting is not part of it: the gateway writes sightings apart, about once a second.)
 
     NamedTuples here and in storage.rows, not frozen dataclasses: one of each is built per packet,
     and a frozen dataclass's __init__ sets every field through object.__setattr__."""
@@ -44,10 +49,11 @@ class IngestItem(NamedTuple):
     frame_rows: Sequence[FrameRow] = ()
     data: DataBlock | None = None  # the packet's data rows, encoded when it arrived
     split_parts: Sequence[SplitPartRow] = ()  # a split part, kept until its transfer is assembled
+    alarms: Sequence[AlarmRow] = ()  # an alarm upload's events, at their AlarmTime
 
     @property
     def row_count(self) -> int:
-        return (self.data.rows if self.data is not None else 0) + len(self.frame_rows)
+        return (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + len(self.alarms)
 
 
 class WriterObserver(Protocol):
@@ -97,7 +103,7 @@ def encoded_bytes(item: IngestItem) -> int:
         nbytes += len(row.raw)
     for part in item.split_parts:
         nbytes += len(part.segment)
-    return nbytes
+    return nbytes + ALARM_ROW_BYTES * len(item.alarms)
 
 
 class QueueShare:

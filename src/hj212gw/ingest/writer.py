@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from hj212gw.ingest.items import (
+    ALARM_ROW_BYTES,
     REFUSED_VERDICT,
     IngestItem,
     ItemRejected,
@@ -146,6 +147,8 @@ class BatchWriter:
             nbytes += len(row.raw)
         for part in item.split_parts:
             nbytes += len(part.segment)
+        if item.alarms:
+            nbytes += ALARM_ROW_BYTES * len(item.alarms)
         if share is None:
             self._first.append(_Pending(item, on_done, nbytes, share))
         else:
@@ -311,7 +314,8 @@ class BatchWriter:
         blocks = [e.item.data for e in entries if e.item.data is not None]
         frames = [r for e in entries for r in e.item.frame_rows]
         splits = [r for e in entries for r in e.item.split_parts]
-        await self.db.save_batch((), frames, data_blocks=blocks, split_parts=splits)
+        alarms = [r for e in entries for r in e.item.alarms]
+        await self.db.save_batch((), frames, data_blocks=blocks, split_parts=splits, alarms=alarms)
         values = sum(b.rows for b in blocks)
         self.observer.batch_committed(
             items=len(entries), rows=values + len(frames), values=values, latency_s=time.monotonic() - started

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from hj212gw.storage import pgcopy
+from hj212gw.storage.alarms import AlarmRow, insert_alarms
 from hj212gw.storage.columns import DATA_COLUMNS, FACTOR_COLUMNS, FRAME_COLUMNS, VALUE_COLUMNS, column_definitions
 from hj212gw.storage.rows import DataRow, DeviceSeen, FrameRow, month_of
 from hj212gw.storage.split_parts import SplitPartRow, insert_parts
@@ -157,8 +158,10 @@ async def write_batch(
     *,
     may_copy: bool = True,
     split_parts: Sequence[SplitPartRow] = (),
+    alarms: Sequence[AlarmRow] = (),
 ) -> int:
-    """Write data and raw frames in ONE transaction; return the number of data rows inserted or changed.
+    """Write data, raw frames, split parts and alarm events in ONE transaction; return the number
+    of data rows inserted or changed.
 
     `data_copy` holds rows already encoded by storage.pgcopy (the gateway encodes each packet's
     rows when it arrives); `data_rows` are encoded here. Without a `guard`, or with `may_copy`
@@ -171,7 +174,7 @@ async def write_batch(
     tried = data is not None and guard is not None and may_copy and guard.try_direct()
     if tried:
         try:
-            changed = await _write(conn, data, frames, direct=True, split_parts=split_parts)
+            changed = await _write(conn, data, frames, direct=True, split_parts=split_parts, alarms=alarms)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             pass  # rolled back: nothing of this batch was written
         else:
@@ -180,7 +183,7 @@ async def write_batch(
             return changed
     if guard is not None and data is not None:
         guard.record(tried=tried, copied=False)
-    return await _write(conn, data, frames, direct=False, split_parts=split_parts)
+    return await _write(conn, data, frames, direct=False, split_parts=split_parts, alarms=alarms)
 
 
 async def _write(
@@ -190,8 +193,9 @@ async def _write(
     *,
     direct: bool,
     split_parts: Sequence[SplitPartRow] = (),
+    alarms: Sequence[AlarmRow] = (),
 ) -> int:
-    """One transaction: data (straight COPY or staged upsert), raw frames, split parts."""
+    """One transaction: data (straight COPY or staged upsert), raw frames, split parts, alarm events."""
     changed = 0
     async with conn.transaction():
         if data is not None:
@@ -203,6 +207,7 @@ async def _write(
         if frames is not None:
             await conn.copy_to_table("raw_frames", source=frames, columns=FRAME_COLUMNS, format="binary")
         await insert_parts(conn, split_parts)  # a split part's ack means stored, even as a fragment
+        await insert_alarms(conn, alarms)  # a resent alarm keeps its first arrival
     return changed
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
 
-from hj212gw.storage import announcements, connections, queries, split_parts
+from hj212gw.storage import alarms, announcements, connections, queries, split_parts
+from hj212gw.storage.alarms import AlarmRow
 from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.migrate import check_schema_name, migrate
@@ -268,12 +269,13 @@ class Database:
         *,
         data_blocks: Sequence[DataBlock] = (),
         split_parts: Sequence[SplitPartRow] = (),
+        alarms: Sequence[AlarmRow] = (),
     ) -> int:
         """Store one batch atomically; return how many data rows were inserted or changed.
 
         Missing month partitions are created first (their own short transaction), then data
         (`data_blocks` as encoded by the gateway, `data_rows` encoded here; direct COPY or staged
-        merge, see storage.batch), raw frames (COPY) and split parts commit in ONE transaction.
+        merge, see storage.batch), raw frames (COPY), split parts and alarm events commit in ONE transaction.
         Device sightings are not part of a batch: `save_sightings`.
         Raises asyncpg errors unchanged so the writer can tell retryable from bad rows.
         """
@@ -283,8 +285,9 @@ class Database:
             resends = any(block.resend for block in data_blocks) or any(row.resend for row in data_rows)
             copies = [block.copy for block in data_blocks]
             return await write_batch(
-                conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends, split_parts=split_parts
-            )
+                conn, data_rows, frame_rows, copies, self.direct_guard, may_copy=not resends, split_parts=split_parts,
+                alarms=alarms,
+            )  # fmt: skip
 
     # -- split transfers (storage.split_parts; assembled by hj212gw.ingest.splits) ----------------------
 
@@ -389,6 +392,13 @@ class Database:
             return await queries.fetch_versions(
                 conn, mn=mn, cn=cn, start=start, end=end, code=code, limit=limit, cursor=cursor
             )
+
+    async def fetch_alarms(
+        self, mn: str, start: datetime, end: datetime, limit: int = 1000, cursor: str | None = None
+    ) -> DataPage:
+        """One page of alarm events with AlarmTime in [start, end) (storage.alarms); raises BadCursor."""
+        async with self.pool.acquire() as conn:
+            return await alarms.fetch_alarms(conn, mn=mn, start=start, end=end, limit=limit, cursor=cursor)
 
     async def fetch_connection_ids(self, count: int) -> list[int]:
         async with self.pool.acquire() as conn:
