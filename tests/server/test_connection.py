@@ -46,6 +46,10 @@ def expected_reply(info: dict[str, Any]) -> list[str]:
 
 
 async def stored_factors(conn: asyncpg.Connection, packet: Packet, data_time: str | None) -> set[str]:
+    """The factors stored from `packet`: in `data`, or in `alarm_events` for an alarm upload (AlarmTime)."""
+    if isinstance(packet.data, DataCp) and "AlarmTime" in packet.data.fields and data_time is None:
+        records = await conn.fetch("SELECT factor FROM alarm_events WHERE mn = $1 AND qn = $2", packet.mn, packet.qn)
+        return {r["factor"] for r in records}
     at = parse_hj_time(data_time) if data_time else None
     records = await conn.fetch(
         "SELECT factor FROM data WHERE mn = $1 AND cn = $2 AND ($3::timestamptz IS NULL OR data_time = $3)"
