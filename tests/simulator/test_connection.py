@@ -1,7 +1,7 @@
 """DeviceRunner over a real socket against the reference receiver."""
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from hj212gw.protocol.models import parse_hj_time
 from hj212gw.simulator.clock import VirtualClock
@@ -19,7 +19,11 @@ async def test_a_device_catching_up_keeps_the_data_of_a_past_cut_cut_off(receive
     port = receiver.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     config = SimConfig(target=f"127.0.0.1:{port}", count=1, versions={"2025": 1.0}, uploads=("2051",),
                        min_interval_min=1, episode_rate=0.0)  # fmt: skip
-    clock = VirtualClock(speed=1.0)
+    # Booted a minute before a full hour (UTC, the simulator's default zone offset is whole hours):
+    # its hour record falls due before the cut. Before, the catch-up produced all due minutes
+    # before that hour and held its "records' time" at the hour boundary, so the cut was never
+    # met (it failed or passed by the time of day the test ran at).
+    clock = VirtualClock(speed=1.0, start=datetime(2024, 3, 15, 3, 59, 0, tzinfo=UTC))
     started = clock.sim_now() - timedelta(hours=1)
     cut = Scenario("cut", start_s=600, duration_s=600)
     device = SimDevice(device_specs(config)[0], for_device([cut], 0, started), Counters(), started)

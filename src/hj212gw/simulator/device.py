@@ -143,19 +143,25 @@ class SimDevice:
                     Outgoing(Cn.REALTIME_DATA, format_hj_time(moment), self.content.rtd_cp(moment), keep=False)
                 )
         budget = max_records
-        for cn, step in ((Cn.MINUTE_DATA, self.min_interval_min * 60), (Cn.HOUR_DATA, 3600), (Cn.DAY_DATA, 86400)):
-            while local >= self._next[cn]:
-                if budget is not None:
-                    if budget <= 0:
-                        return True
-                    budget -= 1
-                start = self._next[cn] - timedelta(seconds=step)
-                self._next[cn] += timedelta(seconds=step)
-                if self._next[cn] < local - timedelta(days=1):
-                    self._next[cn] = _floor(local, step) + timedelta(seconds=step)  # clock jumped
-                if not self.scenarios.silent(self.sim_of(start)):  # measured nothing in that period
-                    self._record(cn, start, step)
-        return False
+        steps = {Cn.MINUTE_DATA: self.min_interval_min * 60, Cn.HOUR_DATA: 3600, Cn.DAY_DATA: 86400}
+        while True:
+            # Periods in the order they end (minute before hour before day at the same moment): a
+            # device catching up in small steps lives at its records' time (`next_sim_due`), and an
+            # hour left for later would hold that time back while its minutes ran ahead of it.
+            cn = min(steps, key=self._next.__getitem__)
+            if local < self._next[cn]:
+                return False
+            if budget is not None:
+                if budget <= 0:
+                    return True
+                budget -= 1
+            step = steps[cn]
+            start = self._next[cn] - timedelta(seconds=step)
+            self._next[cn] += timedelta(seconds=step)
+            if self._next[cn] < local - timedelta(days=1):
+                self._next[cn] = _floor(local, step) + timedelta(seconds=step)  # clock jumped
+            if not self.scenarios.silent(self.sim_of(start)):  # measured nothing in that period
+                self._record(cn, start, step)
 
     def _record(self, cn: str, start: datetime, step: int) -> None:
         history = self.recorded[cn]
