@@ -12,6 +12,7 @@ import pytest
 
 from hj212gw.api import bound_port
 from hj212gw.ingest.alarms import alarm_rows
+from hj212gw.ingest.items import IngestItem, encoded_bytes
 from hj212gw.protocol.decoder import decode_frame
 from hj212gw.protocol.framing import parse_frame
 from hj212gw.protocol.segment import parse_segment
@@ -42,6 +43,17 @@ def test_alarm_type_per_factor_wins_and_a_missing_type_is_empty() -> None:
 def test_data_uploads_and_alarms_without_a_readable_alarm_time_are_no_alarm_events() -> None:
     assert alarm_rows(parse_segment(HEADER + b"CP=&&DataTime=20240315101000;B01-Ala=1&&"), RECEIVED, SHANGHAI) == ()
     assert alarm_rows(parse_segment(HEADER + b"CP=&&AlarmTime=2024;B01-Ala=1,AlarmType=1&&"), RECEIVED, SHANGHAI) == ()
+
+
+def test_an_alarm_upload_counts_in_the_write_queue_as_large_as_its_fields() -> None:
+    """A hostile alarm upload (one factor, many long vendor fields) is as large in the queue's
+    byte bound as what it holds, not a constant per row."""
+    fields = ",".join(f"B01-Info{n}={'x' * 120}" for n in range(30))
+    [alarm] = alarm_rows(
+        parse_segment(HEADER + f"CP=&&AlarmTime=20240315101000;{fields}&&".encode()), RECEIVED, SHANGHAI
+    )
+    assert len(alarm.fields) == 30
+    assert encoded_bytes(IngestItem(alarms=(alarm,))) >= 30 * 120
 
 
 @pytest.mark.integration

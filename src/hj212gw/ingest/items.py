@@ -16,8 +16,8 @@ REFUSED_VERDICT = "refused_by_database"
 """raw_frames.verdict of a packet whose data PostgreSQL refused, as `refused_by_database:<SQLSTATE>`."""
 
 
-ALARM_ROW_BYTES = 256
-"""What an alarm row is counted as in the write queue (a handful of short fields)."""
+ALARM_ROW_BYTES = 64
+"""What an alarm row is counted as in the write queue besides the text of its fields (its key)."""
 
 
 class WriterClosed(Exception):
@@ -97,13 +97,16 @@ def evidence_kept(error: BaseException | None) -> bool:
 
 
 def encoded_bytes(item: IngestItem) -> int:
-    """What an item holds in the write queue: its encoded data rows, raw frames and split segments."""
+    """What an item holds in the write queue: its encoded data rows, raw frames, split segments and
+    alarm fields (as sent: a hostile alarm upload is as large as its segment). Runs per packet."""
     nbytes = len(item.data.copy) if item.data is not None else 0
     for row in item.frame_rows:
         nbytes += len(row.raw)
     for part in item.split_parts:
         nbytes += len(part.segment)
-    return nbytes + ALARM_ROW_BYTES * len(item.alarms)
+    for alarm in item.alarms:
+        nbytes += ALARM_ROW_BYTES + sum(len(name) + len(text) for name, text in alarm.fields.items())
+    return nbytes
 
 
 class QueueShare:

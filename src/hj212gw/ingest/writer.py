@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import structlog
 
 from hj212gw.ingest.items import (
-    ALARM_ROW_BYTES,
     REFUSED_VERDICT,
     IngestItem,
     ItemRejected,
@@ -30,6 +29,7 @@ from hj212gw.ingest.items import (
     QueueShare,
     WriterClosed,
     WriterObserver,
+    encoded_bytes,
 )
 from hj212gw.storage.db import DATABASE_ERRORS, Database, is_outage, is_retryable, sqlstate_of
 from hj212gw.storage.rows import FrameRow
@@ -141,14 +141,7 @@ class BatchWriter:
         """
         if self._closing:
             raise WriterClosed("batch writer is closing")
-        data = item.data  # encoded_bytes(item), inlined: this runs for every packet
-        nbytes = len(data.copy) if data is not None else 0
-        for row in item.frame_rows:
-            nbytes += len(row.raw)
-        for part in item.split_parts:
-            nbytes += len(part.segment)
-        if item.alarms:
-            nbytes += ALARM_ROW_BYTES * len(item.alarms)
+        nbytes = encoded_bytes(item)
         if share is None:
             self._first.append(_Pending(item, on_done, nbytes, share))
         else:
