@@ -60,10 +60,10 @@ class Intake:
         on_done: OnDone,
     ) -> str | None:
         """Queue a good packet: its data rows if `store` (alarm events for an alarm upload; a
-        fragment's wait for its transfer), its
-        raw frame, and a split part's row; `on_done` as the writer's contract. `sighting`: the
-        device status to record a sighting with, or None for none. Returns the MN sighted (None if
-        no sighting was recorded). Raises WriterClosed once the writer is shutting down."""
+        fragment's wait for its transfer), its raw frame, and a split part's row; `on_done` as the
+        writer's contract. `sighting`: the device status to record a sighting with, or None for
+        none. Returns the MN sighted (None if no sighting was recorded). Raises WriterClosed once
+        the writer is shutting down."""
         now = datetime.now(UTC)
         data = None
         alarms = alarm_rows(packet, now, self.time_policy.device_tz) if store and not fragment else ()
