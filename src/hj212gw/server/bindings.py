@@ -16,11 +16,13 @@ its idle timeout or when the DAS closes it).
 import contextlib
 import json
 import time
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
 from hj212gw.metrics import Metrics
+from hj212gw.monitor.hub import Monitor
 from hj212gw.server.connection import DasConnection
 from hj212gw.server.live import LiveDevice
 from hj212gw.settings import Settings
@@ -34,8 +36,9 @@ _LOG = structlog.get_logger("hj212gw.gateway")
 class Bindings:
     """The MNs of one gateway process's live connections."""
 
-    def __init__(self, settings: Settings, db: Database, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics, monitor: Monitor | None = None) -> None:
         self.settings = settings
+        self.monitor = monitor or Monitor()
         self.db = db
         self.metrics = metrics
         self.by_mn: dict[str, DasConnection] = {}
@@ -70,6 +73,7 @@ class Bindings:
                 conn.log.info("das_mn_added", added=mn, mns=len(held) + 1)
         self.by_mn[mn] = conn
         self._bound_at[mn] = time.time()
+        self.monitor.bound(mn, conn.connection_id, conn.peer, datetime.now(UTC))
         if len(self._announce) < _ANNOUNCE_LIMIT:
             self._announce.append(mn)
         return None
@@ -81,6 +85,7 @@ class Bindings:
                 del self.by_mn[mn]
                 self._bound_at.pop(mn, None)
                 self._moved_at.pop(mn, None)
+                self.monitor.released(mn, conn.connection_id, "connection_closed", datetime.now(UTC))
 
     def _unbind(self, conn: DasConnection, mn: str, by: str) -> None:
         """`mn` went elsewhere: `conn` keeps its other MNs, or retires if it carried only this one."""
@@ -88,6 +93,7 @@ class Bindings:
         rest = tuple(m for m in held if m != mn)
         if self.by_mn.get(mn) is conn:
             del self.by_mn[mn]
+            self.monitor.released(mn, conn.connection_id, f"moved to {by}", datetime.now(UTC))
         if rest:
             self._mn_of[conn] = rest
             return

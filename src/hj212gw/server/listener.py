@@ -23,6 +23,7 @@ from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper
 from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
+from hj212gw.monitor.hub import Monitor
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.server.bindings import Bindings
 from hj212gw.server.config import session_config_from, time_policy_from
@@ -54,8 +55,12 @@ class Gateway:
         time_policy = time_policy_from(settings)
         self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
         self.side_writes = SideWrites(db)
-        self.bindings = Bindings(settings, db, self.metrics)
-        intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
+        self.monitor = Monitor()  # the trackers of issue #12 subscribe here
+        self.bindings = Bindings(settings, db, self.metrics, self.monitor)
+        intake = Intake(
+            self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc,
+            on_stored=self.monitor.stored,
+        )  # fmt: skip
         self.deps = Deps(
             settings=settings,
             intake=intake,
