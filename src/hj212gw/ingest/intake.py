@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hj212gw.ingest.alarms import alarm_rows
-from hj212gw.ingest.items import IngestItem, OnDone, QueueShare, StoredData
+from hj212gw.ingest.items import IngestItem, OnDone, QueueShare
 from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row
 from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper, split_part_row
@@ -24,7 +24,7 @@ from hj212gw.storage.split_parts import SplitKey
 class Intake:
     """Packets in, rows queued for the writer; one per gateway process."""
 
-    __slots__ = ("on_stored", "on_time_suspect", "side_writes", "splits", "time_policy", "writer")
+    __slots__ = ("on_time_suspect", "side_writes", "splits", "time_policy", "writer")
 
     def __init__(
         self,
@@ -33,14 +33,12 @@ class Intake:
         side_writes: SideWrites,
         time_policy: TimePolicy,
         on_time_suspect: Callable[[], object],
-        on_stored: Callable[[StoredData], object] | None = None,
     ) -> None:
         self.writer = writer
         self.splits = splits
         self.side_writes = side_writes
         self.time_policy = time_policy
         self.on_time_suspect = on_time_suspect  # a DataTime far from the receive time (a metric)
-        self.on_stored = on_stored  # a data packet's rows committed (monitoring: state, gaps)
 
     @property
     def full(self) -> bool:
@@ -86,9 +84,6 @@ class Intake:
             if part is not None:  # a split part commits with its row; the sweep assembles its transfer
                 item = item._replace(split_parts=(part,))
                 on_done = self._reporting_split_part(part.key, on_done)
-        if data is not None and self.on_stored is not None and packet.mn:
-            stored = StoredData(packet.mn, packet.cn, data.data_time or now, now, backfill, data.time_suspect)
-            on_done = self._reporting_stored(stored, on_done)
         self.writer.submit(item, on_done, share)
         return seen_mn
 
@@ -120,17 +115,6 @@ class Intake:
             truncated=frame is None and consumed > len(raw),
         )
         self.writer.submit(IngestItem(frame_rows=(row,)), on_done, share)
-
-    def _reporting_stored(self, stored: StoredData, on_done: OnDone) -> OnDone:
-        on_stored = self.on_stored
-        assert on_stored is not None
-
-        def done(error: BaseException | None) -> None:
-            on_done(error)  # the ack first: monitoring never delays it
-            if error is None:
-                on_stored(stored)
-
-        return done
 
     def _reporting_split_part(self, key: SplitKey, on_done: OnDone) -> OnDone:
         splits = self.splits

@@ -6,7 +6,6 @@ the on-done contract (`OnDone`, `ItemRejected`, `WriterClosed`, `evidence_kept`)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from hj212gw.storage.alarms import AlarmRow
@@ -55,17 +54,6 @@ class IngestItem(NamedTuple):
     @property
     def row_count(self) -> int:
         return (self.data.rows if self.data is not None else 0) + len(self.frame_rows) + len(self.alarms)
-
-
-class StoredData(NamedTuple):
-    """One data packet whose rows committed, as ingest reports it to monitoring."""
-
-    mn: str
-    cn: str
-    data_time: datetime  # its DataTime (UTC); the receive time when it had none
-    received_at: datetime
-    backfill: bool  # RF=1 or an answer to a history fetch
-    time_suspect: bool  # DataTime outside the tolerance window (or missing)
 
 
 class WriterObserver(Protocol):

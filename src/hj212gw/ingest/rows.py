@@ -142,7 +142,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         assert isinstance(data, DataCp)
         encoded = layout.encode(list(data.fields.values()), packet_columns)
         if encoded is not None:
-            return DataBlock(encoded, layout.rows, month, resend, suspect, data_time)
+            return DataBlock(encoded, layout.rows, month, resend, suspect, packet.mn, packet.cn, data_time, received_at)
         factors = _factors(data.fields.items(), tz)  # a number field holds text: kept in `extra`
     assert factors is not None
     parts: list[bytes] = []
@@ -153,7 +153,8 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         parts.append(packet_columns)
         parts.append(_factor_columns(code))
         parts += columns
-    return DataBlock(b"".join(parts), len(factors), month, resend, suspect, data_time)
+    copy = b"".join(parts)
+    return DataBlock(copy, len(factors), month, resend, suspect, packet.mn, packet.cn, data_time, received_at)
 
 
 def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime, tuple[int, int]] | None:

@@ -16,6 +16,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -32,7 +33,7 @@ from hj212gw.ingest.items import (
     encoded_bytes,
 )
 from hj212gw.storage.db import DATABASE_ERRORS, Database, is_outage, is_retryable, sqlstate_of
-from hj212gw.storage.rows import FrameRow
+from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.supervisor import Supervisor
 
 
@@ -78,6 +79,7 @@ class BatchWriter:
         retry_max_s: float = 5.0,
         observer: WriterObserver | None = None,
         supervisor: Supervisor | None = None,
+        on_committed: Callable[[list[DataBlock]], object] | None = None,
     ) -> None:
         self.db = db
         self.max_batch_rows = max_batch_rows
@@ -89,6 +91,9 @@ class BatchWriter:
         self.retry_max_s = retry_max_s
         self.observer: WriterObserver = observer or NullObserver()
         self.supervisor = supervisor or Supervisor()
+        # Told the data blocks of each committed batch, after their items are confirmed (the acks
+        # first): monitoring's device state and gaps. Once per batch, not a callback per packet.
+        self.on_committed = on_committed
         self.log = structlog.get_logger("hj212gw.ingest")
         self.ready = True  # False while PostgreSQL is down
         # Two queues, so that a flood does not delay everyone (see `_take`): the items of sources
@@ -317,6 +322,11 @@ class BatchWriter:
             self._finish(entry, None)
         self._update_room()
         self.observer.queue_depth(self._pending, self._pending_bytes)
+        if self.on_committed is not None and blocks:
+            try:
+                self.on_committed(blocks)
+            except Exception:  # a bug in monitoring: the batch is committed and confirmed regardless
+                self.log.exception("on_committed_failed")
 
     def _finish(self, entry: _Pending, error: BaseException | None) -> None:
         """Confirm one item: exactly once, whatever path reaches it."""

@@ -5,20 +5,32 @@ stored packet; a tracker that needs PostgreSQL queues the write for its own back
 - `bound`: a connection of this replica now holds an MN (its first admitted packet, or a move);
 - `released`: this replica no longer holds an MN (`cause`: the connection closed and why, or
   the MN moved to another connection or replica);
-- `stored`: a packet's data rows committed (after COMMIT, never in the ack path's way).
+- `stored`: a packet's data rows committed (the batch writer reports each committed batch's data
+  blocks once, after their acks: `committed`).
 """
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
-from hj212gw.ingest.items import StoredData
+from hj212gw.storage.rows import DataBlock
 
 __all__ = ["DeviceListener", "Monitor", "StoredData"]
 
 _LOG = structlog.get_logger("hj212gw.monitor")
+
+
+class StoredData(NamedTuple):
+    """One data packet whose rows committed."""
+
+    mn: str
+    cn: str
+    data_time: datetime  # its DataTime (UTC); the receive time when it had none
+    received_at: datetime
+    backfill: bool  # RF=1 or an answer to a history fetch
+    time_suspect: bool  # DataTime outside the tolerance window (or missing)
 
 
 class DeviceListener(Protocol):
@@ -50,6 +62,16 @@ class Monitor:
                 listener.released(mn, connection_id, cause, now)
             except Exception:
                 _LOG.exception("monitor_bug", signal="released", mn=mn)
+
+    def committed(self, blocks: Sequence[DataBlock]) -> None:
+        """The data blocks of one committed batch (the writer's `on_committed`)."""
+        if not self.listeners:
+            return
+        for block in blocks:
+            if block.mn and block.data_time is not None and block.received_at is not None:
+                self.stored(
+                    StoredData(block.mn, block.cn, block.data_time, block.received_at, block.resend, block.time_suspect)
+                )
 
     def stored(self, data: StoredData) -> None:
         for listener in self.listeners:

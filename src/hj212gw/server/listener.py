@@ -51,16 +51,13 @@ class Gateway:
         self.pinner = Pinner(db, self.registry, self.metrics)
         self.wrong_pw_backoff = WrongPwBackoff(base_s=devices.wrong_pw_backoff_s, max_s=devices.wrong_pw_backoff_max_s)
         self.supervisor = Supervisor(self.metrics)
+        self.monitor = Monitor()  # the trackers of issue #12 subscribe here
         self.writer = self._writer()
         time_policy = time_policy_from(settings)
         self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
         self.side_writes = SideWrites(db)
-        self.monitor = Monitor()  # the trackers of issue #12 subscribe here
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
-        intake = Intake(
-            self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc,
-            on_stored=self.monitor.stored,
-        )  # fmt: skip
+        intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
         self.deps = Deps(
             settings=settings,
             intake=intake,
@@ -90,6 +87,7 @@ class Gateway:
             max_pending_bytes=w.max_pending_bytes,
             observer=self.metrics,
             supervisor=self.supervisor,
+            on_committed=self.monitor.committed,
         )
 
     # -- start / stop --------------------------------------------------------------------------

@@ -54,7 +54,11 @@ class DataBlock(NamedTuple):
     month: tuple[int, int]  # (year, month) in UTC of DataTime: the `data` partition it goes into
     resend: bool = False  # RF=1 or a history answer: likely to exist already
     time_suspect: bool = False  # DataTime outside the tolerance window: never creates a partition
-    data_time: datetime | None = None  # the rows' DataTime (UTC), for monitoring after COMMIT
+    # What monitoring learns once the rows committed (monitor.hub): whose data, which kind, when.
+    mn: str = ""
+    cn: str = ""
+    data_time: datetime | None = None  # the rows' DataTime (UTC); the receive time if it had none
+    received_at: datetime | None = None
 
 
 class FrameRow(NamedTuple):

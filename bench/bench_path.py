@@ -1,0 +1,164 @@
+"""The gateway's per-packet CPU on one core, without sockets or PostgreSQL: a fixed stream of data
+packets through `DasConnection.data_received` → session → registry → `Intake.submit_packet` →
+`BatchWriter.submit`, then each item confirmed as its batch's COMMIT would (`on_done` → 9014
+queued → one write per connection and round).
+
+The transport is an in-memory stand-in and nothing is committed, so the figure is the Python work
+the gateway adds per packet, apart from asyncpg and the kernel: the part a change to server/,
+ingest/ or protocol/ moves. Compare two trees in one run with `--src` (each tree runs in its own
+process, alternately, several times; medians):
+
+    .venv/bin/python -m bench.bench_path --runs 7 --src /path/to/other/src
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class MemoryTransport(asyncio.Transport):
+    """Keeps what is written; reading is paused and resumed by flag only."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = 0
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _frames(mn: str, count: int) -> list[bytes]:
+    from bench.packets import MINUTE_GROUPS, segment
+    from hj212gw.protocol.framing import encode_frame
+
+    return [
+        encode_frame(segment("2051", f"20240315{n:09d}", f"202403151{n % 6}0000", MINUTE_GROUPS, mn=mn))
+        for n in range(count)
+    ]
+
+
+async def _measure(connections: int, per_connection: int, rounds: int) -> dict[str, float]:
+    from hj212gw.server.connection import DasConnection
+    from hj212gw.server.listener import Gateway
+    from hj212gw.settings import Settings
+    from hj212gw.storage.db import Database
+
+    settings = Settings(database_url="postgresql://unused/none", devices={"auth": "off"})  # type: ignore[call-arg]
+    gateway = Gateway(settings, Database(settings.database_url or ""))
+    writer = gateway.writer
+    conns = []
+    streams = []
+    for i in range(connections):
+        conn = DasConnection(gateway.deps)
+        conn.connection_made(MemoryTransport(("127.0.0.1", 10_000 + i)))
+        conns.append(conn)
+        streams.append(_frames(f"BENCH{i:019d}", per_connection))
+    for conn, frames in zip(conns, streams, strict=True):  # warm-up: bind the MNs, compile layouts
+        conn.data_received(frames[0])
+    _confirm_all(writer)
+    await asyncio.sleep(0)
+    receive = confirm = 0.0
+    packets = 0
+    for _ in range(rounds):
+        started = time.process_time()
+        for k in range(per_connection):
+            for conn, frames in zip(conns, streams, strict=True):
+                conn.data_received(frames[k])
+        receive += time.process_time() - started
+        started = time.process_time()
+        _confirm_all(writer)
+        await asyncio.sleep(0)  # the acks of the round are written
+        confirm += time.process_time() - started
+        packets += connections * per_connection
+    return {"receive_us": receive / packets * 1e6, "confirm_us": confirm / packets * 1e6, "packets": packets}
+
+
+def _confirm_all(writer: object) -> None:
+    """What a COMMIT does for every queued item (the writer's own confirmation path)."""
+    for queue in (writer._first, writer._rest):  # type: ignore[attr-defined]
+        while queue:
+            writer._finish(queue.popleft(), None)  # type: ignore[attr-defined]
+    writer._update_room()  # type: ignore[attr-defined]
+
+
+def _child(args: argparse.Namespace) -> None:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    result = asyncio.run(_measure(args.connections, args.per_connection, args.rounds))
+    print(json.dumps(result))
+
+
+def _run(src: Path | None, args: argparse.Namespace) -> dict[str, float]:
+    env = dict(os.environ)
+    path = [str(ROOT)] + ([str(src)] if src is not None else [])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    cmd = [sys.executable, "-m", "bench.bench_path", "--child", "--connections", str(args.connections),
+           "--per-connection", str(args.per_connection), "--rounds", str(args.rounds)]  # fmt: skip
+    out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--per-connection", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--src", type=Path, help="another tree's src/ to compare with, alternately")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    sides: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
+    for _ in range(args.runs):
+        sides["this"].append(_run(None, args))
+        if args.src is not None:
+            sides["other"].append(_run(args.src, args))
+    for side, runs in sides.items():
+        if not runs:
+            continue
+        receive = statistics.median(r["receive_us"] for r in runs)
+        confirm = statistics.median(r["confirm_us"] for r in runs)
+        totals = ", ".join(f"{r['receive_us'] + r['confirm_us']:.1f}" for r in runs)
+        print(f"{side}: receive {receive:.1f} µs/packet, confirm {confirm:.1f} µs/packet, "
+              f"total {receive + confirm:.1f} (median of {len(runs)}; runs: {totals})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
