@@ -3,16 +3,18 @@ packets through `DasConnection.data_received` → session → registry → `Inta
 `BatchWriter.submit`, then each item confirmed as its batch's COMMIT would (`on_done` → 9014
 queued → one write per connection and round).
 
-The transport is an in-memory stand-in and nothing is committed, so the figure is the Python work
-the gateway adds per packet, apart from asyncpg and the kernel: the part a change to server/,
-ingest/ or protocol/ moves. Compare two trees in one run with `--src` (each tree runs in its own
-process, alternately, several times; medians):
+The transport is an in-memory stand-in and `Database.save_batch` returns at once (the writer's own
+`_take` and `_commit` run, nothing reaches PostgreSQL), so the figure is the Python work the
+gateway adds per packet, apart from asyncpg and the kernel: the part a change to server/, ingest/
+or protocol/ moves. Compare two trees in one run with `--src` (each tree runs in its own process,
+alternately, several times; medians); trees from before the issue #10 layout (ba6d1ba) work too:
 
     .venv/bin/python -m bench.bench_path --runs 7 --src /path/to/other/src
 """
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,15 +74,34 @@ def _frames(mn: str, count: int) -> list[bytes]:
     ]
 
 
+def _gateway_classes() -> tuple[type, type]:
+    """(Gateway, DasConnection) of this tree or of one from before the issue #10 layout."""
+    try:
+        from hj212gw.server.connection import DasConnection
+        from hj212gw.server.listener import Gateway
+    except ImportError:
+        from hj212gw.gateway import Gateway  # type: ignore[no-redef]
+
+        from hj212gw.server import DasConnection  # type: ignore[attr-defined,no-redef]
+    return Gateway, DasConnection
+
+
+async def _no_commit(*args: object, **kwargs: object) -> None:
+    return None
+
+
 async def _measure(connections: int, per_connection: int, rounds: int) -> dict[str, float]:
-    from hj212gw.server.connection import DasConnection
-    from hj212gw.server.listener import Gateway
-    from hj212gw.settings import Settings
+    from hj212gw.settings import DeviceSettings, Settings
     from hj212gw.storage.db import Database
 
-    settings = Settings(database_url="postgresql://unused/none", devices={"auth": "off"})  # type: ignore[call-arg]
-    gateway = Gateway(settings, Database(settings.database_url or ""))
+    gateway_class, connection_class = _gateway_classes()
+    devices = {"auth": "off"} if "auth" in DeviceSettings.model_fields else {}
+    settings = Settings(database_url="postgresql://unused/none", devices=devices)  # type: ignore[call-arg]
+    db = Database(settings.database_url or "")
+    db.save_batch = _no_commit  # type: ignore[method-assign]
+    gateway = gateway_class(settings, db)
     writer = gateway.writer
+    DasConnection = connection_class
     conns = []
     streams = []
     for i in range(connections):
@@ -89,8 +111,11 @@ async def _measure(connections: int, per_connection: int, rounds: int) -> dict[s
         streams.append(_frames(f"BENCH{i:019d}", per_connection))
     for conn, frames in zip(conns, streams, strict=True):  # warm-up: bind the MNs, compile layouts
         conn.data_received(frames[0])
-    _confirm_all(writer)
+    await _confirm_all(writer)
     await asyncio.sleep(0)
+    gc.collect()  # as `serve` does once started (cli/serve.py tune_gc, the same in both trees)
+    gc.freeze()
+    gc.set_threshold(50_000, *gc.get_threshold()[1:])
     receive = confirm = 0.0
     packets = 0
     for _ in range(rounds):
@@ -100,19 +125,20 @@ async def _measure(connections: int, per_connection: int, rounds: int) -> dict[s
                 conn.data_received(frames[k])
         receive += time.process_time() - started
         started = time.process_time()
-        _confirm_all(writer)
+        await _confirm_all(writer)
         await asyncio.sleep(0)  # the acks of the round are written
         confirm += time.process_time() - started
         packets += connections * per_connection
     return {"receive_us": receive / packets * 1e6, "confirm_us": confirm / packets * 1e6, "packets": packets}
 
 
-def _confirm_all(writer: object) -> None:
-    """What a COMMIT does for every queued item (the writer's own confirmation path)."""
-    for queue in (writer._first, writer._rest):  # type: ignore[attr-defined]
-        while queue:
-            writer._finish(queue.popleft(), None)  # type: ignore[attr-defined]
-    writer._update_room()  # type: ignore[attr-defined]
+async def _confirm_all(writer: Any) -> None:
+    """Batches taken and "committed" by the writer's own code until its queue is empty."""
+    batch_class = sys.modules[type(writer).__module__]._Batch
+    while writer.pending:
+        batch = batch_class()
+        writer._take(batch)
+        await writer._commit(batch.entries)
 
 
 def _child(args: argparse.Namespace) -> None:
