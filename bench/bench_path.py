@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,13 @@ class MemoryTransport(asyncio.Transport):
 
 
 def _frames(mn: str, count: int) -> list[bytes]:
+    """Minute packets of `mn` with DataTimes of the last hours (inside the tolerance window)."""
     from bench.packets import MINUTE_GROUPS, segment
     from hj212gw.protocol.framing import encode_frame
 
-    return [
-        encode_frame(segment("2051", f"20240315{n:09d}", f"202403151{n % 6}0000", MINUTE_GROUPS, mn=mn))
-        for n in range(count)
-    ]
+    start = datetime.now().replace(second=0, microsecond=0) - timedelta(hours=6)
+    times = [(start + timedelta(minutes=n)).strftime("%Y%m%d%H%M%S") for n in range(count)]
+    return [encode_frame(segment("2051", f"{t}{n % 1000:03d}", t, MINUTE_GROUPS, mn=mn)) for n, t in enumerate(times)]
 
 
 def _gateway_classes() -> tuple[type, type]:
