@@ -219,6 +219,12 @@ class Metrics:
         self.mn_moves = Counter(
             "hj212gw_mn_moves_total", "MNs moving between live connections, by outcome.", ["outcome"], registry=r
         )
+        self.commands = Counter(
+            "hj212gw_commands_total",
+            "Platform commands (API, CLI, backfill) ended, by outcome: the final state.",
+            ["outcome"],
+            registry=r,
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 

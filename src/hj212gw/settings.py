@@ -140,6 +140,22 @@ class WriterSettings(BaseModel):
     pool_size: int = Field(default=8, ge=2)
 
 
+class CommandSettings(BaseModel):
+    """The command channel (platform -> DAS requests: API, CLI, backfill): docs/monitoring.md."""
+
+    model_config = ConfigDict(extra="forbid")
+    over_time_s: float = Field(
+        default=10.0, gt=0, le=99, description="OverTime: wait this long for a 9011, 9012 or the next data packet."
+    )
+    re_count: int = Field(default=3, ge=0, le=99, description="ReCount: resends when no 9011 comes (HJ 212 Table 1).")
+    offline_timeout_s: float = Field(
+        default=5.0, gt=0, description="A command no replica holding its MN claims within this ends device_offline."
+    )
+    settle_s: float = Field(
+        default=5.0, ge=0, description="After a fetch's 9012, wait this long at most for its rows to commit."
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway; env HJ212GW_<NAME>, nested fields joined by __."""
 
@@ -172,6 +188,7 @@ class Settings(BaseSettings):
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     devices: DeviceSettings = Field(default_factory=DeviceSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
 
     @field_validator("listen", "http")
     @classmethod

@@ -17,12 +17,14 @@ import structlog
 from aiohttp import web
 
 from hj212gw.api.auth import require_bearer_token
+from hj212gw.api.commands import CommandRoutes
 from hj212gw.api.data import DataRoutes
 from hj212gw.api.devices import DeviceRoutes
 from hj212gw.api.errors import errors_as_json
 from hj212gw.api.index import IndexRoutes
 from hj212gw.api.live import LiveState
 from hj212gw.api.probes import ProbeRoutes
+from hj212gw.storage.commands import CommandStore
 from hj212gw.storage.db import Database
 
 log = structlog.get_logger("hj212gw.api")
@@ -37,18 +39,22 @@ def build_app(
     token: str | None = None,
     not_ready_reasons: Callable[[], list[str]] | None = None,
     device_timezone: str = "Asia/Shanghai",
+    commands: CommandStore | None = None,
 ) -> web.Application:
     """The admin application; `metrics_registry=None` exposes prometheus_client's default registry.
 
     With a `token`, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
     `not_ready_reasons` names what keeps `ready` false (shown by /readyz); `device_timezone` is
     the zone `?tz=device` renders data times in. `/` redirects to the index of routes, /api/v1.
+    `commands`: where POSTed commands are inserted (a writable pool; None: POST is refused); a
+    POST needs the token, so an API without one takes no commands.
     """
     guards = [] if token is None else [require_bearer_token(token)]
     app = web.Application(middlewares=[errors_as_json, *guards])
     ProbeRoutes(metrics_registry or prometheus_client.REGISTRY, ready, not_ready_reasons).add_to(app.router)
     DeviceRoutes(db, live).add_to(app.router)
     DataRoutes(db, live, ZoneInfo(device_timezone)).add_to(app.router)
+    CommandRoutes(CommandStore(db), commands, token_set=token is not None).add_to(app.router)
     IndexRoutes().add_to(app.router)
     return app
 

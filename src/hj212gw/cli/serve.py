@@ -128,6 +128,7 @@ async def start(settings: Settings) -> Running:
             token=token,
             not_ready_reasons=gateway.not_ready_reasons,
             device_timezone=settings.device_timezone,
+            commands=gateway.commands.store,
         )
         host, port = split_host_port(settings.http)
         runner = await _listening("http", settings.http, start_http(app, host, port))

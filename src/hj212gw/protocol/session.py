@@ -16,7 +16,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from hj212gw.protocol.builders import Target, build_notification_reply, build_reply, build_set_time
-from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS, Cn, ProtocolVersion
+from hj212gw.protocol.constants import HEARTBEAT_CNS, NOTIFICATION_CNS, REPLY_CNS, Cn, ProtocolVersion, QnRtn
 from hj212gw.protocol.cp import DataCp, ExecutionResultCp, RequestReplyCp
 from hj212gw.protocol.decoder import CrcPolicy, decode_frame
 from hj212gw.protocol.errors import Hj212Error, MnMismatch, SegmentError
@@ -370,6 +370,9 @@ class DasSession:
             self._step(pending, reply_input(pending, data.qn_rtn), now, events, data.qn_rtn)
         elif isinstance(data, ExecutionResultCp):
             self._step(pending, RequestInput.RESULT, now, events, data.exe_rtn)
+        elif packet.cn == Cn.NOTIFICATION_REPLY and not pending.expects_result:
+            # A notification we sent (2012, 2022) is answered with 9013 alone (§9.1): done.
+            self._step(pending, RequestInput.ACCEPTED_FINAL, now, events, QnRtn.READY)
 
     def _step(
         self, pending: PendingRequest, given: RequestInput, now: datetime, events: list[Event], code: int | None = None

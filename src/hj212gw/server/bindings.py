@@ -101,6 +101,10 @@ class Bindings:
         conn.log.info("das_replaced", mn=mn, by=by)
         conn.retire("replaced_by_newer_connection", self.settings.connections.replace_grace_s)
 
+    def mns_of(self, conn: DasConnection) -> tuple[str, ...]:
+        """The MNs `conn` holds (usually one)."""
+        return self._mn_of.get(conn, ())
+
     def online(self) -> dict[str, LiveDevice]:
         """MN -> the connection holding it, for the admin API."""
         return {mn: conn.live(mn) for mn, conn in self.by_mn.items()}

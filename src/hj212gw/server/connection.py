@@ -26,6 +26,7 @@ gets no ack.
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, cast
@@ -93,6 +94,10 @@ class ConnectionHost(Protocol):
 
     def pin(self, mn: str, pw: str | None) -> "asyncio.Future[None]":
         """Trust on first use: PostgreSQL decides a new MN's PW."""
+        ...
+
+    def command_progress(self, conn: "DasConnection", event: object) -> None:
+        """A platform request's 9011/9012/failure, or a packet answering one (the command channel)."""
         ...
 
 
@@ -254,6 +259,25 @@ class DasConnection(SocketFlow):
         """Timers: request retries, split timeouts (called by the listener's ticker)."""
         self._handle(self.session.poll(now), time.perf_counter())
 
+    def send_command(
+        self,
+        data: bytes,
+        *,
+        qn: str,
+        cn: str,
+        over_time_s: float,
+        re_count: int,
+        expects_result: bool,
+        refresh: Callable[[datetime], bytes] | None = None,
+    ) -> None:
+        """Send a platform request built for this connection's session; it is retried per
+        OverTime/ReCount, and its 9011/9012 (or failure) reach `host.command_progress`."""
+        events = self.session.send_request(
+            data, qn=qn, cn=cn, now=datetime.now(UTC), over_time_s=over_time_s, re_count=re_count,
+            expects_result=expects_result, refresh=refresh,
+        )  # fmt: skip
+        self._handle(events, time.perf_counter())
+
     def _pin_done(self, future: "asyncio.Future[None]") -> None:
         if future.cancelled() or future.exception() is not None:
             self.close("pin_failed")  # no ack was sent: the DAS sends the data again later
@@ -267,6 +291,8 @@ class DasConnection(SocketFlow):
         match event:
             case PacketReceived(packet=packet, frame=frame, ack=ack, backfill=backfill, fragment=fragment):
                 self._on_packet(packet, frame, ack=ack, backfill=backfill, fragment=fragment, arrived=arrived)
+                if backfill:  # RF=1, or the answer to a fetch or get: maybe a command's
+                    self.deps.host.command_progress(self, event)
             case FrameRejected(error=error, raw_head=raw, packet=packet, frame=frame):
                 self._reject(error, raw, packet, frame)
             case Send(data=data, cn=cn):
@@ -275,12 +301,15 @@ class DasConnection(SocketFlow):
             case RequestAcknowledged(cn=cn, qn_rtn=qn_rtn):
                 outcome = "acknowledged" if qn_rtn == QnRtn.READY else "refused"
                 metrics.requests.labels(cn=cn_label(cn), outcome=outcome).inc()
+                self.deps.host.command_progress(self, event)
             case RequestFinished(cn=cn, exe_rtn=exe_rtn):
                 outcome = f"exe_{exe_rtn}" if exe_rtn in (ExeRtn.SUCCESS, ExeRtn.NO_DATA) else "failed"
                 metrics.requests.labels(cn=cn_label(cn), outcome=outcome).inc()
+                self.deps.host.command_progress(self, event)
             case RequestFailed(qn=qn, cn=cn, reason=reason):
                 metrics.requests.labels(cn=cn_label(cn), outcome=reason).inc()
                 self.log.warning("request_failed", qn=qn, cn=cn, reason=reason)
+                self.deps.host.command_progress(self, event)
             case SplitPartsMissing(cn=cn, data_time=data_time, missing=missing):
                 metrics.split_missing.inc(len(missing))
                 self.log.warning("split_parts_missing", cn=cn, data_time=data_time, missing=list(missing))

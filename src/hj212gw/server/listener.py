@@ -26,6 +26,7 @@ from hj212gw.metrics import Metrics
 from hj212gw.monitor.hub import Monitor
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.server.bindings import Bindings
+from hj212gw.server.commands import CommandRunner
 from hj212gw.server.config import session_config_from, time_policy_from
 from hj212gw.server.connection import DasConnection, Deps
 from hj212gw.server.flow import ReadHold
@@ -57,6 +58,8 @@ class Gateway:
         self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
         self.side_writes = SideWrites(db)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
+        self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
+        self.monitor.listeners.append(self.commands.tracker)
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
         self.deps = Deps(
             settings=settings,
@@ -111,6 +114,7 @@ class Gateway:
         self.metrics.dependency_up.labels(name="postgresql").set(1)
         self.supervisor.start("gateway-tick", self._tick)
         self.supervisor.start("gateway-housekeeping", self._housekeeping)
+        self.supervisor.start("gateway-commands", self.commands.run)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
@@ -165,6 +169,9 @@ class Gateway:
 
     def pin(self, mn: str, pw: str | None) -> "asyncio.Future[None]":
         return self.pinner.pin(mn, pw)
+
+    def command_progress(self, conn: DasConnection, event: object) -> None:
+        self.commands.progress(conn, event)
 
     def auth_failed(self, conn: DasConnection, reason: str) -> float:
         """A packet on `conn` failed authentication: count it; return how long `conn` waits before

@@ -1,0 +1,155 @@
+"""The command channel end to end: a real gateway, real PostgreSQL, a simulated DAS on a real socket.
+
+Each command goes in as a `commands` row (through `CommandRunner.submit`, as the backfill will, or
+through the API) and is followed to its final state: the row, the awaited outcome and the metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from hj212gw.cli.serve import Running
+from hj212gw.monitor.commands import CommandOutcome
+from hj212gw.protocol.commands import UnknownCommand
+from tests.conftest import StartGateway
+from tests.integration.linked import LinkedDevice
+from tests.integration.serving import sample
+from tests.integration.waiting import eventually, until
+
+pytestmark = pytest.mark.integration
+
+FAST = {"over_time_s": 1.0, "re_count": 1, "offline_timeout_s": 0.5, "settle_s": 2.0}
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway) -> Running:
+    return await start_gateway(commands=FAST)
+
+
+@pytest.fixture
+async def linked(gateway: Running) -> AsyncIterator[LinkedDevice]:
+    assert gateway.gateway.port is not None
+    device = await LinkedDevice.connect(gateway.gateway.port)
+    yield device
+    await device.close()
+
+
+async def run(gateway: Running, mn: str, command: str, params: dict[str, Any] | None = None) -> CommandOutcome:
+    ticket = await gateway.gateway.commands.submit(mn, command, params or {}, purpose="test")
+    return await _within(ticket.outcome, 10)
+
+
+async def _within(awaitable: Any, seconds: float) -> Any:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+async def row(conn: asyncpg.Connection, command_id: int) -> asyncpg.Record:
+    async def final() -> bool:
+        state = await conn.fetchval("SELECT state FROM commands WHERE id = $1", command_id)
+        return state not in ("queued", "sent", "acknowledged")
+
+    await eventually(final)
+    record = await conn.fetchrow("SELECT * FROM commands WHERE id = $1", command_id)
+    assert record is not None
+    return record
+
+
+async def test_a_get_succeeds_with_the_answer_recorded(
+    gateway: Running, linked: LinkedDevice, conn: asyncpg.Connection
+) -> None:
+    outcome = await run(gateway, linked.mn, "get_min_interval")
+    assert outcome.state == "succeeded" and outcome.exe_rtn == 1
+    assert outcome.result == {"cp": {"MinInterval": "10"}}
+    stored = await row(conn, outcome.id)
+    assert stored["cn"] == "1063" and stored["name"] == "get_min_interval" and stored["purpose"] == "test"
+    assert stored["qn_rtn"] == 1 and stored["exe_rtn"] == 1 and stored["gateway_id"] == "test"
+    assert stored["sent_at"] <= stored["acknowledged_at"] <= stored["finished_at"]
+    assert '"MinInterval": "10"' in stored["result"]
+    assert sample(gateway, "hj212gw_commands_total", outcome="succeeded") == 1
+
+
+async def test_a_history_fetch_brings_its_rows_and_counts_them(
+    gateway: Running, linked: LinkedDevice, conn: asyncpg.Connection
+) -> None:
+    begin = linked.das.local_now().replace(minute=0, second=0)
+    first, last = (begin.replace(hour=h).strftime("%Y%m%d%H%M%S") for h in (0, 1))
+    outcome = await run(gateway, linked.mn, "fetch_hour_history", {"BeginTime": first, "EndTime": last})
+    assert outcome.state == "succeeded" and outcome.exe_rtn == 1 and not outcome.no_data
+    assert outcome.result is not None
+    assert outcome.result["packets"] == 2 and outcome.result["packets_stored"] == 2
+    # Final only once the rows are committed: they are there when the outcome is.
+    hours = await conn.fetch("SELECT DISTINCT data_time FROM data WHERE mn = $1 AND cn = '2061'", linked.mn)
+    assert len(hours) == 2
+    assert outcome.result["data_time_first"] == min(r["data_time"] for r in hours).isoformat().replace("+00:00", "Z")
+
+
+async def test_a_fetch_of_a_range_without_data_ends_with_exe_rtn_100(
+    gateway: Running, linked: LinkedDevice, conn: asyncpg.Connection
+) -> None:
+    outcome = await run(gateway, linked.mn, "2061", {"BeginTime": "20200101000000", "EndTime": "20200101020000"})
+    assert outcome.state == "succeeded" and outcome.no_data and outcome.reason == "no data (ExeRtn=100)"
+    assert (await row(conn, outcome.id))["exe_rtn"] == 100
+
+
+async def test_a_refused_command_ends_refused_with_its_qn_rtn(
+    gateway: Running, linked: LinkedDevice, conn: asyncpg.Connection
+) -> None:
+    outcome = await run(gateway, linked.mn, "get_site_info", {"InfoId": "i12001"})  # unknown to the simulator
+    assert outcome.state == "refused" and outcome.qn_rtn == 8 and outcome.reason == "QnRtn=8 (cn_error)"
+    assert (await row(conn, outcome.id))["state"] == "refused"
+    assert sample(gateway, "hj212gw_commands_total", outcome="refused") == 1
+
+
+async def test_a_notification_ends_with_its_9013(gateway: Running, linked: LinkedDevice) -> None:
+    outcome = await run(gateway, linked.mn, "stop_realtime")
+    assert outcome.state == "succeeded" and outcome.qn_rtn == 1
+
+
+async def test_a_device_that_never_answers_times_out_after_overtime_and_recount(
+    gateway: Running, conn: asyncpg.Connection
+) -> None:
+    assert gateway.gateway.port is not None
+    mute = await LinkedDevice.connect(gateway.gateway.port, mute=True, index=1)
+    try:
+        started = time.monotonic()
+        outcome = await run(gateway, mute.mn, "get_time")
+        took = time.monotonic() - started
+        assert outcome.state == "timed_out" and outcome.reason == "no_reply"
+        assert 2.0 <= took < 5.0  # OverTime 1 s x (1 + ReCount 1), polled once a second
+        assert mute.received.count("1011") == 2  # the request and its one resend
+        assert (await row(conn, outcome.id))["state"] == "timed_out"
+    finally:
+        await mute.close()
+
+
+async def test_a_command_to_a_device_this_replica_does_not_hold_is_device_offline(
+    gateway: Running, conn: asyncpg.Connection
+) -> None:
+    outcome = await run(gateway, "NOSUCHDEVICE0000000000", "get_time")
+    assert outcome.state == "device_offline"
+    assert (await row(conn, outcome.id))["state"] == "device_offline"
+
+
+async def test_a_closed_connection_fails_its_pending_command(gateway: Running, conn: asyncpg.Connection) -> None:
+    assert gateway.gateway.port is not None
+    mute = await LinkedDevice.connect(gateway.gateway.port, mute=True, index=2)
+    ticket = await gateway.gateway.commands.submit(mute.mn, "get_time", {})
+    await until(lambda: "1011" in mute.received)
+    await mute.close()
+    outcome = await _within(ticket.outcome, 5)
+    assert outcome.state == "failed" and outcome.reason.startswith("connection closed")
+    assert (await row(conn, outcome.id))["reason"].startswith("connection closed")
+
+
+async def test_submit_refuses_an_unknown_command_before_storing_anything(
+    gateway: Running, conn: asyncpg.Connection
+) -> None:
+    with pytest.raises(UnknownCommand):
+        await gateway.gateway.commands.submit("X", "9999", {})
+    assert await conn.fetchval("SELECT count(*) FROM commands") == 0
