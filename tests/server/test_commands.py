@@ -11,15 +11,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
+from hj212gw.api.app import bound_port
 from hj212gw.cli.serve import Running
 from hj212gw.monitor.commands import CommandOutcome
 from hj212gw.protocol.commands import UnknownCommand
+from hj212gw.storage.commands import CommandStore, NewCommand
 from tests.conftest import StartGateway
 from tests.integration.linked import LinkedDevice
-from tests.integration.serving import sample
+from tests.integration.serving import sample, start
 from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
@@ -153,3 +156,82 @@ async def test_submit_refuses_an_unknown_command_before_storing_anything(
     with pytest.raises(UnknownCommand):
         await gateway.gateway.commands.submit("X", "9999", {})
     assert await conn.fetchval("SELECT count(*) FROM commands") == 0
+
+
+TOKEN = "r" * 24
+
+
+async def api_call(running: Running, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{bound_port(running.http_runner)}{path}"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session,
+        session.request(method, url, json=body) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def final_over_api(running: Running, command_id: int) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    async def done() -> bool:
+        _, seen["command"] = await api_call(running, "GET", f"/api/v1/commands/{command_id}")
+        return seen["command"]["state"] not in ("queued", "sent", "acknowledged")
+
+    await eventually(done, timeout_s=10)
+    return seen["command"]
+
+
+async def test_a_command_posted_to_one_replica_is_sent_by_the_replica_holding_the_device(
+    gateways: list[Running], pg_dsn: str, schema: str
+) -> None:
+    first = await start(gateways, pg_dsn, schema, gateway_id="first", http_token=TOKEN, commands=FAST)
+    second = await start(gateways, pg_dsn, schema, gateway_id="second", http_token=TOKEN, commands=FAST)
+    assert second.gateway.port is not None
+    device = await LinkedDevice.connect(second.gateway.port)
+    try:
+        status, created = await api_call(first, "POST", f"/api/v1/devices/{device.mn}/commands", {"cn": "1011"})
+        assert status == 201
+        command = await final_over_api(first, created["id"])
+        assert command["state"] == "succeeded" and command["gateway_id"] == "second"
+        assert set(command["result"]["cp"]) == {"SystemTime"}
+        assert sample(second, "hj212gw_commands_total", outcome="succeeded") == 1
+        assert sample(first, "hj212gw_commands_total", outcome="succeeded") == 0
+        _, listed = await api_call(first, "GET", f"/api/v1/devices/{device.mn}/commands")
+        assert [c["id"] for c in listed["commands"]] == [created["id"]]
+    finally:
+        await device.close()
+
+
+async def test_a_command_posted_for_a_device_no_replica_holds_ends_device_offline(
+    start_gateway: StartGateway,
+) -> None:
+    running = await start_gateway(http_token=TOKEN, commands=FAST)
+    status, created = await api_call(running, "POST", "/api/v1/devices/OFFLINE000000000/commands", {"cn": "1011"})
+    assert status == 201
+    command = await final_over_api(running, created["id"])
+    assert command["state"] == "device_offline" and command["sent_at"] is None
+    assert command["reason"] == "no gateway replica held a connection of this device"
+    assert sample(running, "hj212gw_commands_total", outcome="device_offline") == 1
+
+
+async def test_a_command_queued_while_every_replica_was_down_is_never_sent_later(
+    start_gateway: StartGateway, pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    first = await start_gateway(commands=FAST)
+    assert first.gateway.port is not None
+    device = await LinkedDevice.connect(first.gateway.port)
+    await device.close()
+    await first.stop()
+    store = CommandStore(first.db)
+    await first.db.connect()  # the stopped gateway's pool, reopened to queue as the CLI would
+    command_id = await store.insert(NewCommand(device.mn, "1011", "get_time", {}))
+    await first.db.close()
+    await asyncio.sleep(0.6)  # older than the offline timeout
+    second = await start_gateway(commands=FAST)
+    assert second.gateway.port is not None
+    again = await LinkedDevice.connect(second.gateway.port)
+    try:
+        assert (await row(conn, command_id))["state"] == "device_offline"
+        assert "1011" not in again.received
+    finally:
+        await again.close()

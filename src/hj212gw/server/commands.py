@@ -81,18 +81,18 @@ class CommandRunner:
         next_sweep = 0.0
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL_S)
                 self._wake.clear()
-                await self._listen()
+                await self.listen()
                 await self._claim_waiting()
                 self.tracker.tick(datetime.now(UTC))
                 await self._save(self.tracker.take_updates())
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
                     await self._expire()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL_S)
         finally:
-            await self._unlisten()
+            await self.close()
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -100,13 +100,15 @@ class CommandRunner:
     def _count(self, state: str, count: int = 1) -> None:
         self.metrics.commands.labels(outcome=state).inc(count)
 
-    async def _listen(self) -> None:
+    async def listen(self) -> None:
+        """(Re)open the connection that hears queued commands (a no-op while it is open)."""
         if self._listener is not None and not self._listener.is_closed():
             return
         with contextlib.suppress(*OUTAGE_ERRORS):
             self._listener = await self.db.listen(self.store.channel, self._on_notify)
 
-    async def _unlisten(self) -> None:
+    async def close(self) -> None:
+        """Close the listening connection (the task does at its end; `Gateway.stop` too)."""
         if self._listener is not None:
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await self._listener.close(timeout=2)

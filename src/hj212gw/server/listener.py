@@ -110,6 +110,7 @@ class Gateway:
             backlog=4096,
         )
         await self.bindings.listen()
+        await self.commands.listen()  # before the first request to the API can queue a command
         self.port = self.server.sockets[0].getsockname()[1]
         self.metrics.dependency_up.labels(name="postgresql").set(1)
         self.supervisor.start("gateway-tick", self._tick)
@@ -134,6 +135,7 @@ class Gateway:
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
             await self.side_writes.flush_sightings()
         await self.bindings.close()
+        await self.commands.close()
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)
 
     # -- ConnectionHost ------------------------------------------------------------------------
