@@ -1,6 +1,9 @@
 """commands.py: the catalog builds what the builders and the spec's examples build, and refuses bad
 parameters with a typed error naming the item."""
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -189,3 +192,9 @@ def test_any_params_give_items_of_cp_syntax_or_a_typed_error(spec: object, param
         return
     for name, value in items:
         assert not set(name + value) & set(";&=,") and value
+
+
+def test_docs_protocol_lists_every_command_of_the_catalog() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| (\d{4}) \| `([a-z_]+)` \|", text, re.MULTILINE))
+    assert listed == {(spec.cn, spec.name) for spec in CATALOG}

@@ -1,6 +1,6 @@
 """The database a command uses: `database_url`, or the embedded PostgreSQL in `data_dir`.
 
-Shared by serve, migrate and devices; starting the embedded server blocks, so it runs in a thread.
+Shared by serve, migrate, devices and command; starting the embedded server blocks, so it runs in a thread.
 """
 
 import asyncio
@@ -21,6 +21,12 @@ async def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgre
     log.info("embedded_postgres_starting", data_dir=str(data_dir))
     embedded = await asyncio.to_thread(start_embedded, data_dir)
     return embedded.dsn, embedded
+
+
+def embedded_socket_dsn(settings: Settings) -> str:
+    """The DSN of the embedded server a running gateway started (start_embedded's defaults)."""
+    data_dir = (settings.data_dir / "postgres").expanduser().resolve()
+    return f"postgresql://postgres@/postgres?host={data_dir}&port=5432"
 
 
 async def stop_started_embedded(server: EmbeddedPostgres) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from hj212gw.cli.database import resolve_database_url
+from hj212gw.cli.database import embedded_socket_dsn, resolve_database_url
 from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
 from hj212gw.storage.db import OUTAGE_ERRORS
@@ -183,7 +183,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         dsn, embedded = await resolve_database_url(settings)
     except EmbeddedInUse:
         # A running gateway holds its embedded server: talk to that server, never stop it.
-        dsn, embedded = _embedded_socket_dsn(settings), None
+        dsn, embedded = embedded_socket_dsn(settings), None
     except EmbeddedPostgresError as err:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 1
@@ -192,12 +192,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             await asyncio.to_thread(stop_embedded, embedded.data_dir)
-
-
-def _embedded_socket_dsn(settings: Settings) -> str:
-    """The DSN of the embedded server a running gateway started (start_embedded's defaults)."""
-    data_dir = (settings.data_dir / "postgres").expanduser().resolve()
-    return f"postgresql://postgres@/postgres?host={data_dir}&port=5432"
 
 
 async def _connect_and_execute(dsn: str, schema: str, args: argparse.Namespace, request: Any) -> int:
