@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hj212gw.protocol import requests
-from hj212gw.protocol.builders import Target, build_history_request, build_set_rtd_interval
+from hj212gw.protocol.builders import Target, build_history_request, build_realtime, build_set_rtd_interval
 from hj212gw.protocol.constants import Cn, ProtocolVersion, QnRtn
 from hj212gw.protocol.framing import encode_frame
 from hj212gw.protocol.requests import (
@@ -250,3 +250,21 @@ def test_a_2017_1013_is_answered_as_the_standard_prints_it() -> None:
         e for e in session.receive_data(std("1013-e4-time-calibration-request"), now=E4_1012) if isinstance(e, Send)
     ]
     assert [s.data for s in sends] == [std("9013-e4-notification-reply"), std("1012-e4-set-time")]
+
+
+def test_a_notification_the_platform_sent_is_done_on_its_9013() -> None:
+    session = bound_session()
+    target = session.target()
+    assert target is not None
+    qn = "20240315080500004"
+    session.send_request(build_realtime(target, qn, start=False), qn=qn, cn="2012", now=T0, expects_result=False)
+    events = session.receive_data(std("9013-extra-stop-realtime-reply"), now=T0 + timedelta(seconds=1))
+    assert RequestAcknowledged(qn, "2012", 1) in events
+    assert session.pending_requests() == [] and session.poll(T0 + timedelta(seconds=60)) == []
+
+
+def test_a_9013_does_not_end_a_request_that_awaits_its_9012() -> None:
+    session = bound_session()
+    qn = history_fetch(session)
+    session.receive_data(frame(f"QN={qn};ST=91;CN=9013;PW=123456;MN={MN};Flag=4;CP=&&&&"), now=T0)
+    assert session.pending_requests() == [(qn, "2061")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from hj212gw.monitor.commands import CommandOutcome
 from hj212gw.protocol.commands import UnknownCommand
 from hj212gw.storage.commands import CommandStore, NewCommand
 from tests.conftest import StartGateway
-from tests.integration.linked import LinkedDevice
+from tests.integration.linked import SHANGHAI, LinkedDevice
 from tests.integration.serving import sample, start
 from tests.integration.waiting import eventually, until
 
@@ -235,3 +236,15 @@ async def test_a_command_queued_while_every_replica_was_down_is_never_sent_later
         assert "1011" not in again.received
     finally:
         await again.close()
+
+
+async def test_set_time_without_system_time_sets_the_device_to_the_gateways_clock(
+    gateway: Running, linked: LinkedDevice
+) -> None:
+    def drift() -> timedelta:  # the device's clock (naive, device time) against the gateway's
+        return abs(linked.das.local_now().replace(tzinfo=None) - datetime.now(SHANGHAI).replace(tzinfo=None))
+
+    assert drift() > timedelta(hours=1)  # the simulated device lives in yesterday
+    outcome = await run(gateway, linked.mn, "set_time")
+    assert outcome.state == "succeeded"
+    assert drift() < timedelta(seconds=5)

@@ -26,7 +26,7 @@ caller that re-reads the data sees them), or after `settle_s` when some never ar
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +81,7 @@ class InFlight:
     response: dict[str, str] | None = None
     finishing: CommandOutcome | None = None  # 9012 in, waiting for the fetched rows to commit
     settle_at: float = 0.0
-    acknowledged_at: datetime | None = field(default=None)
+    acknowledged_at: datetime | None = None
 
 
 def _code_name(enum: type[QnRtn] | type[ExeRtn], code: int | None) -> str:

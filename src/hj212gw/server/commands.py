@@ -29,6 +29,7 @@ from hj212gw.monitor.commands import CommandOutcome, CommandTracker, InFlight
 from hj212gw.protocol.builders import Target, build_set_time
 from hj212gw.protocol.commands import CommandError, CommandSpec, build_command, check_params, find_command
 from hj212gw.protocol.constants import Cn
+from hj212gw.protocol.cp import Items
 from hj212gw.protocol.models import format_hj_time
 from hj212gw.server.bindings import Bindings
 from hj212gw.server.connection import DasConnection
@@ -127,8 +128,10 @@ class CommandRunner:
     async def _expire(self) -> None:
         try:
             expired = await self.store.expire(self.settings.offline_timeout_s)
+        except OUTAGE_ERRORS:
+            return  # the housekeeping reports the outage once; the rows expire when it ends
         except DATABASE_ERRORS as err:
-            _LOG.warning("command_expiry_failed", error=type(err).__name__)
+            _LOG.warning("command_expiry_failed", error=type(err).__name__, detail=str(err)[:200])
             return
         if expired:
             self._count("device_offline", expired)
@@ -189,7 +192,7 @@ class CommandRunner:
         _LOG.info("command_sent", id=command_id, mn=mn, cn=spec.cn, qn=qn)
 
     def _frame(
-        self, spec: CommandSpec, target: Target, qn: str, items: tuple[tuple[str, str], ...], now: datetime
+        self, spec: CommandSpec, target: Target, qn: str, items: Items, now: datetime
     ) -> tuple[bytes, Callable[[datetime], bytes] | None]:
         """The request; a 1012 without SystemTime carries the time of each try (device time)."""
         if spec.cn != Cn.SET_TIME or any(name == "SystemTime" for name, _ in items):

@@ -175,7 +175,8 @@ async def fetch_commands_for_mn(
 
 
 class CommandStore:
-    """The command SQL on a pool (the gateway's, or the API's); each call takes one connection."""
+    """The command SQL on a pool (the gateway's, or the API's); each call takes one connection,
+    within the pool's acquire timeout when it has one (the API's: a TimeoutError, its 503)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db  # its `pool` is read when used: the store may be made before it connects
@@ -184,29 +185,29 @@ class CommandStore:
     async def insert(self, command: NewCommand, *, announce: bool = True) -> int:
         """Insert `command`; a queued one is announced to every replica unless `announce` is false
         (the caller claims it itself)."""
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await insert_command(conn, command, self.channel if announce else None)
 
     async def claim(self, command_id: int, gateway_id: str, qn: str, max_age_s: float) -> dict[str, Any] | None:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await claim_command(conn, command_id, gateway_id, qn, max_age_s)
 
     async def save(self, updates: Sequence[CommandUpdate]) -> None:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             await save_updates(conn, updates)
 
     async def expire(self, older_than_s: float) -> int:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await expire_queued(conn, older_than_s)
 
     async def abandon(self, gateway_id: str, reason: str) -> int:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await abandon_open(conn, gateway_id, reason)
 
     async def fetch(self, command_id: int) -> dict[str, Any] | None:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await fetch_command(conn, command_id)
 
     async def fetch_for_mn(self, mn: str, *, before_id: int | None, limit: int) -> list[dict[str, Any]]:
-        async with self._db.pool.acquire() as conn:
+        async with self._db.pool.acquire(timeout=self._db.acquire_timeout_s) as conn:
             return await fetch_commands_for_mn(conn, mn, before_id=before_id, limit=limit)
