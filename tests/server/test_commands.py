@@ -21,6 +21,7 @@ from hj212gw.cli.serve import Running
 from hj212gw.monitor.commands import CommandOutcome
 from hj212gw.protocol.commands import UnknownCommand
 from hj212gw.storage.commands import CommandStore, NewCommand
+from hj212gw.storage.db import Database
 from tests.conftest import StartGateway
 from tests.integration.linked import SHANGHAI, LinkedDevice
 from tests.integration.serving import sample, start
@@ -248,3 +249,18 @@ async def test_set_time_without_system_time_sets_the_device_to_the_gateways_cloc
     outcome = await run(gateway, linked.mn, "set_time")
     assert outcome.state == "succeeded"
     assert drift() < timedelta(seconds=5)
+
+
+async def test_commands_a_previous_run_left_open_end_failed_when_the_replica_starts(
+    start_gateway: StartGateway, db: Database, conn: asyncpg.Connection
+) -> None:
+    store = CommandStore(db)
+    ids = [await store.insert(NewCommand("MN1", "1011", "get_time", {}), announce=False) for _ in range(3)]
+    await conn.execute("UPDATE commands SET state = 'sent', gateway_id = 'test' WHERE id = $1", ids[0])
+    await conn.execute("UPDATE commands SET state = 'acknowledged', gateway_id = 'other' WHERE id = $1", ids[1])
+    running = await start_gateway(commands=FAST)
+    first = await row(conn, ids[0])
+    assert first["state"] == "failed" and first["reason"] == "the gateway restarted before it finished"
+    assert (await conn.fetchval("SELECT state FROM commands WHERE id = $1", ids[1])) == "acknowledged"  # not ours
+    assert (await row(conn, ids[2]))["state"] == "device_offline"  # queued, never announced: expired
+    assert sample(running, "hj212gw_commands_total", outcome="failed") == 1
