@@ -225,6 +225,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.devices = Gauge(
+            "hj212gw_devices",
+            "Devices by state (docs/monitoring.md): online and silent, those held by this replica; offline, "
+            "those last held by it.",
+            ["state"],
+            registry=r,
+        )
+        self.device_transitions = Counter(
+            "hj212gw_device_transitions_total",
+            "Device state transitions, by new state and cause.",
+            ["state", "cause"],
+            registry=r,
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 

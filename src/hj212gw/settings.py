@@ -119,6 +119,24 @@ class DeviceSettings(BaseModel):
     )
 
 
+class DeviceStateSettings(BaseModel):
+    """When a device counts as silent, and how replicas hand devices over (docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tolerance: float = Field(
+        default=3.0, ge=1, description="A scheduled CN is overdue after its period times this without data."
+    )
+    floor_s: float = Field(default=600.0, gt=0, description="... and never before this many seconds.")
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A replica without a heartbeat this long is lost (its devices go offline: gateway_lost); "
+        "a restarted gateway waits this long for the devices it held.",
+    )
+    scan_interval_s: float = Field(default=1.0, gt=0, description="How often overdue devices are looked for.")
+
+
 class WriterSettings(BaseModel):
     """The batch writer between all connections and PostgreSQL."""
 
@@ -189,6 +207,7 @@ class Settings(BaseSettings):
     devices: DeviceSettings = Field(default_factory=DeviceSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
+    device_state: DeviceStateSettings = Field(default_factory=DeviceStateSettings)
 
     @field_validator("listen", "http")
     @classmethod

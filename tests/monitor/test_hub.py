@@ -10,6 +10,7 @@ import pytest
 
 from hj212gw.cli.serve import Running
 from hj212gw.monitor.hub import StoredData
+from hj212gw.monitor.state import MOVED_TO_CONNECTION
 from tests.integration.das import MN, data_packet
 from tests.integration.serving import connect, start
 
@@ -55,7 +56,7 @@ async def test_bound_stored_and_released_reach_every_tracker(gateways: list[Runn
         ("bound", MN, connection_id),
         ("stored", MN, "2051", shanghai_10h, False),
         ("stored", MN, "2051", shanghai_10h.replace(minute=10), False),
-        ("released", MN, connection_id, "connection_closed"),
+        ("released", MN, connection_id, "peer_closed"),  # the close reason
     ]
 
 
@@ -73,6 +74,6 @@ async def test_an_mn_moving_to_a_newer_connection_is_released_by_the_older_one(
     assert (await newer.reply(timeout_s=5)).packet.cn == "9014"
     kinds = [(s[0], s[3] if s[0] == "released" else None) for s in recorder.signals if s[0] != "stored"]
     assert kinds[0] == ("bound", None) and kinds[2] == ("bound", None)
-    assert kinds[1][0] == "released" and str(kinds[1][1]).startswith("moved to connection")
+    assert kinds[1] == ("released", MOVED_TO_CONNECTION)
     await older.close()
     await newer.close()

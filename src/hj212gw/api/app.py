@@ -19,6 +19,7 @@ from aiohttp import web
 from hj212gw.api.auth import require_bearer_token
 from hj212gw.api.commands import CommandRoutes
 from hj212gw.api.data import DataRoutes
+from hj212gw.api.device_events import DeviceEventRoutes
 from hj212gw.api.devices import DeviceRoutes
 from hj212gw.api.errors import errors_as_json
 from hj212gw.api.index import IndexRoutes
@@ -53,6 +54,7 @@ def build_app(
     app = web.Application(middlewares=[errors_as_json, *guards])
     ProbeRoutes(metrics_registry or prometheus_client.REGISTRY, ready, not_ready_reasons).add_to(app.router)
     DeviceRoutes(db, live).add_to(app.router)
+    DeviceEventRoutes(db).add_to(app.router)
     DataRoutes(db, live, ZoneInfo(device_timezone)).add_to(app.router)
     CommandRoutes(CommandStore(db), commands, token_set=token is not None).add_to(app.router)
     IndexRoutes().add_to(app.router)

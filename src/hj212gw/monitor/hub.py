@@ -3,8 +3,9 @@
 Three signals, all on the event loop and all cheap (they run for every connection and every
 stored packet; a tracker that needs PostgreSQL queues the write for its own background task):
 - `bound`: a connection of this replica now holds an MN (its first admitted packet, or a move);
-- `released`: this replica no longer holds an MN (`cause`: the connection closed and why, or
-  the MN moved to another connection or replica);
+- `released`: this replica no longer holds an MN (`cause`: the connection's close reason, such as
+  `peer_closed`, `peer_error`, `idle_timeout`, `shutdown`; or `state.MOVED_TO_CONNECTION` /
+  `state.MOVED_TO_REPLICA` when the MN moved to another connection or replica);
 - `stored`: a packet's data rows committed (the batch writer reports each committed batch's data
   blocks once, after their acks: `committed`).
 """

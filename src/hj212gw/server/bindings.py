@@ -23,6 +23,7 @@ import structlog
 
 from hj212gw.metrics import Metrics
 from hj212gw.monitor.hub import Monitor
+from hj212gw.monitor.state import MOVED_TO_CONNECTION, MOVED_TO_REPLICA
 from hj212gw.server.connection import DasConnection
 from hj212gw.server.live import LiveDevice
 from hj212gw.settings import Settings
@@ -50,8 +51,13 @@ class Bindings:
         self.channel = channel_of(db.schema)
 
     def bind(self, conn: DasConnection, mn: str) -> str | None:
-        """Bind `mn`, whose PW `conn` presented, to `conn`; None, or why it may not."""
-        if self.by_mn.get(mn) is conn:
+        """Bind `mn`, whose PW `conn` presented, to `conn`; None, or why it may not.
+
+        A connection that is closing or retiring binds nothing (None: its packet is still stored):
+        a last frame taken at the end of the stream must not take the MN back from a live connection,
+        nor bind it to a connection that is gone.
+        """
+        if self.by_mn.get(mn) is conn or conn.gone:
             return None
         held = self._mn_of.get(conn, ())
         if mn not in held and len(held) >= self.settings.devices.max_mns_per_connection:
@@ -66,7 +72,7 @@ class Bindings:
             self._moved_at[mn] = now
             self.metrics.mn_moves.labels(outcome="moved").inc()
             _LOG.warning("mn_moved", mn=mn, old_peer=old.peer, new_peer=conn.peer, new_conn=conn.connection_id)
-            self._unbind(old, mn, f"connection {conn.connection_id} ({conn.peer})")
+            self._unbind(old, mn, f"connection {conn.connection_id} ({conn.peer})", MOVED_TO_CONNECTION)
         if mn not in held:
             self._mn_of[conn] = (*held, mn)
             if held:
@@ -79,21 +85,23 @@ class Bindings:
         return None
 
     def forget(self, conn: DasConnection) -> None:
-        """`conn` is gone: the MNs it held are unbound."""
+        """`conn` is gone: the MNs it held are unbound (monitoring is told why it closed)."""
+        cause = conn.closing_reason or "peer_closed"
         for mn in self._mn_of.pop(conn, ()):
             if self.by_mn.get(mn) is conn:
                 del self.by_mn[mn]
                 self._bound_at.pop(mn, None)
                 self._moved_at.pop(mn, None)
-                self.monitor.released(mn, conn.connection_id, "connection_closed", datetime.now(UTC))
+                self.monitor.released(mn, conn.connection_id, cause, datetime.now(UTC))
 
-    def _unbind(self, conn: DasConnection, mn: str, by: str) -> None:
-        """`mn` went elsewhere: `conn` keeps its other MNs, or retires if it carried only this one."""
+    def _unbind(self, conn: DasConnection, mn: str, by: str, cause: str) -> None:
+        """`mn` went elsewhere (`cause`: to a connection or a replica): `conn` keeps its other MNs,
+        or retires if it carried only this one."""
         held = self._mn_of.get(conn, ())
         rest = tuple(m for m in held if m != mn)
         if self.by_mn.get(mn) is conn:
             del self.by_mn[mn]
-            self.monitor.released(mn, conn.connection_id, f"moved to {by}", datetime.now(UTC))
+            self.monitor.released(mn, conn.connection_id, cause, datetime.now(UTC))
         if rest:
             self._mn_of[conn] = rest
             return
@@ -144,4 +152,4 @@ class Bindings:
         conn = self.by_mn.get(mn)
         if other == self.settings.gateway_id or conn is None or self._bound_at.get(mn, 0.0) > at:
             return
-        self._unbind(conn, mn, f"gateway {other}")
+        self._unbind(conn, mn, f"gateway {other}", MOVED_TO_REPLICA)

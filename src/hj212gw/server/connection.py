@@ -195,14 +195,19 @@ class DasConnection(SocketFlow):
             self._loop.call_soon(self._reassert_holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.eof:
+            # A last frame without its tail (a reset right after it) is still taken, before the
+            # connection is forgotten: its MN is released with the connection, never bound again
+            # to it (a closing connection binds nothing: Bindings.bind). Nothing was read from a
+            # connection refused at accept, so this finds nothing there.
+            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
+        self.closing_reason = self.closing_reason or ("peer_error" if exc else "peer_closed")
         if not self.deps.host.forget(self):
             return  # refused at accept: never counted as open
         self._cancel_stall_timer()
         if self._holds & ReadHold.PEER_NOT_READING:
             self.deps.metrics.write_paused.dec()
-        if not self.eof:
-            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
-        reason = self.closing_reason or ("peer_error" if exc else "peer_closed")
+        reason = self.closing_reason
         self.deps.metrics.connections_open.dec()
         self.deps.metrics.connections_closed.labels(reason=reason).inc()
         self.log.info(

@@ -23,6 +23,7 @@ from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper
 from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
+from hj212gw.monitor.devices import DeviceTracker
 from hj212gw.monitor.hub import Monitor
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.server.bindings import Bindings
@@ -36,6 +37,7 @@ from hj212gw.server.registry import DeviceRegistry
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
 from hj212gw.storage.db import OUTAGE_ERRORS, Database
+from hj212gw.storage.device_state import DeviceStateStore
 from hj212gw.supervisor import Supervisor
 
 
@@ -57,6 +59,11 @@ class Gateway:
         time_policy = time_policy_from(settings)
         self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
         self.side_writes = SideWrites(db)
+        self.device_tracker = DeviceTracker(
+            DeviceStateStore(db), settings.device_state, settings.gateway_id, self.metrics,
+            registry_refresh_s=devices.refresh_s,
+        )  # fmt: skip
+        self.monitor.listeners.append(self.device_tracker)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
         self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
         self.monitor.listeners.append(self.commands.tracker)
@@ -98,6 +105,7 @@ class Gateway:
     async def start(self) -> None:
         await self.registry.refresh(self.db)
         await self.side_writes.refill_ids()
+        await self.device_tracker.load()
         self.writer.start()
         host, port = split_host_port(self.settings.listen)
         loop = asyncio.get_running_loop()
@@ -116,6 +124,8 @@ class Gateway:
         self.supervisor.start("gateway-tick", self._tick)
         self.supervisor.start("gateway-housekeeping", self._housekeeping)
         self.supervisor.start("gateway-commands", self.commands.run)
+        self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
+        self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
@@ -134,6 +144,8 @@ class Gateway:
             await self.side_writes.flush_connection_log()
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
             await self.side_writes.flush_sightings()
+        with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # what the closes changed
+            await self.device_tracker.flush()
         await self.bindings.close()
         await self.commands.close()
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
 
-from hj212gw.storage import alarms, announcements, connections, queries, split_parts
+from hj212gw.storage import alarms, announcements, connections, device_state, queries, split_parts
 from hj212gw.storage.alarms import AlarmRow
 from hj212gw.storage.batch import DirectInsertGuard, PartitionCache, months_needed, write_batch, write_sightings
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
@@ -338,6 +338,23 @@ class Database:
         """One device or None, without `pw`."""
         async with self._acquire() as conn:
             return await queries.fetch_device(conn, mn)
+
+    async def fetch_device_states(self, mns: Sequence[str]) -> list[dict[str, Any]]:
+        """The stored state of these devices (storage.device_state)."""
+        async with self._acquire() as conn:
+            return await device_state.fetch_states(conn, mns)
+
+    async def fetch_devices_in_state(
+        self, state: str, *, after: str | None, limit: int
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """Devices whose stored state is `state`, by mn: (mn, registry columns or None), without `pw`."""
+        async with self._acquire() as conn:
+            return await device_state.fetch_devices_in_state(conn, state, after=after, limit=limit)
+
+    async def fetch_device_events(self, mn: str, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+        """A device's state transitions, newest first, with an id below `before` (None: newest)."""
+        async with self._acquire() as conn:
+            return await device_state.fetch_events(conn, mn, before=before, limit=limit)
 
     async def fetch_data(
         self,
