@@ -174,3 +174,23 @@ def test_check_config_and_a_bad_key_never_print_sm4_keys(
     assert cli.main(["serve", "--database-url", "postgresql://nowhere/x"]) == 2
     err = capsys.readouterr().err
     assert "MN1" in err and "Sh0rtK3y" not in err
+
+
+async def test_add_and_set_intervals_fix_the_periods_the_device_state_expects(
+    pg_dsn: str, schema: str, conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = await devices(pg_dsn, schema, capsys, "add", "MN1", "--no-pw", "--min-interval", "10")
+    assert code == 0
+    assert tuple(await conn.fetchrow("SELECT min_interval_min, rtd_interval_s FROM devices WHERE mn = 'MN1'")) == (
+        10,
+        None,
+    )
+    code, out, _ = await devices(pg_dsn, schema, capsys, "set-intervals", "MN1", "--rtd-interval", "30")
+    assert (code, out) == (0, "MN1: minute data every 10 min, real-time data every 30 s\n")
+    code, out, _ = await devices(pg_dsn, schema, capsys, "set-intervals", "MN1", "--clear")
+    assert (code, out) == (0, "MN1: minute data every (learned) min, real-time data every (learned) s\n")
+    assert (await devices(pg_dsn, schema, capsys, "set-intervals", "NOPE", "--min-interval", "5"))[0] == 1
+    assert (await devices(pg_dsn, schema, capsys, "set-intervals", "MN1"))[0] == 2
+    assert (await devices(pg_dsn, schema, capsys, "set-intervals", "MN1", "--rtd-interval", "0"))[0] == 2
+    with pytest.raises(SystemExit):  # not a MinInterval of the standard
+        await devices(pg_dsn, schema, capsys, "set-intervals", "MN1", "--min-interval", "7")

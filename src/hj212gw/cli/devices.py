@@ -1,4 +1,4 @@
-"""`hj212gw devices list|add|set-pw|approve|reject|import`: the device registry without SQL.
+"""`hj212gw devices list|add|set-pw|set-intervals|approve|reject|import`: the device registry without SQL.
 
 Owns the operator's side of the registry: argument parsing, validation of MN, PW, name, site,
 tags and status, reading a PW from a prompt, stdin or a file (never from the command line), and
@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from hj212gw.cli.database import embedded_socket_dsn, resolve_database_url
+from hj212gw.monitor.cadence import MIN_INTERVALS_MIN
 from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
 from hj212gw.storage.db import OUTAGE_ERRORS
@@ -125,16 +126,37 @@ def add_parser(
     add.add_argument("--tag", action="append", default=[], help="repeatable, or comma-separated")
     add.add_argument("--policy", choices=STATUSES, default="accepted")
     _pw_sources(add).add_argument("--no-pw", action="store_true", help="no PW: pinned on first use (auth=tofu)")
+    _interval_flags(add)
     set_pw = sub.add_parser("set-pw", help="set a device's PW (prompt, --pw-file, --pw-stdin) or --clear it")
     set_pw.add_argument("mn")
     _pw_sources(set_pw).add_argument("--clear", action="store_true", help="unpin: the next PW presented is pinned")
+    intervals = sub.add_parser(
+        "set-intervals", help="fix the periods its device state expects (docs/monitoring.md), or --clear them"
+    )
+    intervals.add_argument("mn")
+    _interval_flags(intervals)
+    intervals.add_argument("--clear", action="store_true", help="learn both from its DataTimes again")
     for verb, meaning in (("approve", "policy accepted: store its data"), ("reject", "policy rejected: refuse it")):
         cmd = sub.add_parser(verb, help=meaning)
         cmd.add_argument("mn", nargs="+")
     importing = sub.add_parser("import", help=f"upsert devices from a CSV file with columns {','.join(CSV_COLUMNS)}")
     importing.add_argument("file", type=Path)
-    for parser in (listing, add, set_pw, importing, *(sub.choices[v] for v in ("approve", "reject"))):
+    for parser in (listing, add, set_pw, intervals, importing, *(sub.choices[v] for v in ("approve", "reject"))):
         settings_flags(parser)
+
+
+def _interval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-interval", type=int, choices=MIN_INTERVALS_MIN, metavar="MINUTES",
+        help="MinInterval of its minute data (2051): one of 1-6, 10, 12, 15, 20, 30",
+    )  # fmt: skip
+    parser.add_argument("--rtd-interval", type=int, metavar="SECONDS", help="RtdInterval of its real-time data (2011)")
+
+
+def check_rtd_interval(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 3600:
+        raise InputError(f"--rtd-interval {value}: 1 to 3600 seconds (HJ 212-2017: 30 to 3600)")
+    return value
 
 
 def read_csv(path: Path) -> list[DeviceRecord]:
@@ -213,8 +235,10 @@ async def _connect_and_execute(dsn: str, schema: str, args: argparse.Namespace, 
 def _prepare(args: argparse.Namespace) -> Any:
     """Validate the input before the database is touched (a bad CSV line changes nothing)."""
     command = args.devices_command
-    if command in ("add", "set-pw"):
+    if command in ("add", "set-pw", "set-intervals"):
         check_mn(args.mn)
+    if command in ("add", "set-intervals"):
+        check_rtd_interval(args.rtd_interval)
     if command == "add":
         record = DeviceRecord(
             args.mn,
@@ -223,6 +247,8 @@ def _prepare(args: argparse.Namespace) -> Any:
             check_text("site", args.site),
             check_tags(args.tag),
             args.policy,
+            args.min_interval,
+            args.rtd_interval,
         )
         return record
     if command == "set-pw":
@@ -251,6 +277,8 @@ async def _execute(conn: asyncpg.Connection, args: argparse.Namespace, request: 
             return 1
         print(f"{args.mn}: PW {'cleared: the next PW presented is pinned' if request is None else 'set'}")
         return 0
+    if command == "set-intervals":
+        return await _set_intervals(conn, args)
     if command in ("approve", "reject"):
         status = "accepted" if command == "approve" else "rejected"
         updated = await store.set_status(conn, request, status)
@@ -262,6 +290,21 @@ async def _execute(conn: asyncpg.Connection, args: argparse.Namespace, request: 
         return 0 if len(updated) == len(set(request)) else 1
     added, changed = await store.import_devices(conn, request)
     print(f"imported {args.file}: {added} added, {changed} updated")
+    return 0
+
+
+async def _set_intervals(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    if not args.clear and args.min_interval is None and args.rtd_interval is None:
+        print("hj212gw devices: give --min-interval, --rtd-interval or --clear", file=sys.stderr)
+        return 2
+    now = await store.set_intervals(
+        conn, args.mn, min_interval_min=args.min_interval, rtd_interval_s=args.rtd_interval, clear=args.clear
+    )
+    if now is None:
+        print(f"hj212gw devices: no device with MN {args.mn!r}", file=sys.stderr)
+        return 1
+    minutes, seconds = (str(v) if v is not None else "(learned)" for v in now)
+    print(f"{args.mn}: minute data every {minutes} min, real-time data every {seconds} s")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The device registry's SQL: what the gateway loads, trust-on-first-use pins, and the operator
-commands of `hj212gw devices` (list, add, set-pw, approve/reject, import).
+commands of `hj212gw devices` (list, add, set-pw, set-intervals, approve/reject, import).
 
 `devices.pw` is a secret: only `fetch_registry` (the gateway's in-memory copy) and `save_pins`
 read it; nothing here logs it, and `fetch_device_list` returns only whether one is set. A pin is
@@ -36,9 +36,9 @@ SELECT mn, name, site, tags, status, enabled, pw IS NOT NULL AS pw_set, pw = '' 
 FROM devices WHERE $1::text IS NULL OR status = $1 ORDER BY mn"""
 
 ADD_SQL = """
-INSERT INTO devices (mn, pw, pw_source, pw_set_at, name, site, tags, status)
+INSERT INTO devices (mn, pw, pw_source, pw_set_at, name, site, tags, status, min_interval_min, rtd_interval_s)
 VALUES ($1, $2, CASE WHEN $2::text IS NULL THEN NULL ELSE 'operator' END,
-        CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, $3, $4, $5, $6)
+        CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (mn) DO NOTHING
 RETURNING mn"""
 
@@ -46,6 +46,13 @@ SET_PW_SQL = """
 UPDATE devices SET pw = $2, pw_source = CASE WHEN $2::text IS NULL THEN NULL ELSE 'operator' END,
                    pw_set_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END
 WHERE mn = $1"""
+
+# The periods the device state expects (docs/monitoring.md, "Device state"); null: learned.
+SET_INTERVALS_SQL = """
+UPDATE devices SET min_interval_min = CASE WHEN $4 THEN NULL ELSE coalesce($2, min_interval_min) END,
+                   rtd_interval_s = CASE WHEN $4 THEN NULL ELSE coalesce($3, rtd_interval_s) END
+WHERE mn = $1
+RETURNING min_interval_min, rtd_interval_s"""
 
 SET_STATUS_SQL = "UPDATE devices SET status = $2 WHERE mn = ANY($1::text[]) RETURNING mn"
 
@@ -75,6 +82,8 @@ class DeviceRecord:
     site: str | None = None
     tags: tuple[str, ...] = ()
     status: str | None = None
+    min_interval_min: int | None = None  # MinInterval of its minute data; None: learned
+    rtd_interval_s: int | None = None  # RtdInterval of its real-time data; None: learned
 
 
 async def fetch_registry(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -107,14 +116,25 @@ async def fetch_device_list(conn: asyncpg.Connection, status: str | None = None)
 async def add_device(conn: asyncpg.Connection, device: DeviceRecord) -> bool:
     """Insert a new device; False if the MN exists already."""
     added = await conn.fetchval(
-        ADD_SQL, device.mn, device.pw, device.name, device.site, list(device.tags), device.status or "accepted"
-    )
+        ADD_SQL, device.mn, device.pw, device.name, device.site, list(device.tags), device.status or "accepted",
+        device.min_interval_min, device.rtd_interval_s,
+    )  # fmt: skip
     return added is not None
 
 
 async def set_pw(conn: asyncpg.Connection, mn: str, pw: str | None) -> bool:
     """Set (or with None clear, so the next PW presented is pinned) a device's PW; False if unknown."""
     return await conn.execute(SET_PW_SQL, mn, pw) != "UPDATE 0"  # type: ignore[no-any-return]
+
+
+async def set_intervals(
+    conn: asyncpg.Connection, mn: str, *, min_interval_min: int | None, rtd_interval_s: int | None, clear: bool
+) -> tuple[int | None, int | None] | None:
+    """Fix the given periods of a device (None: keep), or `clear` both (learned again).
+
+    Returns (min_interval_min, rtd_interval_s) as they are now, or None for an unknown MN."""
+    row = await conn.fetchrow(SET_INTERVALS_SQL, mn, min_interval_min, rtd_interval_s, clear)
+    return None if row is None else (row[0], row[1])
 
 
 async def set_status(conn: asyncpg.Connection, mns: Sequence[str], status: str) -> set[str]:
