@@ -177,7 +177,6 @@ async def test_a_restart_keeps_since_and_last_data_of_a_device_that_comes_back(
     assert await stored_state(conn) == "online"
 
     second = await start(gateways, pg_dsn, schema, device_state={"lease_s": 30})
-    assert MN in second.gateway.device_tracker.states
     back = await connect(second)
     await back.send(rtd(1))
     assert (await back.reply()).packet.cn == "9014"
@@ -201,9 +200,11 @@ async def test_a_restarted_gateway_takes_its_devices_offline_when_they_do_not_co
     gateways.remove(first)
     await das.close()
 
-    await start(gateways, pg_dsn, schema, device_state={"lease_s": 0.5, "scan_interval_s": 0.1})
+    second = await start(gateways, pg_dsn, schema, device_state={"lease_s": 1})
+    events = transitions(second)
     await state_becomes(conn, "offline")
     assert await conn.fetchval("SELECT cause FROM device_state WHERE mn = $1", MN) == "gateway_restarted"
+    assert [(e.mn, e.old, e.cause) for e in events] == [(MN, DeviceState.ONLINE, "gateway_restarted")]
 
 
 async def test_a_device_moved_to_another_replica_stays_online_and_a_lost_replicas_devices_go_offline(

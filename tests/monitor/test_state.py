@@ -107,7 +107,7 @@ def test_moves_and_shutdown_are_no_transitions_and_a_stale_release_is_ignored() 
     assert MN not in states and states.counts[ONLINE] == 0
 
 
-def test_a_restored_device_of_a_restarted_gateway_goes_offline_unless_it_is_bound_again_within_the_grace() -> None:
+def test_a_restored_device_keeps_its_since_and_last_data_when_it_is_bound_again() -> None:
     before = DeviceStates("gw-a")
     before.bound(MN, 1, T0)
     before.bound("OTHER", 2, T0)
@@ -115,18 +115,18 @@ def test_a_restored_device_of_a_restarted_gateway_goes_offline_unless_it_is_boun
     snapshots = before.take_changed()
     assert {s.mn for s in snapshots} == {MN, "OTHER"} and before.take_changed() == []
 
-    after = DeviceStates("gw-a", StatePolicy(restart_grace=timedelta(seconds=60)))
+    after = DeviceStates("gw-b")  # another replica, or this one restarted
     for snapshot in snapshots:
-        after.restore(snapshot, at(300), held_here=True)
-    assert after.bound(MN, 9, at(310)) is None  # back within the grace: online since T0 still
-    (lost,) = after.scan(at(361))
-    assert (lost.mn, lost.old, lost.new, lost.cause) == ("OTHER", ONLINE, OFFLINE, "gateway_restarted")
+        after.restore(snapshot)
+    assert after.bound(MN, 9, at(310)) is None  # it never stopped being connected
+    assert after.scan(at(400)) == []  # the other, restored but not bound here, is not watched
     kept = after.snapshot(MN)
-    assert kept is not None and (kept.state, kept.since) == (ONLINE, T0)
+    assert kept is not None and (kept.state, kept.since, kept.connection_id) == (ONLINE, T0, 9)
     assert kept.series["2051"].data_time == at(180) and kept.series["2051"].period == timedelta(minutes=1)
-    assert after.done_with("OTHER") is False  # changed since its last snapshot
+    assert after.released(MN, 9, "peer_closed", at(500)) is not None
+    assert after.done_with(MN) is False  # changed since its last snapshot
     after.take_changed()
-    assert after.done_with("OTHER") and not after.done_with(MN)
+    assert after.done_with(MN) and not after.done_with("OTHER")
 
 
 def test_stored_data_of_an_offline_device_updates_its_last_data_but_not_its_state() -> None:

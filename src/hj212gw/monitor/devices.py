@@ -10,8 +10,9 @@ scanned about once a second and persisted in batches (storage.device_state), nev
   transaction a second; offline devices are then no longer followed (their row is their state).
   While PostgreSQL is down both wait (bounded) and go with the next flush.
 - Replicas: a heartbeat in `gateway_leases` every quarter lease; a replica that finds another's
-  lease expired takes that replica's devices offline (`gateway_lost`). On start, the devices this
-  gateway held before are followed again and go offline unless bound again within the lease.
+  lease expired takes that replica's devices offline (`gateway_lost`). A lease after its start, a
+  gateway takes offline the devices it held before that did not come back to it
+  (`gateway_restarted`); those that did were followed again from their rows, `since` and all.
 - Registry periods (`devices.min_interval_min`, `rtd_interval_s`) are reloaded with the registry.
 
 Every transition is also handed, as it happens, to the `subscribers` (rules and alerts, issue #13).
@@ -61,11 +62,7 @@ class DeviceTracker:
         registry_refresh_s: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        policy = StatePolicy(
-            tolerance=settings.tolerance,
-            floor=timedelta(seconds=settings.floor_s),
-            restart_grace=timedelta(seconds=settings.lease_s),
-        )
+        policy = StatePolicy(tolerance=settings.tolerance, floor=timedelta(seconds=settings.floor_s))
         self.states = DeviceStates(gateway_id, policy)
         self.store = store
         self.settings = settings
@@ -77,6 +74,7 @@ class DeviceTracker:
         self._events: list[DeviceStateChanged] = []  # not yet stored
         self._waiting: dict[str, list[Signal]] = {}  # MN -> its signals until its row is read
         self._offline_here = 0  # devices last held here that are offline (from the table)
+        self._started_at: datetime | None = None  # PostgreSQL's time of this run's first lease
 
     # -- hub.DeviceListener (on the event loop, for every connection and packet) ---------------
 
@@ -118,12 +116,10 @@ class DeviceTracker:
     # -- start, scan, flush --------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Follow again the devices this gateway held before it stopped; read the registry's periods."""
-        now = self.clock()
-        for row in await self.store.fetch_held(self.gateway_id):
-            self.states.restore(snapshot_of(row), now, held_here=True)
+        """Take this replica's lease (nobody takes its devices over while it starts); read the
+        registry's periods."""
+        self._started_at = await self.store.start_lease(self.gateway_id)
         await self.refresh()
-        _LOG.info("device_state_loaded", held_before=len(self.states))
 
     async def refresh(self) -> None:
         """Registry periods and the count of offline devices (for the gauge)."""
@@ -144,8 +140,9 @@ class DeviceTracker:
             self.scan()
 
     async def run_flush(self) -> None:
-        """Flush every second, heartbeat every quarter lease, reload periods with the registry."""
-        last_lease = last_refresh = time.monotonic()
+        """Flush every second, heartbeat every quarter lease, reload periods with the registry, and
+        once, a lease after the start, take offline what the previous run held and did not get back."""
+        started = last_lease = last_refresh = time.monotonic()
         down = False
         while True:
             await asyncio.sleep(1.0)
@@ -158,6 +155,9 @@ class DeviceTracker:
                 if now - last_refresh >= self.registry_refresh_s:
                     await self.refresh()
                     last_refresh = now
+                if self._started_at is not None and now - started >= self.settings.lease_s:
+                    await self.take_over_restart(self._started_at)
+                    self._started_at = None
             except OUTAGE_ERRORS:
                 if not down:
                     _LOG.warning("device_state_not_stored", reason="database unavailable")
@@ -167,14 +167,26 @@ class DeviceTracker:
 
     async def heartbeat(self) -> None:
         """Renew this replica's lease; publish the transitions of devices taken over from lost ones."""
-        for row in await self.store.heartbeat_and_take_over(self.gateway_id, self.settings.lease_s):
+        rows = await self.store.heartbeat_and_take_over(self.gateway_id, self.settings.lease_s)
+        self._published_by_sql(rows, "gateway_lost", {"taken_over_by": self.gateway_id})
+
+    async def take_over_restart(self, started_at: datetime) -> None:
+        """Take offline the devices the previous run held that did not come back to this one."""
+        await self.flush()  # what this run follows is written first
+        followed = [*self.states.mns(), *self._waiting]
+        rows = await self.store.take_over_restart(self.gateway_id, started_at, followed)
+        self._published_by_sql(rows, "gateway_restarted", {})
+
+    def _published_by_sql(self, rows: list[dict[str, Any]], cause: str, details: dict[str, object]) -> None:
+        """Transitions PostgreSQL made and stored itself (takeovers): counted, logged, published."""
+        for row in rows:
             previous = DeviceState(row["previous"]) if row["previous"] else None
             event = DeviceStateChanged(
-                row["mn"], previous, DeviceState.OFFLINE, row["at"], "gateway_lost", row["gateway_id"] or "",
-                row["connection_id"], {"taken_over_by": self.gateway_id},
+                row["mn"], previous, DeviceState.OFFLINE, row["at"], cause, row["gateway_id"] or "",
+                row["connection_id"], details,
             )  # fmt: skip
-            _LOG.warning("device_taken_over", mn=event.mn, lost_gateway=event.replica)
-            self.metrics.device_transitions.labels(state="offline", cause="gateway_lost").inc()
+            _LOG.info("device_taken_offline", mn=event.mn, cause=cause, gateway=event.replica)
+            self.metrics.device_transitions.labels(state="offline", cause=cause).inc()
             for subscriber in self.subscribers:
                 try:
                     subscriber(event)
@@ -225,12 +237,11 @@ class DeviceTracker:
             rows = {row["mn"]: row for row in await self.store.fetch(mns)}
         except OUTAGE_ERRORS:
             rows = {}  # followed from scratch: their `since` and last data start again here
-        now = self.clock()
         for mn in mns:
             signals = self._waiting.pop(mn)
             row = rows.get(mn)
             if row is not None and mn not in self.states:
-                self.states.restore(snapshot_of(row), now)
+                self.states.restore(snapshot_of(row))
             for signal in signals:
                 self._replay(mn, signal)
 

@@ -4,12 +4,13 @@ since when, why, and the last DataTime and arrival of each kind of data (CN) it 
 Two signals decide it. The connection: an MN bound to a connection of this replica is online
 (or silent); a connection that ends takes it offline with the close reason as cause; a move to
 another connection of this replica changes nothing, a move to another replica hands the MN over
-(this replica forgets it: the other one reports it online); a gateway shutting down leaves it as it
-is (the restarted gateway finds it again, see `restore`). The data: a connected device whose
-scheduled data (real-time 2011, minute 2051, hour 2061, day 2031) stops is silent once a CN is
-overdue, that is when nothing of it arrived for max(period x tolerance, floor) since the later of
-its last arrival and the connection; its data coming back makes it online again. Periods are
-the registry's fixed ones, else those learned by `cadence.Cadence`, else the persisted ones.
+(this replica forgets it: the other one reports it online); a gateway shutting down leaves it as
+it is (restarted, the gateway takes those that did not come back offline: storage.device_state).
+The data: a connected device whose scheduled data (real-time 2011, minute 2051, hour 2061, day
+2031) stops is silent once a CN is overdue, that is when nothing of it arrived for max(period x
+tolerance, floor) since the later of its last arrival and the moment it came online; its data
+coming back makes it online again. Periods are the registry's fixed ones, else those learned by
+`cadence.Cadence`, else the persisted ones.
 
 Every change of state is returned as a `DeviceStateChanged`; nothing changes without one, and no
 event is made without a change. `scan(now)` finds overdue devices through a heap of deadlines, so
@@ -47,22 +48,19 @@ SHUTDOWN = "shutdown"  # this gateway is stopping: the device keeps its state un
 CONNECTED = "connected"
 DATA_OVERDUE = "data_overdue"
 DATA_RESUMED = "data_resumed"
-GATEWAY_RESTARTED = "gateway_restarted"  # held here before a restart and not back within the grace
 
 
 @dataclass(frozen=True, slots=True)
 class StatePolicy:
-    """How long silence is tolerated and how long a restart waits for its devices.
+    """How long silence is tolerated.
 
     A CN is overdue after max(period x `tolerance`, `floor`) without data (transmission-rate.md
     §5's "Offline" rule uses 3 x RtdInterval, 2 x MinInterval and 10 min; one factor for all CNs
-    keeps it explainable). `restart_grace`: a device held before a restart that is not bound
-    again within it goes offline (cause `gateway_restarted`).
+    keeps it explainable).
     """
 
     tolerance: float = 3.0
     floor: timedelta = timedelta(minutes=10)
-    restart_grace: timedelta = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +111,7 @@ class _Series:
 
 class _Device:
     __slots__ = (
-        "bound", "bound_at", "cause", "connected_since", "connection_id", "mn", "orphan_until", "queued", "series",
-        "since", "state",
+        "bound", "bound_at", "cause", "connected_since", "connection_id", "mn", "queued", "series", "since", "state",
     )  # fmt: skip
 
     def __init__(self, mn: str, state: DeviceState, since: datetime, cause: str) -> None:
@@ -128,7 +125,6 @@ class _Device:
         # When it came online after being offline: overdue data is counted from here at the
         # earliest, so a reconnect (a move, a restart) does not restart the count.
         self.connected_since: datetime | None = None
-        self.orphan_until: datetime | None = None  # restored from a restart: offline unless bound by then
         self.queued = False  # has an entry in the deadline heap
         self.series: dict[str, _Series] = {}
 
@@ -152,6 +148,9 @@ class DeviceStates:
     def __contains__(self, mn: str) -> bool:
         return mn in self._devices
 
+    def mns(self) -> list[str]:
+        return list(self._devices)
+
     def __len__(self) -> int:
         return len(self._devices)
 
@@ -168,11 +167,11 @@ class DeviceStates:
         if device is None:
             device = self._devices[mn] = _Device(mn, DeviceState.OFFLINE, now, CONNECTED)
             self.counts[DeviceState.OFFLINE] += 1
-        device.bound, device.connection_id, device.bound_at, device.orphan_until = True, connection_id, now, None
+        device.bound, device.connection_id, device.bound_at = True, connection_id, now
         self.changed.add(mn)
         self._queue(device, now)
         if device.state is not DeviceState.OFFLINE:
-            return None  # a restart's orphan or a move: it never stopped being connected
+            return None  # a move (or a restart) restored it: it never stopped being connected
         device.connected_since = now
         return self._change(device, DeviceState.ONLINE, now, CONNECTED, known=known)
 
@@ -220,8 +219,7 @@ class DeviceStates:
     # -- time ----------------------------------------------------------------------------------
 
     def scan(self, now: datetime) -> list[DeviceStateChanged]:
-        """Devices whose deadline passed: overdue data makes them silent, a restart's orphans
-        that were not bound again go offline."""
+        """Devices whose deadline passed: overdue data makes them silent."""
         events: list[DeviceStateChanged] = []
         due = self._due
         while due and due[0][0] <= now:
@@ -231,23 +229,13 @@ class DeviceStates:
                 continue
             device.queued = False
             if not device.bound:
-                self._scan_orphan(device, now, events)
-                continue
+                continue  # offline, or between two connections of a move
             deadline, late = self._deadline(device, now)
             if late and device.state is DeviceState.ONLINE:
                 events.append(self._change(device, DeviceState.SILENT, now, DATA_OVERDUE, overdue=late))
             elif device.state is DeviceState.ONLINE:
                 self._push(device, deadline if deadline is not None else now + self.policy.floor)
         return events
-
-    def _scan_orphan(self, device: _Device, now: datetime, events: list[DeviceStateChanged]) -> None:
-        until = device.orphan_until
-        if until is None or device.state is DeviceState.OFFLINE:
-            return
-        if now >= until:
-            events.append(self._change(device, DeviceState.OFFLINE, now, GATEWAY_RESTARTED))
-        else:
-            self._push(device, until)
 
     def _recheck(self, device: _Device, now: datetime) -> DeviceStateChanged | None:
         deadline, late = self._deadline(device, now)
@@ -319,12 +307,9 @@ class DeviceStates:
         mns, self.changed = self.changed, set()
         return [s for mn in mns if (s := self.snapshot(mn)) is not None]
 
-    def restore(self, snapshot: DeviceSnapshot, now: datetime, *, held_here: bool = False) -> None:
-        """Follow a device as persisted, making no event (before its signals are replayed).
-
-        `held_here`: this gateway held it before a restart: unless it is bound again within
-        `restart_grace`, it goes offline (`gateway_restarted`). Otherwise it is held elsewhere
-        or nowhere, and only a signal of this replica changes it."""
+    def restore(self, snapshot: DeviceSnapshot) -> None:
+        """Follow a device as persisted (held elsewhere, before a restart, or nowhere), making no
+        event: its signals of this replica are replayed next."""
         self.forget(snapshot.mn)
         device = self._devices[snapshot.mn] = _Device(snapshot.mn, snapshot.state, snapshot.since, snapshot.cause)
         self.counts[snapshot.state] += 1
@@ -332,9 +317,6 @@ class DeviceStates:
         for cn, kept in snapshot.series.items():
             series = device.series[cn] = _Series(cn, kept.data_time, kept.received_at)
             series.restored_period = kept.period
-        if held_here and snapshot.state is not DeviceState.OFFLINE:
-            device.orphan_until = now + self.policy.restart_grace
-            self._push(device, device.orphan_until)
 
     def forget(self, mn: str) -> None:
         """Stop following `mn` (offline and persisted, or held by another replica now)."""

@@ -5,7 +5,9 @@ The replica that follows a device writes its row and events in batches, about on
 (`DeviceStateStore.save`). A row is written only by the replica holding the device's newest
 binding (`bound_at`): a replica that still believed it held a device another one took over
 cannot overwrite the newer holder's row. A replica whose heartbeat is older than the lease is
-lost: the first live replica to notice takes its held devices offline (`take_over_lost`), once.
+lost: the first live replica to notice takes its held devices offline (`gateway_lost`), once; a
+restarted replica takes offline those it held before that did not come back to it within the lease
+(`gateway_restarted`).
 Knows no HJ 212 parsing and no monitoring types: rows in, rows out.
 """
 
@@ -49,7 +51,23 @@ WHERE s.gateway_id IS NOT DISTINCT FROM excluded.gateway_id OR s.bound_at IS NUL
 
 HEARTBEAT_SQL = """
 INSERT INTO gateway_leases (gateway_id, heartbeat_at) VALUES ($1, now())
-ON CONFLICT (gateway_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"""
+ON CONFLICT (gateway_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+RETURNING heartbeat_at"""
+
+# After a restart (started at $2): the devices this replica held before, whose rows no replica
+# has written since and that it does not follow now ($3), go offline at their last write.
+RESTART_SQL = """
+WITH held AS (
+    SELECT mn, state, gateway_id, connection_id, updated_at FROM device_state
+    WHERE gateway_id = $1 AND state <> 'offline' AND updated_at < $2 AND mn <> ALL($3::text[]) FOR UPDATE
+), changed AS (
+    UPDATE device_state s SET state = 'offline', since = h.updated_at, cause = 'gateway_restarted',
+                              connection_id = NULL, updated_at = now()
+    FROM held h WHERE s.mn = h.mn
+)
+INSERT INTO device_events (mn, at, state, previous, cause, gateway_id, connection_id, details)
+SELECT mn, updated_at, 'offline', state, 'gateway_restarted', gateway_id, connection_id, '{}'::jsonb FROM held
+RETURNING mn, at, previous, gateway_id, connection_id"""
 
 # Devices held by replicas whose lease expired go offline at their replica's last heartbeat.
 # Deleting the lease first makes a concurrent takeover by another replica find nothing to do.
@@ -127,13 +145,18 @@ class DeviceStateStore:
         async with self.db.pool.acquire() as conn:
             return await fetch_states(conn, mns)
 
-    async def fetch_held(self, gateway_id: str) -> list[dict[str, Any]]:
-        """The rows of devices `gateway_id` held (not offline): what a restarted gateway finds again."""
+    async def start_lease(self, gateway_id: str) -> datetime:
+        """Renew (or take) this replica's lease at start; PostgreSQL's time of it."""
         async with self.db.pool.acquire() as conn:
-            records = await conn.fetch(
-                f"SELECT {STATE_COLUMNS} FROM device_state WHERE gateway_id = $1 AND state <> 'offline'", gateway_id
-            )
-        return [dict(r) for r in records]
+            return await conn.fetchval(HEARTBEAT_SQL, gateway_id)  # type: ignore[no-any-return]
+
+    async def take_over_restart(
+        self, gateway_id: str, started_at: datetime, followed: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Take offline what `gateway_id` held before it started at `started_at` and did not get
+        back (not in `followed`, no row written since); the events made, as `heartbeat_and_take_over`."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            return [dict(r) for r in await conn.fetch(RESTART_SQL, gateway_id, started_at, list(followed))]
 
     async def heartbeat_and_take_over(self, gateway_id: str, lease_s: float) -> list[dict[str, Any]]:
         """Renew this replica's lease; take the devices of lost replicas offline. Returns the events
