@@ -243,6 +243,12 @@ async def test_a_device_moved_to_another_replica_stays_online_and_a_lost_replica
         {"taken_over_by": "replica-b"},
     )
     assert await stored_state(conn) == "online"
+
+    # replica-a was only cut off: its next heartbeat finds its lease gone and reports OTHER again.
+    await a.gateway.device_tracker.heartbeat()
+    await a.gateway.device_tracker.flush()
+    row = await conn.fetchrow("SELECT state, cause, gateway_id FROM device_state WHERE mn = 'OTHER'")
+    assert tuple(row) == ("online", "gateway_resumed", "replica-a")
     for das in (older, other, newer):
         await das.close()
 

@@ -129,6 +129,17 @@ def test_a_restored_device_keeps_its_since_and_last_data_when_it_is_bound_again(
     assert after.done_with(MN) and not after.done_with("OTHER")
 
 
+def test_a_replica_taken_for_lost_reports_the_devices_it_holds_again() -> None:
+    states = DeviceStates("gw-a")
+    states.bound(MN, 1, T0)
+    states.bound("GONE", 2, T0)
+    states.released("GONE", 2, "peer_closed", at(1))
+    states.take_changed()
+    (back,) = states.resume(at(90))
+    assert (back.mn, back.old, back.new, back.since, back.cause) == (MN, OFFLINE, ONLINE, at(90), "gateway_resumed")
+    assert [s.mn for s in states.take_changed()] == [MN]
+
+
 def test_stored_data_of_an_offline_device_updates_its_last_data_but_not_its_state() -> None:
     states = DeviceStates("gw-a")
     states.bound(MN, 1, T0)

@@ -10,7 +10,8 @@ scanned about once a second and persisted in batches (storage.device_state), nev
   transaction a second; offline devices are then no longer followed (their row is their state).
   While PostgreSQL is down both wait (bounded) and go with the next flush.
 - Replicas: a heartbeat in `gateway_leases` every quarter lease; a replica that finds another's
-  lease expired takes that replica's devices offline (`gateway_lost`). A lease after its start, a
+  lease expired takes that replica's devices offline (`gateway_lost`); a replica that was found
+  lost but lives reports its devices again (`gateway_resumed`). A lease after its start, a
   gateway takes offline the devices it held before that did not come back to it
   (`gateway_restarted`); those that did were followed again from their rows, `since` and all.
 - Registry periods (`devices.min_interval_min`, `rtd_interval_s`) are reloaded with the registry.
@@ -167,7 +168,11 @@ class DeviceTracker:
 
     async def heartbeat(self) -> None:
         """Renew this replica's lease; publish the transitions of devices taken over from lost ones."""
-        rows = await self.store.heartbeat_and_take_over(self.gateway_id, self.settings.lease_s)
+        lost, rows = await self.store.heartbeat_and_take_over(self.gateway_id, self.settings.lease_s)
+        if lost:  # cut off from PostgreSQL longer than a lease: another replica took our devices offline
+            _LOG.warning("gateway_lease_lost", gateway_id=self.gateway_id)
+            for event in self.states.resume(self.clock()):
+                self._publish(event)
         self._published_by_sql(rows, "gateway_lost", {"taken_over_by": self.gateway_id})
 
     async def take_over_restart(self, started_at: datetime) -> None:

@@ -48,6 +48,7 @@ SHUTDOWN = "shutdown"  # this gateway is stopping: the device keeps its state un
 CONNECTED = "connected"
 DATA_OVERDUE = "data_overdue"
 DATA_RESUMED = "data_resumed"
+GATEWAY_RESUMED = "gateway_resumed"  # its replica was taken for lost (stored offline) but lives
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,18 @@ class DeviceStates:
         device.state, device.since, device.cause = new, now, cause
         self.changed.add(device.mn)
         return DeviceStateChanged(device.mn, previous, new, now, cause, self.replica, device.connection_id, details)
+
+    def resume(self, now: datetime) -> list[DeviceStateChanged]:
+        """Another replica took this one for lost and stored its devices offline (`gateway_lost`):
+        each device held here is online (or silent) again as of `now`."""
+        events = []
+        for device in self._devices.values():
+            if device.bound and device.state is not DeviceState.OFFLINE:
+                device.since, device.cause = now, GATEWAY_RESUMED
+                self.changed.add(device.mn)
+                old, cid = DeviceState.OFFLINE, device.connection_id
+                events.append(DeviceStateChanged(device.mn, old, device.state, now, GATEWAY_RESUMED, self.replica, cid))
+        return events
 
     # -- persistence ---------------------------------------------------------------------------
 

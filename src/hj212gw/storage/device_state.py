@@ -52,7 +52,7 @@ WHERE s.gateway_id IS NOT DISTINCT FROM excluded.gateway_id OR s.bound_at IS NUL
 HEARTBEAT_SQL = """
 INSERT INTO gateway_leases (gateway_id, heartbeat_at) VALUES ($1, now())
 ON CONFLICT (gateway_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
-RETURNING heartbeat_at"""
+RETURNING heartbeat_at, xmax = 0 AS new_lease"""
 
 # After a restart (started at $2): the devices this replica held before, whose rows no replica
 # has written since and that it does not follow now ($3), go offline at their last write.
@@ -148,7 +148,7 @@ class DeviceStateStore:
     async def start_lease(self, gateway_id: str) -> datetime:
         """Renew (or take) this replica's lease at start; PostgreSQL's time of it."""
         async with self.db.pool.acquire() as conn:
-            return await conn.fetchval(HEARTBEAT_SQL, gateway_id)  # type: ignore[no-any-return]
+            return await conn.fetchval(HEARTBEAT_SQL, gateway_id)  # type: ignore[no-any-return]  # heartbeat_at
 
     async def take_over_restart(
         self, gateway_id: str, started_at: datetime, followed: Sequence[str]
@@ -158,13 +158,14 @@ class DeviceStateStore:
         async with self.db.pool.acquire() as conn, conn.transaction():
             return [dict(r) for r in await conn.fetch(RESTART_SQL, gateway_id, started_at, list(followed))]
 
-    async def heartbeat_and_take_over(self, gateway_id: str, lease_s: float) -> list[dict[str, Any]]:
-        """Renew this replica's lease; take the devices of lost replicas offline. Returns the events
-        made (mn, at, previous, gateway_id, connection_id)."""
+    async def heartbeat_and_take_over(self, gateway_id: str, lease_s: float) -> tuple[bool, list[dict[str, Any]]]:
+        """Renew this replica's lease; take the devices of lost replicas offline. Returns whether
+        the lease had to be taken anew (another replica found this one lost meanwhile) and the
+        events made (mn, at, previous, gateway_id, connection_id)."""
         async with self.db.pool.acquire() as conn:
-            await conn.execute(HEARTBEAT_SQL, gateway_id)
+            lease = await conn.fetchrow(HEARTBEAT_SQL, gateway_id)
             async with conn.transaction():
-                return [dict(r) for r in await conn.fetch(TAKE_OVER_SQL, gateway_id, lease_s)]
+                return bool(lease["new_lease"]), [dict(r) for r in await conn.fetch(TAKE_OVER_SQL, gateway_id, lease_s)]
 
     async def fetch_fixed_periods(self) -> list[FixedPeriods]:
         async with self.db.pool.acquire() as conn:
