@@ -25,8 +25,8 @@ from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
 
-# Real-time data every second (fixed in the registry): silent after 2 s without one.
-FAST = {"tolerance": 2.0, "floor_s": 0.5, "scan_interval_s": 0.1}
+# Real-time data every second (fixed in the registry): silent after 3 s without one.
+FAST = {"tolerance": 3.0, "floor_s": 0.5, "scan_interval_s": 0.1}
 
 
 def rtd(n: int, mn: str = MN) -> bytes:
@@ -73,7 +73,7 @@ async def test_a_device_goes_online_silent_online_offline_and_online_again(
         await asyncio.sleep(0.3)
     await state_becomes(conn, "online")
 
-    await state_becomes(conn, "silent", timeout_s=5)  # nothing for 2 s
+    await state_becomes(conn, "silent", timeout_s=8)  # nothing for 3 s
     row = await conn.fetchrow("SELECT cause, last_data, periods, gateway_id FROM device_state WHERE mn = $1", MN)
     assert (row["cause"], row["gateway_id"], json.loads(row["periods"])) == ("data_overdue", "test", {"2011": 1.0})
     assert json.loads(row["last_data"])["2011"]["data_time"] == "2024-03-15T02:00:02+00:00"  # 10:00:02 in Asia/Shanghai
@@ -145,7 +145,7 @@ async def _count(conn: asyncpg.Connection, query: str, expected: int) -> bool:
 async def test_idle_timeout_closes_offline_with_its_reason_and_a_replaced_connection_stays_online(
     start_gateway: StartGateway, dial: Dial, conn: asyncpg.Connection
 ) -> None:
-    running = await start_gateway(connections={"idle_timeout_s": 1.0}, devices={"move_interval_s": 0})
+    running = await start_gateway(connections={"idle_timeout_s": 3.0}, devices={"move_interval_s": 0})
     events = transitions(running)
     older = await dial(running)
     await older.send(rtd(0))
@@ -157,7 +157,7 @@ async def test_idle_timeout_closes_offline_with_its_reason_and_a_replaced_connec
     await state_becomes(conn, "online")
     assert [e.new for e in events] == [DeviceState.ONLINE]  # the replacement is no transition
 
-    assert await newer.closed_by_gateway(timeout_s=5)  # idle for 1 s
+    assert await newer.closed_by_gateway(timeout_s=8)  # idle for 3 s
     await state_becomes(conn, "offline")
     assert await conn.fetchval("SELECT cause FROM device_state WHERE mn = $1", MN) == "idle_timeout"
 
