@@ -163,6 +163,8 @@ class DeviceTracker:
                 if not down:
                     _LOG.warning("device_state_not_stored", reason="database unavailable")
                 down = True
+            except asyncpg.PostgresError as err:  # a refused statement must not end the flushes
+                _LOG.warning("device_state_not_stored", reason=type(err).__name__, detail=str(err)[:200])
             else:
                 down = False
 
