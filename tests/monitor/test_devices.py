@@ -1,5 +1,6 @@
 """monitor/devices.py with a real gateway, PostgreSQL and sockets: a device's state follows its
-connection and its data, is stored in `device_state` and `device_events`, and shows in the API."""
+connection and its data, is stored in `device_state` and `device_events`, and shows in the API;
+and the tracker on its own behind a proxy (an outage, a device followed from another's row)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import json
 import socket
 import struct
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -16,10 +18,16 @@ import pytest
 
 from hj212gw.api import bound_port
 from hj212gw.cli.serve import Running
+from hj212gw.metrics import Metrics
+from hj212gw.monitor.devices import DeviceTracker
+from hj212gw.monitor.hub import StoredData
 from hj212gw.monitor.state import DeviceState, DeviceStateChanged
-from hj212gw.storage.db import Database
+from hj212gw.settings import DeviceStateSettings
+from hj212gw.storage.db import OUTAGE_ERRORS, Database
+from hj212gw.storage.device_state import DeviceStateStore
 from tests.conftest import Dial, StartGateway
 from tests.integration.das import MN, data_packet
+from tests.integration.proxy import TcpProxy
 from tests.integration.serving import connect, start
 from tests.integration.waiting import eventually, until
 
@@ -255,3 +263,75 @@ async def test_a_device_moved_to_another_replica_stays_online_and_a_lost_replica
 
 async def _is(conn: asyncpg.Connection, query: str, expected: object) -> bool:
     return await conn.fetchval(query, MN) == expected
+
+
+# -- the tracker on its own -------------------------------------------------------------------------
+
+T1 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def proxied(proxy: TcpProxy, pg_dsn: str, schema: str) -> AsyncIterator[Database]:
+    database = Database(proxy.dsn_via(pg_dsn), schema=schema, min_size=1, max_size=2, command_timeout_s=2)
+    await database.connect()
+    yield database
+    proxy.restore()
+    await database.close()
+
+
+def tracker_on(db: Database, gateway_id: str = "gw-a") -> DeviceTracker:
+    return DeviceTracker(DeviceStateStore(db), DeviceStateSettings(), gateway_id, Metrics())
+
+
+async def test_transitions_wait_through_an_outage_and_are_stored_in_order_after_it(
+    proxied: Database, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    tracker = tracker_on(proxied)
+    tracker.bound(MN, 1, "10.0.0.1:5000", T1)
+    await tracker.flush()  # its (missing) row is read, then the device is followed
+    proxy.cut()
+    tracker.stored(StoredData(MN, "2051", T1, T1 + timedelta(seconds=2), False, False))
+    tracker.released(MN, 1, "peer_error", T1 + timedelta(seconds=5))
+    with pytest.raises(OUTAGE_ERRORS):
+        await tracker.flush()
+    proxy.restore()
+    await tracker.flush()
+    events = await conn.fetch("SELECT state, previous, cause, at FROM device_events ORDER BY id")
+    assert [tuple(e) for e in events] == [
+        ("online", None, "connected", T1),
+        ("offline", "online", "peer_error", T1 + timedelta(seconds=5)),
+    ]
+    row = await conn.fetchrow("SELECT state, cause, gateway_id, connection_id, last_data FROM device_state")
+    assert (row["state"], row["cause"], row["gateway_id"], row["connection_id"]) == (
+        "offline",
+        "peer_error",
+        "gw-a",
+        None,
+    )
+    assert MN not in tracker.states  # offline and stored: no longer followed
+
+
+async def test_a_device_bound_here_is_followed_from_the_row_another_replica_wrote(
+    proxied: Database, conn: asyncpg.Connection
+) -> None:
+    other = tracker_on(proxied, "gw-b")
+    other.bound(MN, 7, "10.0.0.1:5000", T1)
+    other.stored(StoredData(MN, "2061", T1, T1 + timedelta(seconds=1), False, False))
+    await other.flush()
+    await other.flush()
+
+    here = tracker_on(proxied, "gw-a")
+    later = T1 + timedelta(minutes=5)
+    here.bound(MN, 9, "10.0.0.2:5000", later)
+    here.stored(StoredData(MN, "2051", later, later, False, False))
+    assert MN not in here.states  # its signals wait for its row
+    await here.flush()
+    row = await conn.fetchrow("SELECT state, since, gateway_id, connection_id, bound_at FROM device_state")
+    assert tuple(row) == ("online", T1, "gw-a", 9, later)  # moved: since kept, no new event
+    assert await conn.fetchval("SELECT count(*) FROM device_events") == 1
+    snapshot = here.states.snapshot(MN)
+    assert snapshot is not None and set(snapshot.series) == {"2051", "2061"}  # last data carried over
+
+    other.stored(StoredData(MN, "2061", T1 + timedelta(hours=1), later, False, False))  # a late packet
+    await other.flush()  # gw-b's older binding cannot write the row back
+    assert await conn.fetchval("SELECT gateway_id FROM device_state") == "gw-a"
