@@ -135,6 +135,12 @@ class DeviceStateSettings(BaseModel):
         "a restarted gateway waits this long for the devices it held.",
     )
     scan_interval_s: float = Field(default=1.0, gt=0, description="How often overdue devices are looked for.")
+    last_data_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A device whose only change is new data has its stored last_data rewritten at most this "
+        "often (its state changes are stored within a second).",
+    )
 
 
 class WriterSettings(BaseModel):

@@ -34,7 +34,7 @@ from tests.integration.waiting import eventually, until
 pytestmark = pytest.mark.integration
 
 # Real-time data every second (fixed in the registry): silent after 3 s without one.
-FAST = {"tolerance": 3.0, "floor_s": 0.5, "scan_interval_s": 0.1}
+FAST = {"tolerance": 3.0, "floor_s": 0.5, "scan_interval_s": 0.1, "last_data_interval_s": 0}
 
 
 def rtd(n: int, mn: str = MN) -> bytes:
@@ -184,7 +184,7 @@ async def test_a_restart_keeps_since_and_last_data_of_a_device_that_comes_back(
     await das.close()
     assert await stored_state(conn) == "online"
 
-    second = await start(gateways, pg_dsn, schema, device_state={"lease_s": 30})
+    second = await start(gateways, pg_dsn, schema, device_state={"lease_s": 30, "last_data_interval_s": 0})
     back = await connect(second)
     await back.send(rtd(1))
     assert (await back.reply()).packet.cn == "9014"
@@ -333,5 +333,15 @@ async def test_a_device_bound_here_is_followed_from_the_row_another_replica_wrot
     assert snapshot is not None and set(snapshot.series) == {"2051", "2061"}  # last data carried over
 
     other.stored(StoredData(MN, "2061", T1 + timedelta(hours=1), later, False, False))  # a late packet
-    await other.flush()  # gw-b's older binding cannot write the row back
+    await other.flush(with_data=True)  # gw-b's older binding cannot write the row back
     assert await conn.fetchval("SELECT gateway_id FROM device_state") == "gw-a"
+
+    # New data alone is stored every last_data_interval_s (10 s by default), not every flush.
+    here.stored(StoredData(MN, "2051", later + timedelta(minutes=1), later, False, False))
+    await here.flush()
+    assert (
+        json.loads(await conn.fetchval("SELECT last_data FROM device_state"))["2051"]["data_time"] == later.isoformat()
+    )
+    await here.flush(with_data=True)
+    stored = json.loads(await conn.fetchval("SELECT last_data FROM device_state"))
+    assert stored["2051"]["data_time"] == (later + timedelta(minutes=1)).isoformat()

@@ -5,9 +5,10 @@ scanned about once a second and persisted in batches (storage.device_state), nev
   follow yet (new here: first seen, back from offline, moved from another replica) is followed
   only once its persisted row is read, so a move or a restart keeps its `since` and last data: its
   signals wait for the next flush (about a second), in order.
-- Scan (`run_scan`): overdue devices turn silent, a restart's devices not back in time offline.
+- Scan (`run_scan`): overdue devices turn silent.
 - Flush (`run_flush`): transitions to `device_events`, changed devices to `device_state`, in one
-  transaction a second; offline devices are then no longer followed (their row is their state).
+  transaction a second (a device whose only change is new data: every `last_data_interval_s`);
+  offline devices are then no longer followed (their row is their state).
   While PostgreSQL is down both wait (bounded) and go with the next flush.
 - Replicas: a heartbeat in `gateway_leases` every quarter lease; a replica that finds another's
   lease expired takes that replica's devices offline (`gateway_lost`); a replica that was found
@@ -76,6 +77,7 @@ class DeviceTracker:
         self._waiting: dict[str, list[Signal]] = {}  # MN -> its signals until its row is read
         self._offline_here = 0  # devices last held here that are offline (from the table)
         self._started_at: datetime | None = None  # PostgreSQL's time of this run's first lease
+        self._data_stored_at = time.monotonic()  # when last data alone was last written
 
     # -- hub.DeviceListener (on the event loop, for every connection and packet) ---------------
 
@@ -179,7 +181,7 @@ class DeviceTracker:
 
     async def take_over_restart(self, started_at: datetime) -> None:
         """Take offline the devices the previous run held that did not come back to this one."""
-        await self.flush()  # what this run follows is written first
+        await self.flush(with_data=True)  # what this run follows is written first
         followed = [*self.states.mns(), *self._waiting]
         rows = await self.store.take_over_restart(self.gateway_id, started_at, followed)
         self._published_by_sql(rows, "gateway_restarted", {})
@@ -200,12 +202,17 @@ class DeviceTracker:
                 except Exception:
                     _LOG.exception("device_subscriber_bug", mn=event.mn)
 
-    async def flush(self) -> None:
-        """Read the rows of newly seen devices and replay their signals; store what changed."""
+    async def flush(self, *, with_data: bool | None = None) -> None:
+        """Read the rows of newly seen devices and replay their signals; store what changed (devices
+        whose only change is new data: every `last_data_interval_s`, or if `with_data`)."""
         if self._waiting:
             await self._follow_waiting()
+        if with_data is None:
+            with_data = time.monotonic() - self._data_stored_at >= self.settings.last_data_interval_s
+        if with_data:
+            self._data_stored_at = time.monotonic()
         events, self._events = self._events, []
-        snapshots = self.states.take_changed()
+        snapshots = self.states.take_changed(with_data=with_data)
         if not events and not snapshots:
             return
         event_rows = [event_row(e) for e in events]

@@ -141,7 +141,10 @@ class DeviceStates:
         self.policy = policy or StatePolicy()
         self.fixed: Mapping[str, Mapping[str, timedelta]] = {}  # MN -> CN -> period (the registry's)
         self.counts = dict.fromkeys(DeviceState, 0)  # devices followed here, by state
-        self.changed: set[str] = set()  # MNs whose snapshot changed since the caller last took them
+        # MNs whose snapshot changed since the caller last took them: in their state or connection
+        # (`changed`), or only in their last data (`data_changed`, which may be stored less often).
+        self.changed: set[str] = set()
+        self.data_changed: set[str] = set()
         self._devices: dict[str, _Device] = {}
         self._due: list[tuple[datetime, int, str]] = []  # (deadline, tiebreak, MN), lazily updated
         self._seq = itertools.count()
@@ -206,7 +209,7 @@ class DeviceStates:
             if data_time > series.data_time:
                 series.data_time = data_time
             series.received_at = received_at
-        self.changed.add(mn)
+        self.data_changed.add(mn)
         if series.cadence is None:
             return None
         series.cadence.observe(data_time)
@@ -315,9 +318,15 @@ class DeviceStates:
             mn, device.state, device.since, device.cause, device.connection_id, device.bound_at, series
         )
 
-    def take_changed(self) -> list[DeviceSnapshot]:
-        """Snapshots of the devices changed since the last call (those still followed)."""
+    def take_changed(self, *, with_data: bool = True) -> list[DeviceSnapshot]:
+        """Snapshots of the devices changed since the last call (those still followed); without
+        `with_data`, only those whose state or connection changed (their data goes with them)."""
         mns, self.changed = self.changed, set()
+        if with_data:
+            mns |= self.data_changed
+            self.data_changed = set()
+        else:
+            self.data_changed -= mns
         return [s for mn in mns if (s := self.snapshot(mn)) is not None]
 
     def restore(self, snapshot: DeviceSnapshot) -> None:
@@ -338,11 +347,12 @@ class DeviceStates:
             self.counts[device.state] -= 1
             device.queued = False  # its heap entry is skipped when it comes up
         self.changed.discard(mn)
+        self.data_changed.discard(mn)
 
     def done_with(self, mn: str) -> bool:
         """`mn` is offline, held by no connection here and unchanged since its last snapshot: it
         need not be followed any more (the persisted row is its state)."""
         device = self._devices.get(mn)
-        return (
-            device is not None and device.state is DeviceState.OFFLINE and not device.bound and mn not in self.changed
-        )
+        if device is None or device.bound or mn in self.changed or mn in self.data_changed:
+            return False
+        return device.state is DeviceState.OFFLINE

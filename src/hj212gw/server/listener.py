@@ -145,7 +145,7 @@ class Gateway:
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):
             await self.side_writes.flush_sightings()
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # what the closes changed
-            await self.device_tracker.flush()
+            await self.device_tracker.flush(with_data=True)
         await self.bindings.close()
         await self.commands.close()
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)
