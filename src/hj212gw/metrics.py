@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from hj212gw.protocol.constants import Cn
@@ -96,6 +96,37 @@ _DATA_BATCHES_HELP = (
     "Batches written to data: copy (straight in), copy_conflict (a key existed: rolled back, then "
     "merged), upsert (merged at once: resends, or after a conflict)."
 )
+
+
+class GapTotals(Protocol):
+    """What monitor.gaps.GapTracker counts: (cn, status) -> (gaps, missing periods)."""
+
+    def totals(self) -> dict[tuple[str, str], tuple[int, int]]: ...
+
+
+class _Gaps:
+    """hj212gw_gaps{cn,status} and hj212gw_gap_missing_periods{cn,status}, counted at collection."""
+
+    def __init__(self, source: GapTotals) -> None:
+        self._source = source
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("hj212gw_gaps", "Unfilled gaps tracked by this process, by CN and status.",
+                              labels=["cn", "status"]),
+            GaugeMetricFamily("hj212gw_gap_missing_periods", "Periods missing in those gaps, by CN and status.",
+                              labels=["cn", "status"]),
+        )  # fmt: skip
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        gaps, periods = self._families()
+        for (cn, status), (count, missing) in sorted(self._source.totals().items()):
+            gaps.add_metric([cn_label(cn), status], count)
+            periods.add_metric([cn_label(cn), status], missing)
+        return [gaps, periods]
 
 
 class Metrics:
@@ -244,6 +275,10 @@ class Metrics:
     def watch_data_batches(self, counts: DataBatchCounts) -> None:
         """Expose the storage layer's counts of how batches reached `data`."""
         self.registry.register(_DataBatches(counts))
+
+    def watch_gaps(self, source: GapTotals) -> None:
+        """Expose the gap tracker's unfilled gaps and missing periods, counted at each scrape."""
+        self.registry.register(_Gaps(source))
 
     # Hot path: plain counts, moved into the counters by flush() -----------------------------
 

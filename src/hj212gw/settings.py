@@ -180,6 +180,21 @@ class CommandSettings(BaseModel):
     )
 
 
+class GapSettings(BaseModel):
+    """Gaps on the DataTime grid (monitor.gaps; docs/monitoring.md, transmission-rate.md §5)."""
+
+    model_config = ConfigDict(extra="forbid")
+    horizon_days: float = Field(
+        default=7.0, gt=0, description="Gaps wholly older than this are dormant: reported, never requested."
+    )
+    grace_minute_s: float = Field(
+        default=300.0, ge=0, description="Minute data is missing once its period ended this long ago."
+    )
+    grace_hour_s: float = Field(default=600.0, ge=0, description="Hour data is missing once its hour ended this long.")
+    grace_day_s: float = Field(default=3600.0, ge=0, description="Day data is missing once its day ended this long.")
+    flush_s: float = Field(default=1.0, gt=0, description="Write changed series and gaps this often.")
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway; env HJ212GW_<NAME>, nested fields joined by __."""
 
@@ -214,6 +229,7 @@ class Settings(BaseSettings):
     writer: WriterSettings = Field(default_factory=WriterSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     device_state: DeviceStateSettings = Field(default_factory=DeviceStateSettings)
+    gaps: GapSettings = Field(default_factory=GapSettings)
 
     @field_validator("listen", "http")
     @classmethod

@@ -8,11 +8,15 @@ change. `SplitSweeper.sweep` runs in the gateway's housekeeping: first the trans
 this process committed since the last sweep, then, every `recheck_s`, any complete transfer
 (one left by a process that died between a commit and the assembly) and the expiry of
 transfers older than `split_timeout_s` (one WARNING each, reported by one replica only).
+An assembled transfer whose data rows committed is passed to `on_committed`, as the batch writer
+passes its batches' data blocks (monitoring follows it like any other data; ingest never imports
+monitoring).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -24,6 +28,7 @@ from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import encode_segment, parse_segment
 from hj212gw.protocol.split import MAX_KEY_CHARS, assemble_parts
 from hj212gw.storage.db import ROW_ERRORS, Database, is_retryable
+from hj212gw.storage.rows import DataBlock
 from hj212gw.storage.split_parts import ExpiredTransfer, SplitKey, SplitPartRow
 
 _LOG = structlog.get_logger("hj212gw.splits")
@@ -58,9 +63,17 @@ class SplitSweeper:
     """Assembles complete transfers from `split_parts` and expires the rest; one per gateway."""
 
     def __init__(
-        self, db: Database, policy: TimePolicy, metrics: Metrics, *, timeout_s: float, recheck_s: float = 10.0
+        self,
+        db: Database,
+        policy: TimePolicy,
+        metrics: Metrics,
+        *,
+        timeout_s: float,
+        recheck_s: float = 10.0,
+        on_committed: Callable[[Sequence[DataBlock]], object] | None = None,
     ) -> None:
         self.db = db
+        self.on_committed = on_committed  # an assembled transfer's data rows committed (monitoring)
         self.policy = policy
         self.metrics = metrics
         self.timeout = timedelta(seconds=timeout_s)
@@ -112,6 +125,8 @@ class SplitSweeper:
             done = await self.db.finish_split(key, pnos, None)
         if not done:
             return False
+        if outcome == "assembled" and block is not None and self.on_committed is not None:
+            self.on_committed((block,))
         self.metrics.split_transfers.labels(outcome=outcome).inc()
         if error:
             _LOG.warning(f"split_{outcome}", mn=key[0], cn=key[1], qn=key[2], pnum=key[3], detail=error[:200])

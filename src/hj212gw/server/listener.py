@@ -24,6 +24,7 @@ from hj212gw.ingest.splits import SplitSweeper
 from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
 from hj212gw.monitor.devices import DeviceTracker
+from hj212gw.monitor.gaps import GapTracker
 from hj212gw.monitor.hub import Monitor
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.server.bindings import Bindings
@@ -36,8 +37,9 @@ from hj212gw.server.pinning import Pinner
 from hj212gw.server.registry import DeviceRegistry
 from hj212gw.settings import Settings, split_host_port
 from hj212gw.storage.connections import ConnectionClosed, ConnectionOpened
-from hj212gw.storage.db import OUTAGE_ERRORS, Database
+from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database
 from hj212gw.storage.device_state import DeviceStateStore
+from hj212gw.storage.gaps import GapStore
 from hj212gw.supervisor import Supervisor
 
 
@@ -57,13 +59,21 @@ class Gateway:
         self.monitor = Monitor()  # the trackers of issue #12 subscribe here
         self.writer = self._writer()
         time_policy = time_policy_from(settings)
-        self.splits = SplitSweeper(db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s)
+        self.splits = SplitSweeper(
+            db, time_policy, self.metrics, timeout_s=settings.protocol.split_timeout_s,
+            on_committed=self.monitor.committed,
+        )  # fmt: skip
         self.side_writes = SideWrites(db)
         self.device_tracker = DeviceTracker(
             DeviceStateStore(db), settings.device_state, settings.gateway_id, self.metrics,
             registry_refresh_s=devices.refresh_s,
         )  # fmt: skip
         self.monitor.listeners.append(self.device_tracker)
+        self.gaps = GapTracker(
+            GapStore(db), settings.gaps, owner=settings.gateway_id, device_timezone=settings.device_timezone
+        )
+        self.monitor.listeners.append(self.gaps)
+        self.metrics.watch_gaps(self.gaps)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
         self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
         self.monitor.listeners.append(self.commands.tracker)
@@ -126,6 +136,7 @@ class Gateway:
         self.supervisor.start("gateway-commands", self.commands.run)
         self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
         self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
+        self.supervisor.start("gaps", self.gaps.run)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
@@ -146,6 +157,8 @@ class Gateway:
             await self.side_writes.flush_sightings()
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # what the closes changed
             await self.device_tracker.flush(with_data=True)
+        with contextlib.suppress(*DATABASE_ERRORS):  # what changed in the last second survives a restart
+            await self.gaps.flush(loading=False)
         await self.bindings.close()
         await self.commands.close()
         self.log.info("gateway_stopped", flushed_items=pending, unflushed_items=self.writer.pending)

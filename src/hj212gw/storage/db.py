@@ -202,6 +202,10 @@ class Database:
         finally:
             await self.pool.release(conn)
 
+    def reading(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """A pooled connection for a storage module's read (PoolBusy past `acquire_timeout_s`)."""
+        return self._acquire()
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:

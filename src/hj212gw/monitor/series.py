@@ -1,0 +1,144 @@
+"""One (MN, CN) series in the gap tracker: its cadence, its grid and the state of each gap (pure).
+
+Hour and day data have the standard's periods from their first packet. Minute data's period is
+learned (`Cadence`): until it is known the series has no grid and reports no gap; its first
+DataTimes are kept (up to `EARLY_KEPT`) and go onto the grid the moment the period is known, so
+gaps are measured from the first packet seen. If the learned period changes later (a device set
+to another MinInterval), the series starts a new grid from that packet and its old gaps end as
+`given_up` with reason `period_changed` (their periods no longer exist on the new grid).
+
+`GapState` is what a run of missing periods carries besides its range (`Run.tag`): its row id,
+status, requests, reason and times. No clock, no I/O: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from hj212gw.monitor.cadence import Cadence
+from hj212gw.monitor.grid import Grid, Run
+
+EARLY_KEPT = 16
+PERIOD_CHANGED = "period_changed"
+REQUESTABLE = ("open", "requested")  # the statuses that turn dormant past the horizon
+
+
+class GapState:
+    """The owner's side of a run: row id (None until allocated), status and request history."""
+
+    __slots__ = ("id", "last_requested_at", "opened_at", "reason", "requests", "status")
+
+    def __init__(
+        self,
+        status: str,
+        opened_at: datetime,
+        *,
+        gap_id: int | None = None,
+        requests: int = 0,
+        reason: str | None = None,
+        last_requested_at: datetime | None = None,
+    ) -> None:
+        self.id = gap_id
+        self.status = status
+        self.opened_at = opened_at
+        self.requests = requests
+        self.reason = reason
+        self.last_requested_at = last_requested_at
+
+    def copy(self) -> GapState:
+        """The state of a run split off this one: the same status and history, no row yet."""
+        return GapState(
+            self.status, self.opened_at, requests=self.requests, reason=self.reason,
+            last_requested_at=self.last_requested_at,
+        )  # fmt: skip
+
+
+class Series:
+    """A series' grid (None until its period is known) and what it needs to grow its tail."""
+
+    __slots__ = ("cadence", "check_at", "cn", "early", "grace_s", "grid", "mn", "origin_s", "period", "retired")
+
+    def __init__(self, mn: str, cn: str, origin_s: int, grace_s: float, period: timedelta | None = None) -> None:
+        self.mn = mn
+        self.cn = cn
+        self.origin_s = origin_s
+        self.grace_s = grace_s
+        self.cadence = Cadence(cn) if cn == "2051" else None
+        self.period = period if period is not None else (Cadence(cn).period if self.cadence is None else None)
+        self.grid = Grid(int(self.period.total_seconds()), origin_s) if self.period is not None else None
+        self.early: list[datetime] = []
+        self.retired: list[tuple[Run, int, str]] = []  # (run, its period_s, why) no longer on the grid
+        self.check_at = 0.0  # Unix time of the next tail or horizon change (the scan's threshold)
+
+    def arrive(self, data_time: datetime) -> None:
+        """One stored DataTime: O(1) after the newest period, O(log gaps) before it."""
+        cadence = self.cadence
+        if cadence is not None:
+            cadence.observe(data_time)
+            period = cadence.period
+            if period is not None and period != self.period:  # learned (a restored grid keeps its own till then)
+                self._regrid(period, data_time)
+                return
+        grid = self.grid
+        if grid is not None:
+            grid.add(grid.index_of(data_time))
+        elif len(self.early) < EARLY_KEPT:
+            self.early.append(data_time)
+
+    def _regrid(self, period: timedelta, data_time: datetime) -> None:
+        """The minute period is known, or changed: a grid from the first DataTimes kept."""
+        if self.grid is not None:
+            self.retired.extend((run, self.grid.period_s, PERIOD_CHANGED) for run in self.grid.runs)
+        self.period = period
+        self.grid = Grid(int(period.total_seconds()), self.origin_s)
+        for early in (*self.early, data_time):
+            self.grid.add(self.grid.index_of(early))
+        self.early = []
+
+    def scan(self, now: datetime, horizon: timedelta) -> bool:
+        """Grow the tail to the newest period overdue at `now` and turn runs wholly older than the
+        horizon dormant; True if anything changed."""
+        grid = self.grid
+        if grid is None:
+            return False
+        changed = grid.extend_to(grid.due_index(now, timedelta(seconds=self.grace_s)))
+        oldest_kept = grid.index_of(now - horizon)
+        for run in grid.runs:
+            if run.end >= oldest_kept:
+                break
+            state = run.tag
+            if isinstance(state, GapState) and state.status in REQUESTABLE:
+                state.status = "dormant"
+                grid.touched.append(run)
+                changed = True
+        self.check_at = self.next_check(horizon)
+        return changed
+
+    def next_check(self, horizon: timedelta) -> float:
+        """When `scan` next has work: the next period falls due, or a run passes the horizon."""
+        grid = self.grid
+        if grid is None or grid.top is None:
+            return float("inf")
+        period = grid.period_s
+        due_at = grid.origin_s + (grid.top + 2) * period + self.grace_s
+        for run in grid.runs:
+            state = run.tag
+            if not isinstance(state, GapState) or state.status in REQUESTABLE:
+                return min(due_at, grid.origin_s + (run.end + 1) * period + horizon.total_seconds())
+        return due_at
+
+    def state_of(self, run: Run, now: datetime, horizon: timedelta) -> GapState:
+        """The run's state, made on first sight: inherited from the run it was split from, else
+        new (`dormant` if wholly older than the horizon, else `open`)."""
+        state = run.tag
+        if isinstance(state, GapState):
+            return state
+        parent = run.split_from.tag if run.split_from is not None else None
+        if isinstance(parent, GapState):
+            state = parent.copy()
+        else:
+            assert self.grid is not None
+            old = run.end < self.grid.index_of(now - horizon)
+            state = GapState("dormant" if old else "open", now)
+        run.tag = state
+        return state

@@ -1,0 +1,194 @@
+"""The gap tracker against a real PostgreSQL: what it writes, loads, claims and scans."""
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from hj212gw.monitor.gaps import GapTracker
+from hj212gw.monitor.hub import StoredData
+from hj212gw.settings import GapSettings
+from hj212gw.storage.db import Database
+from hj212gw.storage.gaps import GapStore
+
+pytestmark = pytest.mark.integration
+
+MN = "GAPS0001"
+LATER = 30 * 86400.0  # a grace that keeps tails out of tests about something else
+H0 = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)  # on the hour grid (and on Shanghai's)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def hour(n: int) -> datetime:
+    return H0 + timedelta(hours=n)
+
+
+def data(t: datetime, cn: str = "2061", mn: str = MN, *, suspect: bool = False) -> StoredData:
+    return StoredData(mn, cn, t, t, False, suspect)
+
+
+def tracker(db: Database, clock: Clock, owner: str = "a", **settings: float) -> GapTracker:
+    return GapTracker(GapStore(db), GapSettings(**settings), owner=owner, device_timezone="Asia/Shanghai", clock=clock)
+
+
+async def gap_rows(conn: asyncpg.Connection) -> list[tuple[object, ...]]:
+    rows = await conn.fetch(
+        "SELECT id, cn, start_time, end_time, periods, status, requests, reason FROM gaps ORDER BY id"
+    )
+    return [tuple(r.values()) for r in rows]
+
+
+async def test_a_jump_opens_a_gap_and_late_data_splits_then_fills_it_keeping_its_row(db, conn):
+    clock = Clock(hour(8) + timedelta(minutes=5))  # hour 7 is not overdue yet
+    gaps = tracker(db, clock)
+    for n in (0, 1, 6, 7):
+        gaps.stored(data(hour(n)))
+    await gaps.flush()
+    [(gap_id, cn, start, end, periods, status, _, _)] = await gap_rows(conn)
+    assert (cn, start, end, periods, status) == ("2061", hour(2), hour(5), 4, "open")
+    gaps.stored(data(hour(3)))  # resent late: splits the gap
+    await gaps.flush()
+    rows = await gap_rows(conn)
+    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [(hour(2), hour(2), 1, "open"), (hour(4), hour(5), 2, "open")]
+    assert rows[0][0] == gap_id  # the older piece keeps the row
+    for n in (2, 4, 5):
+        gaps.stored(data(hour(n)))
+    await gaps.flush()
+    assert [(r[4], r[5]) for r in await gap_rows(conn)] == [(0, "filled"), (0, "filled")]
+    series = await conn.fetchrow("SELECT period_s, first_time, last_time, owner FROM series")
+    assert tuple(series.values()) == (3600, hour(0), hour(7), "a")
+
+
+async def test_time_suspect_data_and_other_cns_are_left_out(db, conn):
+    gaps = tracker(db, Clock(hour(2)))
+    gaps.stored(data(hour(0)))
+    gaps.stored(data(hour(5), suspect=True))
+    gaps.stored(data(hour(9), cn="2011"))
+    await gaps.flush()
+    assert await gap_rows(conn) == []
+    assert await conn.fetchval("SELECT count(*) FROM series") == 1
+
+
+async def test_a_silent_series_tail_grows_after_its_grace_and_old_gaps_turn_dormant(db, conn):
+    clock = Clock(hour(1) + timedelta(minutes=5))
+    gaps = tracker(db, clock, horizon_days=1)
+    gaps.stored(data(hour(-30)))
+    gaps.stored(data(hour(-27)))  # hours -29 and -28 missing: older than the 1-day horizon
+    gaps.stored(data(hour(0)))  # hours -26..-1 missing: newer parts within the horizon
+    await gaps.flush()
+    assert [(r[2], r[5]) for r in await gap_rows(conn)] == [(hour(-29), "dormant"), (hour(-26), "open")]
+    clock.now = hour(2) + timedelta(minutes=10)  # hour 1 ended 10 minutes ago: the grace is over
+    await gaps.flush()
+    assert [(r[2], r[3], r[5]) for r in await gap_rows(conn)][2:] == [(hour(1), hour(1), "open")]
+    clock.now = hour(5) + timedelta(minutes=11)
+    await gaps.flush()
+    assert (await gap_rows(conn))[2][2:6] == (hour(1), hour(4), 4, "open")  # grew in place
+    clock.now = hour(2) + timedelta(days=1, minutes=1)  # hours up to -2 + ... pass the horizon
+    gaps.stored(data(hour(6)))
+    await gaps.flush()
+    statuses = [(r[2], r[5]) for r in await gap_rows(conn)]
+    assert statuses[:2] == [(hour(-29), "dormant"), (hour(-26), "dormant")]
+    assert gaps.totals()[("2061", "dormant")] == (2, 2 + 26)
+
+
+async def test_the_grace_delays_the_tail(db, conn):
+    clock = Clock(hour(2) + timedelta(minutes=9))
+    gaps = tracker(db, clock)
+    gaps.stored(data(hour(0)))
+    await gaps.flush()
+    assert await gap_rows(conn) == []  # hour 1 ended 9 minutes ago: not missing yet
+    clock.now = hour(2) + timedelta(minutes=10)
+    await gaps.flush()
+    assert [(r[2], r[3]) for r in await gap_rows(conn)] == [(hour(1), hour(1))]
+
+
+async def test_minute_data_has_no_gaps_until_its_period_is_known_then_counts_from_the_first_packet(db, conn):
+    clock = Clock(hour(1))
+    gaps = tracker(db, clock)
+    minute = [hour(0) + timedelta(minutes=m) for m in (0, 10, 40)]
+    gaps.stored(data(minute[0], cn="2051"))
+    gaps.stored(data(minute[1], cn="2051"))
+    gaps.stored(data(minute[2], cn="2051"))  # steps 10 and 30: no step seen twice yet
+    await gaps.flush()
+    assert await gap_rows(conn) == [] and await conn.fetchval("SELECT count(*) FROM series") == 0
+    gaps.stored(data(hour(0) + timedelta(minutes=50), cn="2051"))  # 10 again: the period is 10 min
+    await gaps.flush()
+    assert [(r[2], r[3], r[4]) for r in await gap_rows(conn)] == [
+        (hour(0) + timedelta(minutes=20), hour(0) + timedelta(minutes=30), 2)
+    ]
+    assert await conn.fetchval("SELECT period_s FROM series WHERE cn = '2051'") == 600
+
+
+async def test_state_survives_a_restart_and_the_backfill_interface_persists(db, conn):
+    clock = Clock(hour(8))
+    first = tracker(db, clock, grace_hour_s=LATER)
+    for n in (0, 3, 6):
+        first.stored(data(hour(n)))
+    await first.flush()
+    older, newer = first.open_gaps(MN)
+    assert (older.start, older.end, older.periods, newer.start) == (hour(1), hour(2), 2, hour(4))
+    assert first.mark_requested(older.id, clock.now) and first.give_up(newer.id, "exe_rtn_100")
+    await first.flush()
+    again = tracker(db, clock, grace_hour_s=LATER)  # a restart: the same replica loads what it owns
+    await again.flush()
+    assert again.gap(older.id) == older._replace(status="requested", requests=1)
+    assert again.open_gaps(MN) == []
+    again.stored(data(hour(1)))
+    again.stored(data(hour(2)))
+    await again.flush()
+    rows = {r[0]: r for r in await gap_rows(conn)}
+    assert rows[older.id][4:8] == (0, "filled", 1, None)
+    assert rows[newer.id][4:8] == (2, "given_up", 0, "exe_rtn_100")
+
+
+async def test_a_device_claimed_by_another_replica_is_written_no_more_here(db, conn):
+    clock = Clock(hour(8))
+    a, b = tracker(db, clock, owner="a", grace_hour_s=LATER), tracker(db, clock, owner="b", grace_hour_s=LATER)
+    a.stored(data(hour(0)))
+    a.stored(data(hour(2)))
+    await a.flush()
+    b.bound(MN, 1, "peer", clock.now)  # the device reconnected to replica b
+    await b.flush()
+    assert len(b.open_gaps(MN)) == 1
+    b.stored(data(hour(1)))
+    await b.flush()
+    a.stored(data(hour(5)))  # a stale arrival on a: refused by the owner check, and a forgets MN
+    await a.flush()
+    assert await conn.fetchval("SELECT owner FROM series") == "b"
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(2)
+    assert [(r[4], r[5]) for r in await gap_rows(conn)] == [(0, "filled")]
+    assert a.series == {}
+
+
+async def test_arrivals_before_a_device_is_loaded_wait_for_it(db, conn):
+    clock = Clock(hour(8))
+    first = tracker(db, clock, grace_hour_s=LATER)
+    first.stored(data(hour(0)))
+    await first.flush()
+    other = tracker(db, clock, owner="b", grace_hour_s=LATER)
+    other.stored(data(hour(3)))  # MN not loaded on b yet: waits, then goes on the loaded grid
+    await other.flush()
+    assert [(r[2], r[3], r[5]) for r in await gap_rows(conn)] == [(hour(1), hour(2), "open")]
+
+
+async def test_a_recheck_puts_what_data_holds_onto_the_gap(db, conn):
+    clock = Clock(hour(8))
+    gaps = tracker(db, clock, grace_hour_s=LATER)
+    gaps.stored(data(hour(0)))
+    gaps.stored(data(hour(4)))
+    await gaps.flush()
+    [gap] = gaps.open_gaps(MN)
+    await conn.execute(
+        """INSERT INTO data (mn, cn, data_time, factor, received_at, first_received_at)
+           SELECT $1, '2061', t, 'w01018', now(), now() FROM unnest($2::timestamptz[]) t""",
+        MN, [hour(1), hour(2)],
+    )  # fmt: skip
+    after = await gaps.recheck(gap.id)
+    assert after is not None and (after.start, after.end, after.periods) == (hour(3), hour(3), 1)
