@@ -22,6 +22,7 @@ from hj212gw.api.data import DataRoutes
 from hj212gw.api.device_events import DeviceEventRoutes
 from hj212gw.api.devices import DeviceRoutes
 from hj212gw.api.errors import errors_as_json
+from hj212gw.api.gaps import GapRoutes
 from hj212gw.api.index import IndexRoutes
 from hj212gw.api.live import LiveState
 from hj212gw.api.probes import ProbeRoutes
@@ -57,6 +58,7 @@ def build_app(
     DeviceEventRoutes(db).add_to(app.router)
     DataRoutes(db, live, ZoneInfo(device_timezone)).add_to(app.router)
     CommandRoutes(CommandStore(db), commands, token_set=token is not None).add_to(app.router)
+    GapRoutes(db).add_to(app.router)
     IndexRoutes().add_to(app.router)
     return app
 

@@ -250,7 +250,10 @@ class GapTracker:
                           self.owner, now)
             )  # fmt: skip
             oldest_kept = grid.index_of(now - self.horizon)
-            for run in grid.drain():
+            drained = grid.drain()
+            for run in drained:  # every state first: a piece split off copies its run's state as it was
+                series.state_of(run, now, self.horizon)
+            for run in drained:
                 state = series.state_of(run, now, self.horizon)
                 if run.filled:
                     if state.id is None:
