@@ -25,8 +25,9 @@ async def store_gaps(db: Database) -> list[int]:
             (MN, "2061", 7, 9, "filled"), (MN, "2031", 24, 24, "dormant"),
         ]  # fmt: skip
         rows = [
-            GapRow(gap_id, mn, cn, H0 + timedelta(hours=a), H0 + timedelta(hours=b), 0 if status == "filled" else b - a + 1,
-                   status, 1 if status == "requested" else 0, None, H0, H0, None)
+            GapRow(gap_id, mn, cn, H0 + timedelta(hours=a), H0 + timedelta(hours=b),
+                   0 if status == "filled" else b - a + 1, status, 1 if status == "requested" else 0, None, H0, H0,
+                   None)
             for gap_id, (mn, cn, a, b, status) in zip(ids, specs, strict=True)
         ]  # fmt: skip
         series = [SeriesRow(MN, "2061", 3600, H0, H0 + timedelta(hours=10), "a", H0)]

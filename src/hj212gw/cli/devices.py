@@ -340,13 +340,13 @@ def _print_list(rows: list[dict[str, Any]], *, as_json: bool) -> None:
             ",".join(r["tags"]) or "-",
             seen,
         )
-        table.append(tuple(_printable(cell) for cell in cells))
+        table.append(tuple(printable(cell) for cell in cells))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """A cell as it may reach a terminal: an MN comes from a device and may hold escape sequences."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
