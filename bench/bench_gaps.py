@@ -17,8 +17,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from hj212gw.ingest.items import StoredData
 from hj212gw.monitor.gaps import GapTracker
+from hj212gw.monitor.hub import StoredData
 from hj212gw.settings import GapSettings
 from hj212gw.storage.gaps import GapStore
 

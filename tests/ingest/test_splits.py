@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hj212gw.cli.serve import Running
-from hj212gw.ingest.items import StoredData
+from hj212gw.monitor.hub import StoredData
 from tests.hostile.test_split import parts, send_acked
 from tests.integration.das import MN
 from tests.integration.serving import start
