@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from hj212gw.metrics import Metrics
 from hj212gw.monitor.gaps import GapTracker
 from hj212gw.monitor.hub import StoredData
 from hj212gw.settings import GapSettings
@@ -192,3 +193,21 @@ async def test_a_recheck_puts_what_data_holds_onto_the_gap(db, conn):
     )  # fmt: skip
     after = await gaps.recheck(gap.id)
     assert after is not None and (after.start, after.end, after.periods) == (hour(3), hour(3), 1)
+
+
+async def test_metrics_count_unfilled_gaps_and_missing_periods_by_cn_and_status(db):
+    clock = Clock(hour(8))
+    gaps = tracker(db, clock, grace_hour_s=LATER)
+    metrics = Metrics()
+    metrics.watch_gaps(gaps)
+    for n in (0, 2, 6):
+        gaps.stored(data(hour(n)))
+    await gaps.flush()
+    [older, _] = gaps.open_gaps(MN)
+    gaps.mark_requested(older.id, clock.now)
+
+    def sample(name: str, status: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"cn": "2061", "status": status})
+
+    assert (sample("hj212gw_gaps", "open"), sample("hj212gw_gap_missing_periods", "open")) == (1, 3)
+    assert (sample("hj212gw_gaps", "requested"), sample("hj212gw_gap_missing_periods", "requested")) == (1, 1)

@@ -136,7 +136,7 @@ class Gateway:
         self.supervisor.start("gateway-commands", self.commands.run)
         self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
         self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
-        self.supervisor.start("gaps", self.gaps.run)
+        self.supervisor.start("gateway-gaps", self.gaps.run)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
