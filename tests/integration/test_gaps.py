@@ -13,8 +13,9 @@ import pytest
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.packets import encode_packet
 from hj212gw.simulator.testing import SteppedDevice
+from tests.conftest import Dial
 from tests.integration.das import MN, DasClient, data_packet
-from tests.integration.serving import connect, start
+from tests.integration.serving import start
 from tests.integration.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -58,10 +59,10 @@ async def settled(conn: asyncpg.Connection, expected: list[tuple[object, ...]], 
 
 
 async def test_skipped_hours_open_a_gap_that_resent_data_closes_without_duplicate_rows(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema, gaps=NO_TAIL)
-    client = await connect(running)
+    client = await dial(running)
     await send_hours(client, hours(DAY0, 0, 1, 4, 5))
     await settled(conn, [(DAY0 + timedelta(hours=2), DAY0 + timedelta(hours=3), 2, "open")])
     [(gap_id, *_)] = await gaps_of(conn)
@@ -70,14 +71,13 @@ async def test_skipped_hours_open_a_gap_that_resent_data_closes_without_duplicat
     assert (await gaps_of(conn))[0][0] == gap_id
     counts = await conn.fetch("SELECT data_time, count(*) AS n FROM data WHERE mn = $1 GROUP BY data_time", MN)
     assert len(counts) == 6 and {r["n"] for r in counts} == {1}
-    await client.close()
 
 
 async def test_a_replayed_day_of_old_data_yields_that_days_gaps(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema, gaps=NO_TAIL)
-    client = await connect(running)
+    client = await dial(running)
     old_day = DAY0 - timedelta(days=10)  # beyond the 7-day horizon: reported, as dormant
     await send_hours(client, hours(DAY0, 0, 1, 2))  # today's data first, then the capture of an old day
     await send_hours(client, hours(old_day, *(n for n in range(24) if n not in (5, 6, 7, 12))), qn=100)
@@ -89,26 +89,24 @@ async def test_a_replayed_day_of_old_data_yields_that_days_gaps(
             (old_day + timedelta(hours=24), DAY0 - timedelta(hours=1), 9 * 24, "open"),  # straddles the horizon
         ],
     )
-    await client.close()
 
 
 async def test_gaps_survive_a_gateway_restart(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema, gaps=NO_TAIL)
-    client = await connect(running)
+    client = await dial(running)
     await send_hours(client, hours(DAY0, 0, 3))
     await settled(conn, [(DAY0 + timedelta(hours=1), DAY0 + timedelta(hours=2), 2, "open")])
     await client.close()
     await running.stop()
     again = await start(gateways, pg_dsn, schema, gaps=NO_TAIL)
-    client = await connect(again)
+    client = await dial(again)
     await send_hours(client, hours(DAY0, 1), qn=20)  # the gap shrinks in the row it had before the restart
     await settled(conn, [(DAY0 + timedelta(hours=2), DAY0 + timedelta(hours=2), 1, "open")])
     await send_hours(client, hours(DAY0, 2), qn=30)
     await settled(conn, [(DAY0 + timedelta(hours=2), DAY0 + timedelta(hours=2), 0, "filled")])
     assert await conn.fetchval("SELECT count(*) FROM gaps") == 1
-    await client.close()
 
 
 def data_time_of(cp: str) -> datetime:
@@ -128,12 +126,12 @@ async def relay(das: SteppedDevice, client: DasClient, packets: list) -> None:  
 
 
 async def test_a_network_cut_grows_the_tail_until_the_reupload_fills_it(
-    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema, gaps={"flush_s": 0.05})
     das = SteppedDevice(version="2025", start=DAY0, uploads=frozenset({"2061"}), mn=MN)
     running.gateway.gaps.clock = lambda: das.clock.sim_now()  # the tracker's now is the simulation's
-    client = await connect(running)
+    client = await dial(running)
     await relay(das, client, das.connect())
     for _ in range(3):  # hours 0-2 arrive live, each as it ends
         await relay(das, client, das.advance(3600))
@@ -142,9 +140,8 @@ async def test_a_network_cut_grows_the_tail_until_the_reupload_fills_it(
     await client.close()
     das.advance(4 * 3600)  # the link is cut from 03:01 to 07:01; the DAS keeps hours 3-6
     await settled(conn, [(DAY0 + timedelta(hours=3), DAY0 + timedelta(hours=5), 3, "open")])  # hour 6: in its grace
-    client = await connect(running)
+    client = await dial(running)
     sent = das.connect()
     await relay(das, client, sent)
     assert sorted(data_time_of(p.cp).hour for p in sent if p.cn == "2061") == [3, 4, 5, 6]
     await settled(conn, [(DAY0 + timedelta(hours=5), DAY0 + timedelta(hours=5), 0, "filled")])
-    await client.close()

@@ -211,3 +211,19 @@ async def test_metrics_count_unfilled_gaps_and_missing_periods_by_cn_and_status(
 
     assert (sample("hj212gw_gaps", "open"), sample("hj212gw_gap_missing_periods", "open")) == (1, 3)
     assert (sample("hj212gw_gaps", "requested"), sample("hj212gw_gap_missing_periods", "requested")) == (1, 1)
+
+
+async def test_a_piece_split_off_a_gap_that_turns_dormant_is_judged_by_its_own_end(db, conn):
+    clock = Clock(hour(1))
+    gaps = tracker(db, clock, horizon_days=1)
+    gaps.stored(data(hour(0)))
+    gaps.stored(data(hour(-72)))  # a replayed old hour: the gap reaches from 3 days ago to now
+    await gaps.flush()
+    gaps.stored(data(hour(-70)))  # splits it: the older piece is wholly past the horizon, the newer is not
+    clock.now = hour(2) + timedelta(minutes=11)  # hour 1 falls due: this flush's scan visits the series
+    await gaps.flush()
+    assert [(r[2], r[3], r[5]) for r in await gap_rows(conn)] == [
+        (hour(-71), hour(-71), "dormant"),
+        (hour(-69), hour(-1), "open"),
+        (hour(1), hour(1), "open"),
+    ]

@@ -250,10 +250,7 @@ class GapTracker:
                           self.owner, now)
             )  # fmt: skip
             oldest_kept = grid.index_of(now - self.horizon)
-            drained = grid.drain()
-            for run in drained:  # every state first: a piece split off copies its run's state as it was
-                series.state_of(run, now, self.horizon)
-            for run in drained:
+            for run in grid.drain():
                 state = series.state_of(run, now, self.horizon)
                 if run.filled:
                     if state.id is None:

@@ -128,17 +128,20 @@ class Series:
         return due_at
 
     def state_of(self, run: Run, now: datetime, horizon: timedelta) -> GapState:
-        """The run's state, made on first sight: inherited from the run it was split from, else
-        new (`dormant` if wholly older than the horizon, else `open`)."""
+        """The run's state, made on first sight: new (`dormant` if wholly older than the horizon,
+        else `open`), or inherited from the run it was split from (its requests and times; its
+        status if `requested` or `given_up`: a piece of a dormant or filled run is judged anew)."""
         state = run.tag
         if isinstance(state, GapState):
             return state
+        assert self.grid is not None
+        derived = "dormant" if run.end < self.grid.index_of(now - horizon) else "open"
         parent = run.split_from.tag if run.split_from is not None else None
         if isinstance(parent, GapState):
             state = parent.copy()
+            if state.status not in ("requested", "given_up"):  # dormant or filled by the run's own end
+                state.status = derived
         else:
-            assert self.grid is not None
-            old = run.end < self.grid.index_of(now - horizon)
-            state = GapState("dormant" if old else "open", now)
+            state = GapState(derived, now)
         run.tag = state
         return state
