@@ -227,3 +227,17 @@ async def test_a_piece_split_off_a_gap_that_turns_dormant_is_judged_by_its_own_e
         (hour(-69), hour(-1), "open"),
         (hour(1), hour(1), "open"),
     ]
+
+
+async def test_a_minute_period_the_registry_fixes_counts_from_the_first_packet(db, conn):
+    gaps = GapTracker(
+        GapStore(db), GapSettings(grace_minute_s=LATER), owner="a", device_timezone="Asia/Shanghai",
+        clock=Clock(hour(1)), fixed_periods=lambda: {MN: {"2051": timedelta(minutes=5)}},
+    )  # fmt: skip
+    gaps.stored(data(hour(0), cn="2051"))
+    gaps.stored(data(hour(0) + timedelta(minutes=20), cn="2051"))  # no step repeated: not learnable yet
+    await gaps.flush()
+    assert [(r[2], r[3], r[4]) for r in await gap_rows(conn)] == [
+        (hour(0) + timedelta(minutes=5), hour(0) + timedelta(minutes=15), 3)
+    ]
+    assert await conn.fetchval("SELECT period_s FROM series") == 300

@@ -18,7 +18,7 @@ types, never the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -69,8 +69,10 @@ class GapTracker:
         owner: str,
         device_timezone: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fixed_periods: Callable[[], Mapping[str, Mapping[str, timedelta]]] = dict,
     ) -> None:
         self.store = store
+        self.fixed_periods = fixed_periods  # MN -> CN -> period the registry fixes (read for a new series)
         self.settings = settings
         self.owner = owner
         self.clock = clock
@@ -108,9 +110,13 @@ class GapTracker:
             return
         series = self.series.get((mn, data.cn))
         if series is None:
-            series = self.series[(mn, data.cn)] = Series(mn, data.cn, self.origin_s, self.grace_s[data.cn])
+            series = self.series[(mn, data.cn)] = self._new_series(mn, data.cn)
         series.arrive(data.data_time)
         self._dirty.add(series)
+
+    def _new_series(self, mn: str, cn: str) -> Series:
+        fixed = self.fixed_periods().get(mn, {}).get(cn) if cn == "2051" else None
+        return Series(mn, cn, self.origin_s, self.grace_s[cn], fixed, fixed=fixed is not None)
 
     # -- the background task ------------------------------------------------------------------
 

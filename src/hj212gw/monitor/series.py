@@ -58,12 +58,15 @@ class Series:
 
     __slots__ = ("cadence", "check_at", "cn", "early", "grace_s", "grid", "mn", "origin_s", "period", "retired")
 
-    def __init__(self, mn: str, cn: str, origin_s: int, grace_s: float, period: timedelta | None = None) -> None:
+    def __init__(
+        self, mn: str, cn: str, origin_s: int, grace_s: float, period: timedelta | None = None, *, fixed: bool = False
+    ) -> None:
+        """`period`: a restored series' (the cadence may learn another), or the registry's if `fixed`."""
         self.mn = mn
         self.cn = cn
         self.origin_s = origin_s
         self.grace_s = grace_s
-        self.cadence = Cadence(cn) if cn == "2051" else None
+        self.cadence = Cadence(cn, fixed=period if fixed else None) if cn == "2051" else None
         self.period = period if period is not None else (Cadence(cn).period if self.cadence is None else None)
         self.grid = Grid(int(self.period.total_seconds()), origin_s) if self.period is not None else None
         self.early: list[datetime] = []

@@ -70,8 +70,9 @@ class Gateway:
         )  # fmt: skip
         self.monitor.listeners.append(self.device_tracker)
         self.gaps = GapTracker(
-            GapStore(db), settings.gaps, owner=settings.gateway_id, device_timezone=settings.device_timezone
-        )
+            GapStore(db), settings.gaps, owner=settings.gateway_id, device_timezone=settings.device_timezone,
+            fixed_periods=lambda: self.device_tracker.states.fixed,
+        )  # fmt: skip
         self.monitor.listeners.append(self.gaps)
         self.metrics.watch_gaps(self.gaps)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
