@@ -241,3 +241,15 @@ async def test_a_minute_period_the_registry_fixes_counts_from_the_first_packet(d
         (hour(0) + timedelta(minutes=5), hour(0) + timedelta(minutes=15), 3)
     ]
     assert await conn.fetchval("SELECT period_s FROM series") == 300
+
+
+async def test_the_scan_in_slices_reaches_every_series(db, conn, monkeypatch):
+    monkeypatch.setattr("hj212gw.monitor.gaps.SCAN_SLICE", 2)
+    clock = Clock(hour(1))
+    gaps = tracker(db, clock)
+    for n in range(5):
+        gaps.stored(data(hour(0), mn=f"SLICE{n}"))
+    await gaps.flush()
+    clock.now = hour(3)  # hours 1 (and not yet 2) of every series fall due
+    await gaps.flush()
+    assert await conn.fetchval("SELECT count(*) FROM gaps WHERE start_time = $1 AND end_time = $1", hour(1)) == 5

@@ -35,6 +35,7 @@ from hj212gw.storage.gaps import GapRow, GapStore, SeriesRow
 
 _LOG = structlog.get_logger("hj212gw.gaps")
 MAX_PENDING = 200_000  # arrivals waiting for their device's load, all devices together
+SCAN_SLICE = 2000  # series scanned between two turns of the event loop
 INCONSISTENT = "inconsistent_rows"  # a gap's reason when its saved rows did not fit its series
 Work = tuple[Series, Run, int, bool]  # a run to write: its series, its period_s, retired from the grid
 
@@ -134,7 +135,7 @@ class GapTracker:
         try:
             if loading:
                 await self._load()
-            self.scan(now)
+            await self._scan_in_slices(now)
             await self._write(now)
         except DATABASE_ERRORS as err:
             if not self._failing:
@@ -147,15 +148,25 @@ class GapTracker:
             _LOG.info("gaps_flush_recovered")
         self._failing = False
 
-    def scan(self, now: datetime) -> int:
-        """Grow tails and apply the horizon where due; returns how many series changed."""
+    def scan(self, now: datetime, some: Iterable[Series] | None = None) -> int:
+        """Grow tails and apply the horizon where due, in every series (or `some`); returns how
+        many series changed."""
         now_s = now.timestamp()
         changed = 0
-        for series in self.series.values():
+        for series in self.series.values() if some is None else some:
             if series.check_at <= now_s and series.scan(now, self.horizon):
                 self._dirty.add(series)
                 changed += 1
         return changed
+
+    async def _scan_in_slices(self, now: datetime) -> None:
+        """`scan` SCAN_SLICE series at a time, letting the event loop run between slices: when
+        every device is silent, all minute series of one MinInterval fall due in the same second
+        (about 3.5 µs each; 20,000 at once would hold acks back for 70 ms)."""
+        every = list(self.series.values())
+        for start in range(0, len(every), SCAN_SLICE):
+            self.scan(now, every[start : start + SCAN_SLICE])
+            await asyncio.sleep(0)
 
     async def _load(self) -> None:
         if not self._restored:
