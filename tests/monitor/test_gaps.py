@@ -253,3 +253,23 @@ async def test_the_scan_in_slices_reaches_every_series(db, conn, monkeypatch):
     clock.now = hour(3)  # hours 1 (and not yet 2) of every series fall due
     await gaps.flush()
     assert await conn.fetchval("SELECT count(*) FROM gaps WHERE start_time = $1 AND end_time = $1", hour(1)) == 5
+
+
+async def test_a_device_back_from_another_replica_is_loaded_again_from_what_that_one_wrote(db, conn):
+    clock = Clock(hour(8))
+    a, b = tracker(db, clock, owner="a", grace_hour_s=LATER), tracker(db, clock, owner="b", grace_hour_s=LATER)
+    a.bound(MN, 1, "peer", clock.now)
+    a.stored(data(hour(0)))
+    a.stored(data(hour(2)))
+    await a.flush()
+    a.released(MN, 1, "connection_closed", clock.now)
+    b.bound(MN, 2, "peer", clock.now)  # the device went to replica b, which filled the gap
+    b.stored(data(hour(1)))
+    await b.flush()
+    b.released(MN, 2, "connection_closed", clock.now)
+    a.bound(MN, 3, "peer", clock.now)  # and came back to a, which must not keep its old gap
+    a.stored(data(hour(4)))
+    await a.flush()
+    assert [(r[2], r[4], r[5]) for r in await gap_rows(conn)] == [(hour(1), 0, "filled"), (hour(3), 1, "open")]
+    assert [(g.start, g.status) for g in a.open_gaps(MN)] == [(hour(3), "open")]
+    assert await conn.fetchval("SELECT owner FROM series") == "a"

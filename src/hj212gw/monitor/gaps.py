@@ -85,6 +85,7 @@ class GapTracker:
         self._dirty: set[Series] = set()
         self._loaded: set[str] = set()
         self._to_load: set[str] = set()
+        self._released: set[str] = set()  # devices that left this replica (claimed again if they return)
         self._pending: dict[str, list[StoredData]] = {}
         self._pending_count = 0
         self._restored = False
@@ -93,11 +94,17 @@ class GapTracker:
     # -- DeviceListener: on the event loop, no I/O --------------------------------------------
 
     def bound(self, mn: str, connection_id: int | None, peer: str, now: datetime) -> None:
+        """A device appears here: load it, or, back after it left, claim it again (another replica
+        may have changed it meanwhile: its arrivals wait until the claim says whether it did)."""
+        if mn in self._released:
+            self._released.discard(mn)
+            self._loaded.discard(mn)
         if mn not in self._loaded:
             self._to_load.add(mn)
 
     def released(self, mn: str, connection_id: int | None, cause: str, now: datetime) -> None:
-        """Nothing to do: a silent device's tail keeps growing here until another replica claims it."""
+        """The device left: its tail keeps growing here until it comes back or another replica claims it."""
+        self._released.add(mn)
 
     def stored(self, data: StoredData) -> None:
         if data.time_suspect or data.cn not in GRID_CNS:
@@ -177,6 +184,8 @@ class GapTracker:
             mns = sorted(self._to_load - self._loaded)
             claimed = await self.store.claim(self.owner, mns)
             self._to_load.difference_update(mns)
+            for mn in claimed.taken:  # what this replica still keeps of it is older than the rows
+                self._evict(mn)
             self._adopt(claimed.series, claimed.gaps, set(mns))
 
     def _adopt(self, series_rows: Iterable[SeriesRow], gap_rows: Iterable[GapRow], mns: set[str]) -> None:

@@ -57,10 +57,12 @@ class GapRow(NamedTuple):
 
 
 class Claimed(NamedTuple):
-    """What a replica loads when it takes devices over: their series and unfilled gaps."""
+    """What a replica loads when it takes devices over: their series and unfilled gaps, and the
+    MNs another replica held until now (what this one may still keep of them is stale)."""
 
     series: list[SeriesRow]
     gaps: list[GapRow]
+    taken: frozenset[str] = frozenset()
 
 
 SAVE_SERIES_SQL = """
@@ -108,11 +110,15 @@ async def save(conn: asyncpg.Connection, owner: str, series: Sequence[SeriesRow]
 async def claim(conn: asyncpg.Connection, owner: str, mns: Sequence[str] | None) -> Claimed:
     """Take devices over for `owner` and read their series and unfilled gaps: the MNs `mns`, or
     (None) every device `owner` already holds (a restart)."""
+    taken: frozenset[str] = frozenset()
     async with conn.transaction():
         if mns is None:
             series = await conn.fetch("SELECT * FROM series WHERE owner = $1", owner)
         else:  # locked in the order `save` locks them, so two replicas never deadlock on them
-            await conn.execute("SELECT 1 FROM series WHERE mn = ANY($1::text[]) ORDER BY mn, cn FOR UPDATE", list(mns))
+            before = await conn.fetch(
+                "SELECT mn, owner FROM series WHERE mn = ANY($1::text[]) ORDER BY mn, cn FOR UPDATE", list(mns)
+            )
+            taken = frozenset(r["mn"] for r in before if r["owner"] is not None and r["owner"] != owner)
             series = await conn.fetch(
                 "UPDATE series SET owner = $1 WHERE mn = ANY($2::text[]) RETURNING *", owner, list(mns)
             )
@@ -122,7 +128,9 @@ async def claim(conn: asyncpg.Connection, owner: str, mns: Sequence[str] | None)
                 ORDER BY mn, cn, start_time""",
             held,
         )
-    return Claimed([SeriesRow(*_pick(r, SeriesRow._fields)) for r in series], [GapRow(*r.values()) for r in gaps])
+    return Claimed(
+        [SeriesRow(*_pick(r, SeriesRow._fields)) for r in series], [GapRow(*r.values()) for r in gaps], taken
+    )
 
 
 async def stored_times(conn: asyncpg.Connection, mn: str, cn: str, start: datetime, end: datetime) -> list[datetime]:
