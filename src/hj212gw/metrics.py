@@ -256,6 +256,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.backfill_requests = Counter(
+            "hj212gw_backfill_requests_total",
+            "History fetches of the automatic backfill, by outcome (succeeded, no_data, timed_out, refused, "
+            "failed, device_offline).",
+            ["outcome"],
+            registry=r,
+        )
+        self.backfill_filled_periods = Counter(
+            "hj212gw_backfill_filled_periods_total",
+            "Missing periods the backfill's fetches filled, by CN.",
+            ["cn"],
+            registry=r,
+        )
         self.devices = Gauge(
             "hj212gw_devices",
             "Devices by state (docs/monitoring.md): online and silent, those held by this replica; offline, "
@@ -291,6 +304,13 @@ class Metrics:
     def frame_ok(self, cn: str) -> None:
         pending = self._frames_ok_pending
         pending[cn] = pending.get(cn, 0) + 1
+
+    def backfill_request(self, outcome: str) -> None:
+        self.backfill_requests.labels(outcome=outcome).inc()
+
+    def backfill_filled(self, cn: str, periods: int) -> None:
+        if periods:
+            self.backfill_filled_periods.labels(cn=cn_label(cn)).inc(periods)
 
     def data_acked(self, latency_s: float) -> None:
         self._acks += 1

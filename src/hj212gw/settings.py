@@ -180,6 +180,22 @@ class CommandSettings(BaseModel):
     )
 
 
+class BackfillSettings(BaseModel):
+    """The automatic backfill (补传) of gaps: docs/monitoring.md, transmission-rate.md §5."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default=True, description="Fetch the missing periods of online devices' gaps.")
+    rate_per_s: float = Field(default=10.0, gt=0, description="History fetches started per second (per replica).")
+    burst: int = Field(default=20, ge=1, description="Fetches that may start at once after a quiet spell.")
+    settle_s: float = Field(
+        default=30.0, ge=0, description="After a device connects, wait this long (its own re-upload) before asking."
+    )
+    sweep_s: float = Field(default=300.0, gt=0, description="Look at every device with gaps this often.")
+    max_attempts: int = Field(default=4, ge=1, description="Passes over a gap before it is given up.")
+    retry_initial_s: float = Field(default=300.0, ge=0, description="Wait after a pass that left periods missing.")
+    retry_max_s: float = Field(default=3600.0, ge=0, description="Longest wait between passes (doubling).")
+
+
 class GapSettings(BaseModel):
     """Gaps on the DataTime grid (monitor.gaps; docs/monitoring.md, transmission-rate.md §5)."""
 
@@ -230,6 +246,7 @@ class Settings(BaseSettings):
     commands: CommandSettings = Field(default_factory=CommandSettings)
     device_state: DeviceStateSettings = Field(default_factory=DeviceStateSettings)
     gaps: GapSettings = Field(default_factory=GapSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @field_validator("listen", "http")
     @classmethod

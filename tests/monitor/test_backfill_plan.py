@@ -1,6 +1,7 @@
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,3 +58,10 @@ def test_the_bucket_never_grants_more_than_burst_plus_rate_times_time(times, rat
     times = sorted(times)
     granted = sum(bucket.take(t) for t in times)
     assert granted <= burst + rate * (times[-1] - times[0]) + 1e-9
+
+
+def test_the_bucket_says_how_long_until_its_next_token():
+    bucket = TokenBucket(rate_per_s=4, burst=1)
+    assert bucket.take(0.0) and bucket.wait_s(0.0) == 0.25
+    assert bucket.wait_s(0.1) == pytest.approx(0.15)
+    assert bucket.wait_s(0.3) == 0.0 and bucket.take(0.3)

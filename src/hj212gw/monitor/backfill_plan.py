@@ -96,10 +96,18 @@ class TokenBucket:
 
     def take(self, now_s: float) -> bool:
         """Spend one token if there is one (`now_s`: a monotonic time)."""
-        if self._at is not None:
-            self._tokens = min(self.burst, self._tokens + (now_s - self._at) * self.rate_per_s)
-        self._at = now_s
+        self._refill(now_s)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+    def wait_s(self, now_s: float) -> float:
+        """How long until a token is there."""
+        self._refill(now_s)
+        return max(0.0, (1.0 - self._tokens) / self.rate_per_s)
+
+    def _refill(self, now_s: float) -> None:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now_s - self._at) * self.rate_per_s)
+        self._at = now_s

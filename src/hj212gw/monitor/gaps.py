@@ -327,6 +327,45 @@ class GapTracker:
                     found.append(self._view(series, run, state))
         return sorted(found, key=lambda gap: (gap.start, gap.id))
 
+    # -- for the backfill (monitor.backfill.GapSource) ---------------------------------------
+
+    def requestable_gaps(self, mn: str) -> list[Gap]:
+        """The open and requested gaps of `mn` that have a row, oldest first (three lookups, no scan)."""
+        found = []
+        for cn in GRID_CNS:
+            series = self.series.get((mn, cn))
+            if series is None or series.grid is None:
+                continue
+            for run in series.grid.runs:
+                state = run.tag
+                if isinstance(state, GapState) and state.id is not None and state.status in REQUESTABLE:
+                    found.append(self._view(series, run, state))
+        return sorted(found, key=lambda gap: (gap.start, gap.id))
+
+    def mns_with_requestable_gaps(self) -> set[str]:
+        """Every MN tracked here with an open or requested gap (the backfill's periodic sweep)."""
+        return {
+            mn
+            for (mn, _cn), series in self.series.items()
+            if series.grid is not None
+            and any(isinstance(r.tag, GapState) and r.tag.status in REQUESTABLE for r in series.grid.runs)
+        }
+
+    def period_of(self, mn: str, cn: str) -> timedelta | None:
+        series = self.series.get((mn, cn))
+        return series.period if series is not None and series.grid is not None else None
+
+    def missing_in(self, mn: str, cn: str, start: datetime, end: datetime) -> int:
+        """Periods of the series missing between two period starts (inclusive)."""
+        series = self.series.get((mn, cn))
+        if series is None or series.grid is None:
+            return 0
+        grid = series.grid
+        first, last = grid.index_of(start), grid.index_of(end)
+        return sum(
+            min(run.end, last) - max(run.start, first) + 1 for run in grid.runs_between(first, last) if not run.filled
+        )
+
     def gap(self, gap_id: int) -> Gap | None:
         """A gap still missing some period, or None (filled, unknown, or not tracked here)."""
         held = self._by_id.get(gap_id)

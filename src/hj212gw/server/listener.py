@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import structlog
@@ -23,6 +24,8 @@ from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper
 from hj212gw.ingest.writer import BatchWriter
 from hj212gw.metrics import Metrics
+from hj212gw.monitor.backfill import Backfill, BackfillConfig
+from hj212gw.monitor.backfill_plan import RetryPolicy
 from hj212gw.monitor.devices import DeviceTracker
 from hj212gw.monitor.gaps import GapTracker
 from hj212gw.monitor.hub import Monitor
@@ -78,6 +81,9 @@ class Gateway:
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
         self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
         self.monitor.listeners.append(self.commands.tracker)
+        self.backfill = self._backfill()
+        if settings.backfill.enabled:
+            self.monitor.listeners.append(self.backfill)
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
         self.deps = Deps(
             settings=settings,
@@ -111,6 +117,17 @@ class Gateway:
             on_committed=self.monitor.committed,
         )
 
+    def _backfill(self) -> Backfill:
+        b = self.settings.backfill
+        config = BackfillConfig(
+            rate_per_s=b.rate_per_s, burst=b.burst, settle_s=b.settle_s, sweep_s=b.sweep_s,
+            policy=RetryPolicy(max_attempts=b.max_attempts, initial_s=b.retry_initial_s, max_s=b.retry_max_s),
+        )  # fmt: skip
+        return Backfill(
+            self.gaps, self.commands, config, device_tz=ZoneInfo(self.settings.device_timezone),
+            held=self.bindings.by_mn.__contains__, observer=self.metrics,
+        )  # fmt: skip
+
     # -- start / stop --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -138,6 +155,8 @@ class Gateway:
         self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
         self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
         self.supervisor.start("gateway-gaps", self.gaps.run)
+        if self.settings.backfill.enabled:
+            self.supervisor.start("gateway-backfill", self.backfill.run)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
