@@ -200,3 +200,17 @@ def test_any_interleaving_follows_the_last_connection_signal_and_every_event_is_
                 assert state in (ONLINE, SILENT)
     assert sum(states.counts.values()) == len(states)
     assert all(states.counts[s] == sum(1 for mn in MNS if states.state_of(mn) is s) for s in DeviceState)
+
+
+def test_backfilled_data_neither_ends_nor_delays_silence_but_moves_the_last_data_time() -> None:
+    states = DeviceStates("gw-a", StatePolicy(tolerance=3, floor=timedelta(minutes=1)))
+    states.bound(MN, 1, T0)
+    minutes_sent(states, 0, 20, every=5)
+    last_arrival = at(60 * 20 + 1)
+    (silent,) = states.scan(last_arrival + timedelta(minutes=15))
+    assert silent.new == SILENT
+    answer_at = last_arrival + timedelta(minutes=20)
+    assert states.stored(MN, "2051", at(60 * 25), answer_at, backfill=True) is None  # still silent
+    assert states.scan(answer_at + timedelta(minutes=1)) == []
+    live = states.stored(MN, "2051", at(60 * 45), answer_at + timedelta(minutes=5))
+    assert live is not None and (live.old, live.new) == (SILENT, ONLINE)

@@ -98,7 +98,7 @@ class DeviceTracker:
         if self._waiting and (waiting := self._waiting.get(data.mn)) is not None:
             waiting.append(data)
             return
-        event = self.states.stored(data.mn, data.cn, data.data_time, data.received_at)
+        event = self.states.stored(data.mn, data.cn, data.data_time, data.received_at, backfill=data.backfill)
         if event is not None:
             self._publish(event)
 

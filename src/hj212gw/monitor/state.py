@@ -195,12 +195,22 @@ class DeviceStates:
             return None
         return self._change(device, DeviceState.OFFLINE, now, cause)
 
-    def stored(self, mn: str, cn: str, data_time: datetime, received_at: datetime) -> DeviceStateChanged | None:
+    def stored(
+        self, mn: str, cn: str, data_time: datetime, received_at: datetime, *, backfill: bool = False
+    ) -> DeviceStateChanged | None:
         """A packet of `mn` committed (called for every data packet: keep it cheap).
 
-        Returns None also when `mn` is not followed here (the caller restores it first)."""
+        A `backfill` packet (RF=1, an answer to a history fetch) moves the CN's last DataTime only:
+        old data arriving is no live data, so it neither brings a silent device back nor delays
+        its silence. Returns None also when `mn` is not followed here (the caller restores it first)."""
         device = self._devices.get(mn)
         if device is None:
+            return None
+        if backfill:
+            known = device.series.get(cn)
+            if known is not None and data_time > known.data_time:
+                known.data_time = data_time
+                self.data_changed.add(mn)
             return None
         series = device.series.get(cn)
         if series is None:
