@@ -245,6 +245,9 @@ class Settings(BaseSettings):
     writer: WriterSettings = Field(default_factory=WriterSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     device_state: DeviceStateSettings = Field(default_factory=DeviceStateSettings)
+    monitoring: bool = Field(
+        default=True, description="Track device state and gaps and backfill them (off: the command channel only)."
+    )
     gaps: GapSettings = Field(default_factory=GapSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 

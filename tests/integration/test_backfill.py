@@ -161,3 +161,26 @@ async def test_many_devices_reconnecting_at_once_are_asked_within_the_rate(
         for m in range(n + burst + 1, len(created), 25):
             span = (created[m] - created[n]).total_seconds()
             assert m - n + 1 <= burst + rate * span + 1
+
+
+async def test_a_backfilled_value_that_differs_from_the_live_one_keeps_both(
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    running = await start(gateways, pg_dsn, schema, **QUICK)
+    client = await dial(running)
+    await send_hours(client, hours(DAY0, 0, 1, 3))  # w01018-Avg=40.1 each
+    await settled(conn, [(DAY0 + timedelta(hours=2), DAY0 + timedelta(hours=2), 1, "open")])
+    request = await fetch_request(client)
+    await client.send(build_request_reply(request, QnRtn.READY))
+    for qn, (hour, value) in enumerate(((1, "44.4"), (2, "41.0"))):  # the device also resends hour 1, changed
+        moment = DAY0 + timedelta(hours=hour)
+        packet = data_packet(f"2024031511{qn:07d}", cn="2061", data_time=hj_time(moment), values={"w01018": value})
+        await client.send(packet)
+        assert (await client.reply()).packet.cn == "9014"
+    await client.send(build_execution_result(request, ExeRtn.SUCCESS))
+    await settled(conn, [(DAY0 + timedelta(hours=2), DAY0 + timedelta(hours=2), 0, "filled")])
+    hour_1 = DAY0 + timedelta(hours=1)
+    row = await conn.fetchrow("SELECT avg, resend, revisions FROM data WHERE mn = $1 AND data_time = $2", MN, hour_1)
+    kept = await conn.fetch("SELECT avg FROM data_versions WHERE mn = $1 AND data_time = $2", MN, hour_1)
+    assert {row["avg"], *(k["avg"] for k in kept)} == {40.1, 44.4}  # both values, whichever the precedence keeps
+    assert row["revisions"] == 1

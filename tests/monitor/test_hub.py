@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from hj212gw.cli.serve import Running
@@ -13,6 +14,7 @@ from hj212gw.monitor.hub import StoredData
 from hj212gw.monitor.state import MOVED_TO_CONNECTION
 from tests.integration.das import MN, data_packet
 from tests.integration.serving import connect, start
+from tests.integration.test_gaps import DAY0, hj_time, hours
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,19 @@ async def test_an_mn_moving_to_a_newer_connection_is_released_by_the_older_one(
     assert kinds[1] == ("released", MOVED_TO_CONNECTION)
     await older.close()
     await newer.close()
+
+
+async def test_with_monitoring_off_only_the_command_channel_listens(
+    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    running = await start(gateways, pg_dsn, schema, monitoring=False)
+    assert running.gateway.monitor.listeners == [running.gateway.commands.tracker]
+    das = await connect(running)
+    for n, moment in enumerate(hours(DAY0, 0, 1, 5)):  # recent DataTimes, a gap between
+        await das.send(data_packet(f"2024031510100000{n}", cn="2061", data_time=hj_time(moment)))
+        assert (await das.reply(timeout_s=5)).packet.cn == "9014"
+    await asyncio.sleep(1.5)  # longer than the trackers' flushes
+    assert await conn.fetchval("SELECT count(*) FROM gaps") == 0
+    assert await conn.fetchval("SELECT count(*) FROM device_state") == 0
+    assert await conn.fetchval("SELECT count(*) FROM data") == 3
+    await das.close()

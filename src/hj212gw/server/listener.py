@@ -71,18 +71,21 @@ class Gateway:
             DeviceStateStore(db), settings.device_state, settings.gateway_id, self.metrics,
             registry_refresh_s=devices.refresh_s,
         )  # fmt: skip
-        self.monitor.listeners.append(self.device_tracker)
+        tracking = settings.monitoring  # off: the command channel only (and a baseline to measure against)
+        if tracking:
+            self.monitor.listeners.append(self.device_tracker)
         self.gaps = GapTracker(
             GapStore(db), settings.gaps, owner=settings.gateway_id, device_timezone=settings.device_timezone,
             fixed_periods=lambda: self.device_tracker.states.fixed,
         )  # fmt: skip
-        self.monitor.listeners.append(self.gaps)
+        if tracking:
+            self.monitor.listeners.append(self.gaps)
         self.metrics.watch_gaps(self.gaps)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
         self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
         self.monitor.listeners.append(self.commands.tracker)
         self.backfill = self._backfill()
-        if settings.backfill.enabled:
+        if tracking and settings.backfill.enabled:
             self.monitor.listeners.append(self.backfill)
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
         self.deps = Deps(
@@ -133,7 +136,8 @@ class Gateway:
     async def start(self) -> None:
         await self.registry.refresh(self.db)
         await self.side_writes.refill_ids()
-        await self.device_tracker.load()
+        if self.settings.monitoring:
+            await self.device_tracker.load()
         self.writer.start()
         host, port = split_host_port(self.settings.listen)
         loop = asyncio.get_running_loop()
@@ -152,11 +156,12 @@ class Gateway:
         self.supervisor.start("gateway-tick", self._tick)
         self.supervisor.start("gateway-housekeeping", self._housekeeping)
         self.supervisor.start("gateway-commands", self.commands.run)
-        self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
-        self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
-        self.supervisor.start("gateway-gaps", self.gaps.run)
-        if self.settings.backfill.enabled:
-            self.supervisor.start("gateway-backfill", self.backfill.run)
+        if self.settings.monitoring:
+            self.supervisor.start("device-state-scan", self.device_tracker.run_scan)
+            self.supervisor.start("device-state-flush", self.device_tracker.run_flush)
+            self.supervisor.start("gateway-gaps", self.gaps.run)
+            if self.settings.backfill.enabled:
+                self.supervisor.start("gateway-backfill", self.backfill.run)
         self.log.info("gateway_listening", host=host, port=self.port, gateway_id=self.settings.gateway_id)
 
     async def stop(self) -> None:
