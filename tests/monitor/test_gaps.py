@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from hj212gw.metrics import Metrics
 from hj212gw.monitor.gaps import GapTracker
@@ -273,3 +274,14 @@ async def test_a_device_back_from_another_replica_is_loaded_again_from_what_that
     assert [(r[2], r[4], r[5]) for r in await gap_rows(conn)] == [(hour(1), 0, "filled"), (hour(3), 1, "open")]
     assert [(g.start, g.status) for g in a.open_gaps(MN)] == [(hour(3), "open")]
     assert await conn.fetchval("SELECT owner FROM series") == "a"
+
+
+async def test_arrivals_beyond_the_waiting_bound_are_dropped_with_one_warning(db, conn, monkeypatch):
+    monkeypatch.setattr("hj212gw.monitor.gaps.MAX_PENDING", 2)
+    gaps = tracker(db, Clock(hour(8)), grace_hour_s=LATER)
+    for n in (0, 3, 5, 6):  # the device is not loaded yet: two wait, two are dropped
+        gaps.stored(data(hour(n)))
+    with capture_logs() as logs:
+        await gaps.flush()
+    assert [(e["event"], e["count"]) for e in logs if e["log_level"] == "warning"] == [("gaps_arrivals_dropped", 2)]
+    assert [(r[2], r[3]) for r in await gap_rows(conn)] == [(hour(1), hour(2))]

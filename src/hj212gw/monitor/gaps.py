@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from hj212gw.monitor.cadence import GRID_CNS
 from hj212gw.monitor.grid import Grid, Run
 from hj212gw.monitor.hub import StoredData
-from hj212gw.monitor.series import REQUESTABLE, GapState, Series
+from hj212gw.monitor.series import REQUESTABLE, Gap, GapState, Series, grid_origin
 from hj212gw.settings import GapSettings
 from hj212gw.storage.db import DATABASE_ERRORS, is_retryable
 from hj212gw.storage.gaps import GapRow, GapStore, SeriesRow
@@ -38,25 +36,6 @@ MAX_PENDING = 200_000  # arrivals waiting for their device's load, all devices t
 SCAN_SLICE = 2000  # series scanned between two turns of the event loop
 INCONSISTENT = "inconsistent_rows"  # a gap's reason when its saved rows did not fit its series
 Work = tuple[Series, Run, int, bool]  # a run to write: its series, its period_s, retired from the grid
-
-
-class Gap(NamedTuple):
-    """A gap as the backfill and the API see it; start and end are inclusive period starts (UTC)."""
-
-    id: int
-    mn: str
-    cn: str
-    start: datetime
-    end: datetime
-    periods: int
-    status: str
-    requests: int
-    reason: str | None
-
-
-def grid_origin(device_timezone: str) -> int:
-    """Unix seconds of a midnight in the device's zone: the origin of every grid."""
-    return int(datetime(2000, 1, 1, tzinfo=ZoneInfo(device_timezone)).timestamp())
 
 
 class GapTracker:
@@ -81,6 +60,7 @@ class GapTracker:
         self.horizon = timedelta(days=settings.horizon_days)
         self.grace_s = {"2051": settings.grace_minute_s, "2061": settings.grace_hour_s, "2031": settings.grace_day_s}
         self.series: dict[tuple[str, str], Series] = {}
+        self._of_mn: dict[str, list[Series]] = {}  # the same series by device (the backfill asks per device)
         self._by_id: dict[int, tuple[Series, Run]] = {}
         self._dirty: set[Series] = set()
         self._loaded: set[str] = set()
@@ -88,6 +68,7 @@ class GapTracker:
         self._released: set[str] = set()  # devices that left this replica (claimed again if they return)
         self._pending: dict[str, list[StoredData]] = {}
         self._pending_count = 0
+        self._dropped = 0  # arrivals beyond MAX_PENDING since the last round (one WARNING per round)
         self._restored = False
         self._failing = False
 
@@ -115,12 +96,19 @@ class GapTracker:
             if self._pending_count < MAX_PENDING:
                 self._pending.setdefault(mn, []).append(data)
                 self._pending_count += 1
+            else:
+                self._dropped += 1
             return
         series = self.series.get((mn, data.cn))
         if series is None:
-            series = self.series[(mn, data.cn)] = self._new_series(mn, data.cn)
+            series = self._add(self._new_series(mn, data.cn))
         series.arrive(data.data_time)
         self._dirty.add(series)
+
+    def _add(self, series: Series) -> Series:
+        self.series[(series.mn, series.cn)] = series
+        self._of_mn.setdefault(series.mn, []).append(series)
+        return series
 
     def _new_series(self, mn: str, cn: str) -> Series:
         fixed = self.fixed_periods().get(mn, {}).get(cn) if cn == "2051" else None
@@ -142,6 +130,9 @@ class GapTracker:
         try:
             if loading:
                 await self._load()
+            if self._dropped:
+                _LOG.warning("gaps_arrivals_dropped", count=self._dropped, waiting=self._pending_count)
+                self._dropped = 0
             await self._scan_in_slices(now)
             await self._write(now)
         except DATABASE_ERRORS as err:
@@ -230,7 +221,7 @@ class GapTracker:
             assert isinstance(restored, GapState) and restored.id is not None
             self._by_id[restored.id] = (series, run)
         series.check_at = series.next_check(self.horizon)
-        self.series[(row.mn, row.cn)] = series
+        self._add(series)
 
     async def _write(self, now: datetime) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -305,8 +296,8 @@ class GapTracker:
 
     def _evict(self, mn: str) -> None:
         """Another replica claimed `mn`: forget it here (reloaded if it comes back)."""
-        for key in [key for key in self.series if key[0] == mn]:
-            series = self.series.pop(key)
+        for series in self._of_mn.pop(mn, ()):
+            del self.series[(series.mn, series.cn)]
             self._dirty.discard(series)
             for run in series.grid.runs if series.grid is not None else ():
                 if isinstance(run.tag, GapState) and run.tag.id is not None:
@@ -318,8 +309,8 @@ class GapTracker:
     def open_gaps(self, mn: str, cn: str | None = None) -> list[Gap]:
         """The open gaps of `mn` (of `cn` only, if given) that have a row, oldest first."""
         found = []
-        for (series_mn, series_cn), series in self.series.items():
-            if series_mn != mn or (cn is not None and series_cn != cn) or series.grid is None:
+        for series in self._of_mn.get(mn, ()):
+            if (cn is not None and series.cn != cn) or series.grid is None:
                 continue
             for run in series.grid.runs:
                 state = run.tag

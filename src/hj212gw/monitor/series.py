@@ -8,12 +8,15 @@ to another MinInterval), the series starts a new grid from that packet and its o
 `given_up` with reason `period_changed` (their periods no longer exist on the new grid).
 
 `GapState` is what a run of missing periods carries besides its range (`Run.tag`): its row id,
-status, requests, reason and times. No clock, no I/O: `now` is passed in.
+status, requests, reason and times; `Gap` is how the backfill and the API see a run. No clock, no
+I/O: `now` is passed in.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 from hj212gw.monitor.cadence import Cadence
 from hj212gw.monitor.grid import Grid, Run
@@ -21,6 +24,25 @@ from hj212gw.monitor.grid import Grid, Run
 EARLY_KEPT = 16
 PERIOD_CHANGED = "period_changed"
 REQUESTABLE = ("open", "requested")  # the statuses that turn dormant past the horizon
+
+
+class Gap(NamedTuple):
+    """A gap as the backfill and the API see it; start and end are inclusive period starts (UTC)."""
+
+    id: int
+    mn: str
+    cn: str
+    start: datetime
+    end: datetime
+    periods: int
+    status: str
+    requests: int
+    reason: str | None
+
+
+def grid_origin(device_timezone: str) -> int:
+    """Unix seconds of a midnight in the device's zone: the origin of every grid."""
+    return int(datetime(2000, 1, 1, tzinfo=ZoneInfo(device_timezone)).timestamp())
 
 
 class GapState:
