@@ -285,3 +285,25 @@ async def test_arrivals_beyond_the_waiting_bound_are_dropped_with_one_warning(db
         await gaps.flush()
     assert [(e["event"], e["count"]) for e in logs if e["log_level"] == "warning"] == [("gaps_arrivals_dropped", 2)]
     assert [(r[2], r[3]) for r in await gap_rows(conn)] == [(hour(1), hour(2))]
+
+
+async def test_a_device_bound_before_the_restart_load_is_loaded_once(db, conn):
+    clock = Clock(hour(8))
+    first = tracker(db, clock, grace_hour_s=LATER)
+    first.stored(data(hour(0)))
+    await first.flush()
+    again = tracker(db, clock, grace_hour_s=LATER)
+    again.bound(MN, 1, "peer", clock.now)  # before the restart's load ran
+    again.stored(data(hour(2)))
+    claims = []
+    claim = again.store.claim
+
+    async def counted(owner, mns):
+        claims.append(mns)
+        return await claim(owner, mns)
+
+    again.store.claim = counted
+    await again.flush()
+    await again.flush()
+    assert claims == [None]  # the restart's load took the device; no second claim, none per round
+    assert [(g.start, g.end) for g in again.open_gaps(MN)] == [(hour(1), hour(1))]

@@ -171,8 +171,9 @@ class GapTracker:
             claimed = await self.store.claim(self.owner, None)
             self._adopt(claimed.series, claimed.gaps, {row.mn for row in claimed.series})
             self._restored = True
+        self._to_load -= self._loaded  # loaded meanwhile (by the restart's load)
         if self._to_load:
-            mns = sorted(self._to_load - self._loaded)
+            mns = sorted(self._to_load)
             claimed = await self.store.claim(self.owner, mns)
             self._to_load.difference_update(mns)
             for mn in claimed.taken:  # what this replica still keeps of it is older than the rows
