@@ -264,3 +264,17 @@ async def test_commands_a_previous_run_left_open_end_failed_when_the_replica_sta
     assert (await conn.fetchval("SELECT state FROM commands WHERE id = $1", ids[1])) == "acknowledged"  # not ours
     assert (await row(conn, ids[2]))["state"] == "device_offline"  # queued, never announced: expired
     assert sample(running, "hj212gw_commands_total", outcome="failed") == 1
+
+
+async def test_a_password_the_device_took_is_pinned_so_its_next_packets_are_admitted(
+    gateway: Running, linked: LinkedDevice, conn: asyncpg.Connection
+) -> None:
+    outcome = await run(gateway, linked.mn, "set_password", {"NewPW": "654321"})
+    assert outcome.state == "succeeded"
+    answered = await run(gateway, linked.mn, "get_min_interval")  # its answer carries the new PW
+    assert answered.state == "succeeded" and answered.result == {"cp": {"MinInterval": "10"}}
+    await eventually(lambda: _pw_is(conn, linked.mn, "654321"))
+
+
+async def _pw_is(conn: asyncpg.Connection, mn: str, pw: str) -> bool:
+    return await conn.fetchval("SELECT pw FROM devices WHERE mn = $1", mn) == pw

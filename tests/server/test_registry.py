@@ -100,3 +100,16 @@ def test_plain_devices_keep_only_their_mn_and_pw_and_overrides_are_published() -
     assert reg.get("NEW") is None
     assert reg.heartbeat_overrides == {"OFF": "9014"}
     assert reg.crc_overrides == {"OFF": frozenset({"modbus"})}
+
+
+def test_a_pw_change_admits_the_new_pw_in_flight_and_the_old_one_for_a_while_after() -> None:
+    reg = registry()
+    reg.expect_pw("OK", "654321")  # a 1072 in flight
+    assert reg.admit("OK", "654321") == Admission("store") and reg.admit("OK", "123456") == Admission("store")
+    assert reg.admit("OK", "999999") == Admission("refuse", "wrong_pw")
+    reg.change_pw("OK", "654321", old_for_s=0.0)  # executed; the old PW's grace already over
+    assert reg.admit("OK", "654321") == Admission("store")
+    assert reg.admit("OK", "123456") == Admission("refuse", "wrong_pw")
+    reg.expect_pw("OK", "111111")
+    reg.expect_pw("OK", None)  # that one failed: only the pinned PW again
+    assert reg.admit("OK", "111111") == Admission("refuse", "wrong_pw")

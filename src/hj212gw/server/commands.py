@@ -33,9 +33,11 @@ from hj212gw.protocol.cp import Items
 from hj212gw.protocol.models import format_hj_time
 from hj212gw.server.bindings import Bindings
 from hj212gw.server.connection import DasConnection
+from hj212gw.server.registry import DeviceRegistry
 from hj212gw.settings import Settings
 from hj212gw.storage.commands import CommandStore, CommandUpdate, NewCommand
 from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database
+from hj212gw.storage.devices import set_pw
 
 _LOG = structlog.get_logger("hj212gw.commands")
 SWEEP_INTERVAL_S = 1.0
@@ -53,7 +55,14 @@ class CommandTicket:
 class CommandRunner:
     """Claims, sends and follows the commands of the MNs this replica's connections hold."""
 
-    def __init__(self, settings: Settings, db: Database, bindings: Bindings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bindings: Bindings,
+        metrics: Metrics,
+        registry: DeviceRegistry | None = None,
+    ) -> None:
         self.settings = settings.commands
         self.gateway_id = settings.gateway_id
         self.device_tz = ZoneInfo(settings.device_timezone)
@@ -61,6 +70,8 @@ class CommandRunner:
         self.db = db
         self.bindings = bindings
         self.metrics = metrics
+        self.registry = registry
+        self._pw_writes: set[asyncio.Task[None]] = set()
         self.tracker = CommandTracker(settle_s=self.settings.settle_s, wake=self._wake_up, on_final=self._count)
         self._claims: list[tuple[int, str, Callable[[CommandOutcome], None] | None]] = []
         self._wake = asyncio.Event()
@@ -183,6 +194,9 @@ class CommandRunner:
             self._finish_now(command_id, "failed", "connection closed before the command was sent", on_done)
             return
         data_cn = spec.data_cn
+        new_pw = dict(items).get("NewPW") if spec.cn == Cn.SET_PASSWORD else None
+        if new_pw:
+            on_done = self._changing_pw(mn, new_pw, on_done)
         self.tracker.track(InFlight(command_id, mn, spec.cn, qn, data_cn, spec.expects_result, on_done))
         frame, refresh = self._frame(spec, target, qn, items, now)
         conn.send_command(
@@ -190,6 +204,47 @@ class CommandRunner:
             expects_result=spec.expects_result, refresh=refresh,
         )  # fmt: skip
         _LOG.info("command_sent", id=command_id, mn=mn, cn=spec.cn, qn=qn)
+
+    def _changing_pw(
+        self, mn: str, new_pw: str, on_done: Callable[[CommandOutcome], None] | None
+    ) -> Callable[[CommandOutcome], None]:
+        """A 1072 in flight: the device may answer with its new PW already, so the registry admits
+        both until the command ends; once it succeeded the new PW is pinned at once (here, the old
+        one still admitted for a minute: the 9012 echoes it) and in PostgreSQL (for the other
+        replicas and restarts). Otherwise the gateway that just changed the device's PW would
+        refuse it as `wrong_pw`."""
+
+        if self.registry is not None:
+            self.registry.expect_pw(mn, new_pw)
+
+        def done(outcome: CommandOutcome) -> None:
+            if self.registry is not None:
+                if outcome.state == "succeeded":
+                    self.registry.change_pw(mn, new_pw)
+                    held = self.bindings.by_mn.get(mn)
+                    if held is not None:
+                        held.session.pw = new_pw  # the next requests to it carry the new PW
+                else:
+                    self.registry.expect_pw(mn, None)
+            if outcome.state == "succeeded":
+                task = asyncio.get_running_loop().create_task(self._store_pw(mn, new_pw))
+                self._pw_writes.add(task)
+                task.add_done_callback(self._pw_writes.discard)
+            if on_done is not None:
+                on_done(outcome)
+
+        return done
+
+    async def _store_pw(self, mn: str, new_pw: str) -> None:
+        try:
+            async with self.db.pool.acquire() as conn:
+                await set_pw(conn, mn, new_pw)
+        except DATABASE_ERRORS as err:
+            # This replica uses the new PW until its registry is refreshed from the old row: the
+            # operator must store it (`hj212gw devices set-pw`). Never logged: the PW itself.
+            _LOG.error("device_pw_not_stored", mn=mn, error=type(err).__name__)
+        else:
+            _LOG.info("device_pw_changed", mn=mn)
 
     def _frame(
         self, spec: CommandSpec, target: Target, qn: str, items: Items, now: datetime

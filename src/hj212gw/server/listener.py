@@ -82,7 +82,7 @@ class Gateway:
             self.monitor.listeners.append(self.gaps)
         self.metrics.watch_gaps(self.gaps)
         self.bindings = Bindings(settings, db, self.metrics, self.monitor)
-        self.commands = CommandRunner(settings, db, self.bindings, self.metrics)
+        self.commands = CommandRunner(settings, db, self.bindings, self.metrics, self.registry)
         self.monitor.listeners.append(self.commands.tracker)
         self.backfill = self._backfill()
         if tracking and settings.backfill.enabled:

@@ -9,6 +9,7 @@ packet goes further. Holds the PW secrets in memory only; nothing here logs them
 """
 
 import dataclasses
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from hmac import compare_digest
@@ -76,6 +77,8 @@ class DeviceRegistry:
         self._known: set[str] = set()
         self._special: dict[str, DeviceEntry] = {}
         self._pw: dict[str, bytes] = {}
+        # A second PW an MN may present while its PW changes, until a monotonic deadline.
+        self._alternate_pw: dict[str, tuple[bytes, float]] = {}
         # Live views handed to every session's config: updated in place on refresh.
         self.heartbeat_overrides: dict[str, str] = {}
         self.crc_overrides: dict[str, frozenset[str]] = {}
@@ -132,7 +135,7 @@ class DeviceRegistry:
             if pinned is not None and self._checks_pw:  # inline: ~13k packets/s pass here
                 if compare_digest(pinned, (pw or "").encode("utf-8", "surrogateescape")):
                     return _STORE
-                return _WRONG_PW
+                return _STORE if self._is_alternate(mn, pw) else _WRONG_PW
             return self._check_pw(mn, pw, quarantined=False) or _STORE
         if entry is not None and (entry.status == "rejected" or not entry.enabled):
             return _REJECTED
@@ -151,7 +154,17 @@ class DeviceRegistry:
                 return _PIN
             # registry: only a quarantined device may talk (archive only) without a PW
             return None if quarantined else _NOT_REGISTERED
-        return None if compare_digest(pinned, _secret(pw)) else _WRONG_PW
+        return None if compare_digest(pinned, _secret(pw)) or self._is_alternate(mn, pw) else _WRONG_PW
+
+    def _is_alternate(self, mn: str, pw: str | None) -> bool:
+        """`pw` is the other PW `mn` may present while its PW changes (see `expect_pw`)."""
+        alternate = self._alternate_pw.get(mn)
+        if alternate is None:
+            return False
+        if time.monotonic() >= alternate[1]:
+            del self._alternate_pw[mn]
+            return False
+        return compare_digest(alternate[0], _secret(pw))
 
     def new_device_status(self) -> Status:
         """The status a device the gateway registers itself gets."""
@@ -166,6 +179,22 @@ class DeviceRegistry:
             self._special[mn] = dataclasses.replace(entry, status=status)
         elif status != "accepted":
             self._special[mn] = DeviceEntry(mn, status, None, True, None, frozenset())
+
+    def expect_pw(self, mn: str, pw: str | None, for_s: float = 300.0) -> None:
+        """A 1072 (set PW) to `mn` is in flight: a device may answer with its new PW already, so
+        that one is admitted too for `for_s` (None: the command ended without success)."""
+        if pw is None:
+            self._alternate_pw.pop(mn, None)
+        else:
+            self._alternate_pw[mn] = (_secret(pw), time.monotonic() + for_s)
+
+    def change_pw(self, mn: str, pw: str, old_for_s: float = 60.0) -> None:
+        """`mn` took a new PW (a 1072 it executed): pin it; its old PW is still admitted for
+        `old_for_s` (its 9012 and what it sent before the change carry the old one)."""
+        old = self._pw.get(mn)
+        self._pw[mn] = _secret(pw)
+        if old is not None:
+            self._alternate_pw[mn] = (old, time.monotonic() + old_for_s)
 
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""
