@@ -184,3 +184,24 @@ async def test_a_backfilled_value_that_differs_from_the_live_one_keeps_both(
     kept = await conn.fetch("SELECT avg FROM data_versions WHERE mn = $1 AND data_time = $2", MN, hour_1)
     assert {row["avg"], *(k["avg"] for k in kept)} == {40.1, 44.4}  # both values, whichever the precedence keeps
     assert row["revisions"] == 1
+
+
+def _next_hour(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+async def test_a_gap_straddling_the_horizon_is_asked_for_only_inside_it(
+    gateways: list[Running], dial: Dial, pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    settings = {**QUICK, "gaps": {**NO_TAIL, "horizon_days": 1.0}}
+    running = await start(gateways, pg_dsn, schema, **settings)
+    client = await dial(running)
+    last = datetime.now(DAY0.tzinfo).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    before = datetime.now(DAY0.tzinfo) - timedelta(days=1)
+    await send_hours(client, [last - timedelta(hours=40), last])
+    request = await fetch_request(client)
+    after = datetime.now(DAY0.tzinfo) - timedelta(days=1)
+    assert isinstance(request.data, HistoryRequestCp)
+    assert request.data.begin_time in {hj_time(_next_hour(before)), hj_time(_next_hour(after))}
+    assert request.data.end_time == hj_time(last - timedelta(hours=1))

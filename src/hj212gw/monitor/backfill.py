@@ -133,6 +133,7 @@ class BackfillConfig:
     settle_s: float = 30.0
     sweep_s: float = 300.0
     tick_s: float = 1.0
+    horizon: timedelta = timedelta(days=7)  # the gap tracker's: nothing older is asked for
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -243,6 +244,9 @@ class Backfill:
                 waiting.append(walk.not_before)
                 continue
             start = gap.start if walk is None or walk.cursor is None else max(gap.start, walk.cursor)
+            oldest = now - self.config.horizon  # a gap straddling the horizon: only its part inside
+            if start < oldest:
+                start += period * -((start - oldest) // period)  # the first period start inside
             if start <= gap.end:
                 runs.append(MissingRun(gap.cn, start, gap.end, period, gap.id))
         fetch = next_fetch(runs, not_before={}, now=now)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -124,6 +124,7 @@ class Gateway:
         b = self.settings.backfill
         config = BackfillConfig(
             rate_per_s=b.rate_per_s, burst=b.burst, settle_s=b.settle_s, sweep_s=b.sweep_s,
+            horizon=timedelta(days=self.settings.gaps.horizon_days),
             policy=RetryPolicy(max_attempts=b.max_attempts, initial_s=b.retry_initial_s, max_s=b.retry_max_s),
         )  # fmt: skip
         return Backfill(
