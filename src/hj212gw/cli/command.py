@@ -21,12 +21,12 @@ from typing import Any
 import asyncpg
 
 from hj212gw.api.commands import command_json
-from hj212gw.cli.database import embedded_socket_dsn, resolve_database_url
+from hj212gw.cli.database import tool_database
 from hj212gw.protocol.commands import CommandError, CommandSpec, check_params, find_command
 from hj212gw.settings import Settings
 from hj212gw.storage import commands as store
 from hj212gw.storage.db import OUTAGE_ERRORS
-from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgresError, stop_embedded
+from hj212gw.storage.embedded import EmbeddedPostgresError
 from hj212gw.storage.migrate import MigrationError, migrate
 
 POLL_S = 0.2
@@ -88,12 +88,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"hj212gw command: {err}", file=sys.stderr)
         return 2
     try:
-        dsn, embedded = await resolve_database_url(settings)
-    except EmbeddedInUse:  # a running gateway holds its embedded server: talk to it, never stop it
-        dsn, embedded = embedded_socket_dsn(settings), None
+        async with tool_database(settings) as dsn:  # a running gateway's embedded server is never stopped
+            return await _send(dsn, settings, new, args)
     except EmbeddedPostgresError as err:
         print(f"hj212gw command: {err}", file=sys.stderr)
         return 1
+
+
+async def _send(dsn: str, settings: Settings, new: store.NewCommand, args: argparse.Namespace) -> int:
     try:
         conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{settings.database_schema}"'})
     except OUTAGE_ERRORS as err:
@@ -113,8 +115,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await conn.close()
-        if embedded is not None:
-            await asyncio.to_thread(stop_embedded, embedded.data_dir)
 
 
 async def _wait(

@@ -10,7 +10,6 @@ as it is; otherwise it is started for the command and stopped after. Exit codes:
 """
 
 import argparse
-import asyncio
 import csv
 import getpass
 import json
@@ -22,13 +21,13 @@ from typing import Any
 
 import asyncpg
 
-from hj212gw.cli.database import embedded_socket_dsn, resolve_database_url
+from hj212gw.cli.database import tool_database
 from hj212gw.monitor.cadence import MIN_INTERVALS_MIN
 from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
 from hj212gw.storage.db import OUTAGE_ERRORS
 from hj212gw.storage.devices import DeviceRecord
-from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgresError, stop_embedded
+from hj212gw.storage.embedded import EmbeddedPostgresError
 from hj212gw.storage.migrate import MigrationError, migrate
 
 STATUSES = ("accepted", "quarantined", "rejected")
@@ -202,18 +201,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 2
     try:
-        dsn, embedded = await resolve_database_url(settings)
-    except EmbeddedInUse:
-        # A running gateway holds its embedded server: talk to that server, never stop it.
-        dsn, embedded = embedded_socket_dsn(settings), None
+        async with tool_database(settings) as dsn:  # a running gateway's embedded server is never stopped
+            return await _connect_and_execute(dsn, settings.database_schema, args, request)
     except EmbeddedPostgresError as err:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 1
-    try:
-        return await _connect_and_execute(dsn, settings.database_schema, args, request)
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(stop_embedded, embedded.data_dir)
 
 
 async def _connect_and_execute(dsn: str, schema: str, args: argparse.Namespace, request: Any) -> int:

@@ -8,7 +8,6 @@ otherwise it is started for the command and stopped after. Exit codes: 0 listed 
 """
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -16,11 +15,11 @@ from typing import Any
 
 import asyncpg
 
-from hj212gw.cli.database import embedded_socket_dsn, resolve_database_url
+from hj212gw.cli.database import tool_database
 from hj212gw.cli.devices import printable
 from hj212gw.settings import Settings
 from hj212gw.storage.db import OUTAGE_ERRORS
-from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgresError, stop_embedded
+from hj212gw.storage.embedded import EmbeddedPostgresError
 from hj212gw.storage.gaps import GAP_STATUSES, fetch_gaps
 from hj212gw.storage.migrate import MigrationError, migrate
 
@@ -44,17 +43,11 @@ def add_parser(
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """List the gaps the filters select."""
     try:
-        dsn, embedded = await resolve_database_url(settings)
-    except EmbeddedInUse:
-        dsn, embedded = embedded_socket_dsn(settings), None
+        async with tool_database(settings) as dsn:
+            return await _list(dsn, settings.database_schema, args)
     except EmbeddedPostgresError as err:
         print(f"hj212gw gaps: {err}", file=sys.stderr)
         return 1
-    try:
-        return await _list(dsn, settings.database_schema, args)
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(stop_embedded, embedded.data_dir)
 
 
 async def _list(dsn: str, schema: str, args: argparse.Namespace) -> int:
