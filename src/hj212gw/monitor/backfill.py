@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
@@ -69,8 +69,8 @@ class GapView(Protocol):
 class GapSource(Protocol):
     """What the backfill needs of the gap tracker."""
 
-    def requestable_gaps(self, mn: str) -> list[Any]:
-        """The open and requested gaps of `mn` (GapView), oldest first."""
+    def requestable_gaps(self, mn: str) -> Sequence[GapView]:
+        """The open and requested gaps of `mn`, oldest first."""
         ...
 
     def mns_with_requestable_gaps(self) -> Iterable[str]: ...
@@ -81,8 +81,8 @@ class GapSource(Protocol):
 
     def mark_requested(self, gap_id: int, now: datetime) -> bool: ...
     def give_up(self, gap_id: int, reason: str) -> bool: ...
-    async def recheck(self, gap_id: int) -> Any:
-        """What is still missing of the gap (GapView), or None once it is filled."""
+    async def recheck(self, gap_id: int) -> GapView | None:
+        """What is still missing of the gap, or None once it is filled."""
         ...
 
 
@@ -123,7 +123,6 @@ class _Walk:
     passes: int = 0  # passes done that left periods missing
     answered: bool = False  # this pass: some chunk was answered with data (not ExeRtn 100)
     not_before: datetime | None = None  # waiting for its next pass until then
-    last_failure: str | None = None
 
 
 @dataclass(slots=True)
@@ -277,8 +276,7 @@ class Backfill:
             if walk.cursor > rest.end:  # the pass is through: periods are still missing
                 self._pass_done(gap_id, walk, "still_missing" if walk.answered else "no_data")
         else:
-            walk.last_failure = "refused" if state == "refused" else "no_answer"
-            self._pass_done(gap_id, walk, walk.last_failure)
+            self._pass_done(gap_id, walk, "refused" if state == "refused" else "no_answer")
         self._schedule(mn, self.monotonic())  # the next chunk, or the next gap, within the rate
 
     def _period(self, mn: str, cn: str) -> timedelta:
