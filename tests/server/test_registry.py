@@ -113,3 +113,11 @@ def test_a_pw_change_admits_the_new_pw_in_flight_and_the_old_one_for_a_while_aft
     reg.expect_pw("OK", "111111")
     reg.expect_pw("OK", None)  # that one failed: only the pinned PW again
     assert reg.admit("OK", "111111") == Admission("refuse", "wrong_pw")
+
+
+def test_expired_alternate_pws_are_dropped_when_the_next_pw_change_comes() -> None:
+    reg = registry()
+    for n in range(50):  # PW changes of 50 devices that never present their old PW again
+        reg.change_pw(f"MN{n}", "654321", old_for_s=0.0)
+    reg.expect_pw("OK", "111111")
+    assert reg._alternate_pw.keys() == {"OK"}

@@ -183,6 +183,7 @@ class DeviceRegistry:
     def expect_pw(self, mn: str, pw: str | None, for_s: float = 300.0) -> None:
         """A 1072 (set PW) to `mn` is in flight: a device may answer with its new PW already, so
         that one is admitted too for `for_s` (None: the command ended without success)."""
+        self._drop_expired()
         if pw is None:
             self._alternate_pw.pop(mn, None)
         else:
@@ -191,10 +192,17 @@ class DeviceRegistry:
     def change_pw(self, mn: str, pw: str, old_for_s: float = 60.0) -> None:
         """`mn` took a new PW (a 1072 it executed): pin it; its old PW is still admitted for
         `old_for_s` (its 9012 and what it sent before the change carry the old one)."""
+        self._drop_expired()
         old = self._pw.get(mn)
         self._pw[mn] = _secret(pw)
         if old is not None:
             self._alternate_pw[mn] = (old, time.monotonic() + old_for_s)
+
+    def _drop_expired(self) -> None:
+        """Alternates expire when next checked, or here (one per PW change: the map stays small)."""
+        now = time.monotonic()
+        for mn in [mn for mn, (_, until) in self._alternate_pw.items() if until <= now]:
+            del self._alternate_pw[mn]
 
     def remember(self, mn: str) -> None:
         """A device auto-registered by the accept policy (status accepted until the next refresh)."""
