@@ -211,6 +211,36 @@ class GapSettings(BaseModel):
     flush_s: float = Field(default=1.0, gt=0, description="Write changed series and gaps this often.")
 
 
+class AlertSettings(BaseModel):
+    """The alert lifecycle, its leader election and reminders (docs/alerts.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default=True, description="Run the rules and store, deliver and show alerts.")
+    thresholds_file: Path | None = Field(
+        default=None, description="TOML file of rule thresholds (global, per device, per factor); unset: defaults."
+    )
+    refresh_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Reload the alerts firing (others' raises and resolutions), the alert gauges and the "
+        "reminders due this often.",
+    )
+    update_interval_s: float = Field(
+        default=60.0, ge=0, description="A firing alert's value and details are rewritten at most this often..."
+    )
+    update_change_ratio: float = Field(
+        default=0.1, ge=0, description="... unless its value moved by more than this fraction of the last one written."
+    )
+    reminder_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Remind (outbox `reminder`) of a firing alert unacknowledged this long; 0: never.",
+    )
+    leader_check_s: float = Field(
+        default=2.0, gt=0, description="Ping the election's connection (and, when not leader, try the lock) this often."
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway; env HJ212GW_<NAME>, nested fields joined by __."""
 
@@ -250,6 +280,7 @@ class Settings(BaseSettings):
     )
     gaps: GapSettings = Field(default_factory=GapSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("listen", "http")
     @classmethod
