@@ -91,13 +91,14 @@ async def _no_commit(*args: object, **kwargs: object) -> None:
     return None
 
 
-async def _measure(connections: int, per_connection: int, rounds: int) -> dict[str, float]:
+async def _measure(connections: int, per_connection: int, rounds: int, monitoring: bool) -> dict[str, float]:
     from hj212gw.settings import DeviceSettings, Settings
     from hj212gw.storage.db import Database
 
     gateway_class, connection_class = _gateway_classes()
     devices = {"auth": "off"} if "auth" in DeviceSettings.model_fields else {}
-    settings = Settings(database_url="postgresql://unused/none", devices=devices)  # type: ignore[call-arg]
+    tracking = {"monitoring": monitoring} if "monitoring" in Settings.model_fields else {}
+    settings = Settings(database_url="postgresql://unused/none", devices=devices, **tracking)  # type: ignore[call-arg]
     db = Database(settings.database_url or "")
     db.save_batch = _no_commit  # type: ignore[method-assign]
     gateway = gateway_class(settings, db)
@@ -146,7 +147,7 @@ def _child(args: argparse.Namespace) -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    result = asyncio.run(_measure(args.connections, args.per_connection, args.rounds))
+    result = asyncio.run(_measure(args.connections, args.per_connection, args.rounds, args.monitoring == "on"))
     print(json.dumps(result))
 
 
@@ -155,7 +156,8 @@ def _run(src: Path | None, args: argparse.Namespace) -> dict[str, float]:
     path = [str(ROOT)] + ([str(src)] if src is not None else [])
     env["PYTHONPATH"] = os.pathsep.join(path)
     cmd = [sys.executable, "-m", "bench.bench_path", "--child", "--connections", str(args.connections),
-           "--per-connection", str(args.per_connection), "--rounds", str(args.rounds)]  # fmt: skip
+           "--per-connection", str(args.per_connection), "--rounds", str(args.rounds),
+           "--monitoring", args.monitoring]  # fmt: skip
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--per-connection", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--src", type=Path, help="another tree's src/ to compare with, alternately")
+    parser.add_argument("--monitoring", choices=("on", "off"), default="on", help="state and gap tracking")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

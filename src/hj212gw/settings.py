@@ -209,6 +209,10 @@ class GapSettings(BaseModel):
     grace_hour_s: float = Field(default=600.0, ge=0, description="Hour data is missing once its hour ended this long.")
     grace_day_s: float = Field(default=3600.0, ge=0, description="Day data is missing once its day ended this long.")
     flush_s: float = Field(default=1.0, gt=0, description="Write changed series and gaps this often.")
+    series_write_s: float = Field(
+        default=60.0, gt=0,
+        description="Write a series that only got newer data (no gap changed) this often; read back from data.",
+    )  # fmt: skip
 
 
 class AlertSettings(BaseModel):

@@ -150,6 +150,68 @@ async def test_state_survives_a_restart_and_the_backfill_interface_persists(db, 
     assert rows[newer.id][4:8] == (2, "given_up", 0, "exe_rtn_100")
 
 
+async def store_rows(conn: asyncpg.Connection, times: list[datetime], cn: str = "2061") -> None:
+    """Data rows as the batch writer commits them (the tracker hears of them only afterwards)."""
+    await conn.execute(
+        """INSERT INTO data (mn, cn, data_time, factor, received_at, first_received_at)
+           SELECT $1, $2, t, f, now(), now() FROM unnest($3::timestamptz[]) t, unnest('{w01018,w00000}'::text[]) f""",
+        MN, cn, times,
+    )  # fmt: skip
+
+
+async def test_a_series_with_only_newer_data_is_written_every_series_write_s_and_at_the_last_round(db, conn):
+    clock = Clock(hour(8))
+    gaps = tracker(db, clock, grace_hour_s=LATER, series_write_s=3600.0)
+    gaps.stored(data(hour(0)))  # a new series: written at once
+    await gaps.flush()
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(0)
+    gaps.stored(data(hour(1)))  # the next period: nothing but `last` moved
+    await gaps.flush()
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(0)
+    gaps.stored(data(hour(3)))  # a jump opens a gap: written in the next round, with `last`
+    await gaps.flush()
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(3)
+    gaps.stored(data(hour(4)))
+    gaps.monotonic = lambda: float("inf")  # series_write_s passed
+    await gaps.flush()
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(4)
+    gaps.stored(data(hour(5)))
+    await gaps.flush(loading=False)  # the last round, at stop
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(5)
+
+
+async def test_a_restart_reads_back_the_periods_stored_after_the_series_row_was_written(db, conn):
+    clock = Clock(hour(8))
+    first = tracker(db, clock, grace_hour_s=LATER, series_write_s=3600.0)
+    for n in (0, 1, 2, 3):
+        first.stored(data(hour(n)))
+    await first.flush()
+    await store_rows(conn, [hour(n) for n in range(6)])
+    for n in (4, 5):
+        first.stored(data(hour(n)))  # stored and tracked, the row not written yet: then a crash
+    await first.flush()
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(3)
+    again = tracker(db, clock, grace_hour_s=LATER, series_write_s=3600.0)
+    await again.flush()
+    again.stored(data(hour(6)))  # the next period after what `data` holds: no gap
+    await again.flush(loading=False)
+    assert await gap_rows(conn) == []
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(6)
+
+
+async def test_a_restart_reads_back_a_gap_the_crash_kept_from_being_written(db, conn):
+    clock = Clock(hour(8))
+    first = tracker(db, clock, grace_hour_s=LATER, series_write_s=3600.0)
+    first.stored(data(hour(0)))
+    await first.flush()
+    await store_rows(conn, [hour(0), hour(1), hour(4)])  # committed; the crash came before the round
+    again = tracker(db, clock, grace_hour_s=LATER)
+    await again.flush()
+    [gap] = again.open_gaps(MN)
+    assert (gap.start, gap.end, gap.periods) == (hour(2), hour(3), 2)
+    assert [(r[2], r[3], r[5]) for r in await gap_rows(conn)] == [(hour(2), hour(3), "open")]
+
+
 async def test_a_device_claimed_by_another_replica_is_written_no_more_here(db, conn):
     clock = Clock(hour(8))
     a, b = tracker(db, clock, owner="a", grace_hour_s=LATER), tracker(db, clock, owner="b", grace_hour_s=LATER)

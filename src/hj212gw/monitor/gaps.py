@@ -18,6 +18,7 @@ types, never the server.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -62,7 +63,10 @@ class GapTracker:
         self.series: dict[tuple[str, str], Series] = {}
         self._of_mn: dict[str, list[Series]] = {}  # the same series by device (the backfill asks per device)
         self._by_id: dict[int, tuple[Series, Run]] = {}
-        self._dirty: set[Series] = set()
+        self._dirty: set[Series] = set()  # gaps or span changed: written in the next round
+        self._advanced: set[Series] = set()  # only newer data: written every series_write_s
+        self.monotonic = time.monotonic
+        self._advanced_due = self.monotonic() + settings.series_write_s  # the next write of `_advanced`
         self._loaded: set[str] = set()
         self._to_load: set[str] = set()
         self._released: set[str] = set()  # devices that left this replica (claimed again if they return)
@@ -102,8 +106,10 @@ class GapTracker:
         series = self.series.get((mn, data.cn))
         if series is None:
             series = self._add(self._new_series(mn, data.cn))
-        series.arrive(data.data_time)
-        self._dirty.add(series)
+        if series.arrive(data.data_time):
+            self._dirty.add(series)
+        else:
+            self._advanced.add(series)
 
     def _add(self, series: Series) -> Series:
         self.series[(series.mn, series.cn)] = series
@@ -134,7 +140,7 @@ class GapTracker:
                 _LOG.warning("gaps_arrivals_dropped", count=self._dropped, waiting=self._pending_count)
                 self._dropped = 0
             await self._scan_in_slices(now)
-            await self._write(now)
+            await self._write(now, everything=not loading)
         except DATABASE_ERRORS as err:
             if not self._failing:
                 _LOG.warning("gaps_flush_failed", error=type(err).__name__, detail=str(err)[:200])
@@ -169,7 +175,7 @@ class GapTracker:
     async def _load(self) -> None:
         if not self._restored:
             claimed = await self.store.claim(self.owner, None)
-            self._adopt(claimed.series, claimed.gaps, {row.mn for row in claimed.series})
+            self._adopt(claimed.series, claimed.gaps, {row.mn for row in claimed.series}, claimed.tails)
             self._restored = True
         self._to_load -= self._loaded  # loaded meanwhile (by the restart's load)
         if self._to_load:
@@ -178,16 +184,29 @@ class GapTracker:
             self._to_load.difference_update(mns)
             for mn in claimed.taken:  # what this replica still keeps of it is older than the rows
                 self._evict(mn)
-            self._adopt(claimed.series, claimed.gaps, set(mns))
+            self._adopt(claimed.series, claimed.gaps, set(mns), claimed.tails)
 
-    def _adopt(self, series_rows: Iterable[SeriesRow], gap_rows: Iterable[GapRow], mns: set[str]) -> None:
-        """Build the series loaded for `mns`, then put the arrivals that waited for them on top."""
+    def _adopt(
+        self,
+        series_rows: Iterable[SeriesRow],
+        gap_rows: Iterable[GapRow],
+        mns: set[str],
+        tails: Mapping[tuple[str, str], list[datetime]] | None = None,
+    ) -> None:
+        """Build the series loaded for `mns` with the periods stored after their rows were last
+        written (`tails`), then put the arrivals that waited for them on top."""
         runs: dict[tuple[str, str], list[GapRow]] = {}
         for gap in gap_rows:
             runs.setdefault((gap.mn, gap.cn), []).append(gap)
         for row in series_rows:
-            if row.cn in GRID_CNS and (row.mn, row.cn) not in self.series:
-                self._restore(row, runs.get((row.mn, row.cn), []))
+            key = (row.mn, row.cn)
+            if row.cn in GRID_CNS and key not in self.series:
+                series = self._restore(row, runs.get(key, []))
+                tail = tails.get(key) if tails else None
+                if tail and any([series.arrive(data_time) for data_time in tail]):
+                    self._dirty.add(series)
+                elif tail:
+                    self._advanced.add(series)
         self._loaded |= mns
         for mn in mns:
             waiting = self._pending.pop(mn, [])
@@ -195,7 +214,7 @@ class GapTracker:
             for data in waiting:
                 self.stored(data)
 
-    def _restore(self, row: SeriesRow, gaps: list[GapRow]) -> None:
+    def _restore(self, row: SeriesRow, gaps: list[GapRow]) -> Series:
         series = Series(row.mn, row.cn, self.origin_s, self.grace_s[row.cn], timedelta(seconds=row.period_s))
         grid = series.grid
         assert grid is not None
@@ -222,10 +241,16 @@ class GapTracker:
             assert isinstance(restored, GapState) and restored.id is not None
             self._by_id[restored.id] = (series, run)
         series.check_at = series.next_check(self.horizon)
-        self._add(series)
+        return self._add(series)
 
-    async def _write(self, now: datetime) -> None:
+    async def _write(self, now: datetime, *, everything: bool = False) -> None:
+        """Write the series whose gaps changed; those that only got newer data every
+        `series_write_s` (and all of them at the last round, `everything`)."""
         dirty, self._dirty = self._dirty, set()
+        if self._advanced and (everything or self.monotonic() >= self._advanced_due):
+            dirty |= self._advanced
+            self._advanced = set()
+            self._advanced_due = self.monotonic() + self.settings.series_write_s
         work: list[Work] = []
         try:
             rows, work = self._collect(dirty, now)
@@ -300,6 +325,7 @@ class GapTracker:
         for series in self._of_mn.pop(mn, ()):
             del self.series[(series.mn, series.cn)]
             self._dirty.discard(series)
+            self._advanced.discard(series)
             for run in series.grid.runs if series.grid is not None else ():
                 if isinstance(run.tag, GapState) and run.tag.id is not None:
                     self._by_id.pop(run.tag.id, None)

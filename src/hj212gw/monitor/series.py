@@ -95,20 +95,31 @@ class Series:
         self.retired: list[tuple[Run, int, str]] = []  # (run, its period_s, why) no longer on the grid
         self.check_at = 0.0  # Unix time of the next tail or horizon change (the scan's threshold)
 
-    def arrive(self, data_time: datetime) -> None:
-        """One stored DataTime: O(1) after the newest period, O(log gaps) before it."""
+    def arrive(self, data_time: datetime) -> bool:
+        """One stored DataTime: O(1) after the newest period, O(log gaps) before it.
+
+        True if the series changed in more than its newest period: a gap opened, grew, split or
+        closed, its oldest period or its period changed. False for the usual arrival, the next
+        period after the newest (or one stored already): only `last` moved, which a restart can
+        read back from `data` (storage.gaps.TAILS_SQL), so it need not be written at once."""
         cadence = self.cadence
         if cadence is not None:
             cadence.observe(data_time)
             period = cadence.period
             if period is not None and period != self.period:  # learned (a restored grid keeps its own till then)
                 self._regrid(period, data_time)
-                return
+                return True
         grid = self.grid
-        if grid is not None:
-            grid.add(grid.index_of(data_time))
-        elif len(self.early) < EARLY_KEPT:
-            self.early.append(data_time)
+        if grid is None:
+            if len(self.early) < EARLY_KEPT:
+                self.early.append(data_time)
+            return False
+        index = grid.index_of(data_time)
+        top = grid.top
+        if top is not None and index == top + 1 and top == grid.last:
+            grid.add(index)  # the next period, no tail run: only `last` and `top` move
+            return False
+        return grid.add(index)
 
     def _regrid(self, period: timedelta, data_time: datetime) -> None:
         """The minute period is known, or changed: a grid from the first DataTimes kept."""

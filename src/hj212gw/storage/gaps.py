@@ -63,6 +63,26 @@ class Claimed(NamedTuple):
     series: list[SeriesRow]
     gaps: list[GapRow]
     taken: frozenset[str] = frozenset()
+    # (mn, cn) -> the DataTimes stored in `data` after the series row's last_time, oldest first
+    # (at most TAIL_LIMIT): what the previous holder stored but had not written yet.
+    tails: dict[tuple[str, str], list[datetime]] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
+
+
+TAIL_LIMIT = 5000
+"""DataTimes read per series after its last written period (a replayed capture can add many)."""
+
+# The periods a series' holder stored after it last wrote the series row: the tracker writes a
+# series whose only change is newer data (no gap opened, filled or changed) at most every
+# `gaps.series_write_s`, so a restart or a move reads them back from `data` instead.
+TAILS_SQL = """
+SELECT s.mn, s.cn, t.data_time
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS s(mn, cn, last_time)
+CROSS JOIN LATERAL (
+    SELECT DISTINCT d.data_time FROM data d
+    WHERE d.mn = s.mn AND d.data_time > s.last_time AND d.cn = s.cn AND NOT d.time_suspect
+    ORDER BY d.data_time LIMIT $4
+) AS t
+ORDER BY s.mn, s.cn, t.data_time"""
 
 
 SAVE_SERIES_SQL = """
@@ -128,9 +148,14 @@ async def claim(conn: asyncpg.Connection, owner: str, mns: Sequence[str] | None)
                 ORDER BY mn, cn, start_time""",
             held,
         )
-    return Claimed(
-        [SeriesRow(*_pick(r, SeriesRow._fields)) for r in series], [GapRow(*r.values()) for r in gaps], taken
-    )
+        rows = [SeriesRow(*_pick(r, SeriesRow._fields)) for r in series]
+        tails: dict[tuple[str, str], list[datetime]] = {}
+        if rows:
+            for record in await conn.fetch(
+                TAILS_SQL, [r.mn for r in rows], [r.cn for r in rows], [r.last_time for r in rows], TAIL_LIMIT
+            ):
+                tails.setdefault((record["mn"], record["cn"]), []).append(record["data_time"])
+    return Claimed(rows, [GapRow(*r.values()) for r in gaps], taken, tails)
 
 
 async def stored_times(conn: asyncpg.Connection, mn: str, cn: str, start: datetime, end: datetime) -> list[datetime]:
