@@ -5,7 +5,7 @@ standard's tables becomes `other`; never a QN, a value or, by default, an MN).
 """
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -282,6 +282,34 @@ class Metrics:
             ["state", "cause"],
             registry=r,
         )
+        self.alerts_firing_gauge = Gauge(
+            "hj212gw_alerts_firing",
+            "Alerts firing now in the installation (every replica reads the same count from PostgreSQL "
+            "every alerts.refresh_s), by rule and severity.",
+            ["rule", "severity"],
+            registry=r,
+        )
+        self.alert_changes_total = Counter(
+            "hj212gw_alert_changes_total",
+            "Alert changes this replica wrote, by type (firing, resolved, updated, acknowledged, reminder).",
+            ["type"],
+            registry=r,
+        )
+        self.alert_outbox_depth = Gauge(
+            "hj212gw_alert_outbox_depth",
+            "Outbox entries a sink has not delivered yet (read from PostgreSQL every alerts.refresh_s).",
+            ["sink"],
+            registry=r,
+        )
+        self.alert_outbox_oldest_age = Gauge(
+            "hj212gw_alert_outbox_oldest_age_seconds",
+            "Age of the oldest outbox entry a sink has not delivered yet (0: none).",
+            ["sink"],
+            registry=r,
+        )
+        self.alert_leader_gauge = Gauge(
+            "hj212gw_alert_leader", "1 while this replica is the elected one (scanning rules, reminders).", registry=r
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 
@@ -359,3 +387,21 @@ class Metrics:
 
     def task_restarted(self, task: str) -> None:
         self.task_restarts.labels(task=task).inc()
+
+    # AlertObserver (hj212gw.alerts.engine) ---------------------------------------------------
+
+    def alert_changes(self, change: str, count: int) -> None:
+        self.alert_changes_total.labels(type=change).inc(count)
+
+    def alerts_firing(self, counts: Mapping[tuple[str, str], int]) -> None:
+        self.alerts_firing_gauge.clear()  # a rule with none firing any more drops out
+        for (rule, severity), count in counts.items():
+            self.alerts_firing_gauge.labels(rule=rule, severity=severity).set(count)
+
+    def alert_outbox_backlog(self, backlog: Sequence[tuple[str, int, float | None]]) -> None:
+        for sink, depth, oldest_age_s in backlog:
+            self.alert_outbox_depth.labels(sink=sink).set(depth)
+            self.alert_outbox_oldest_age.labels(sink=sink).set(oldest_age_s or 0.0)
+
+    def alert_leader(self, leading: bool) -> None:
+        self.alert_leader_gauge.set(1 if leading else 0)

@@ -13,6 +13,7 @@ import pytest
 
 from hj212gw.alerts.acks import AlertAcks
 from hj212gw.alerts.engine import AlertEngine
+from hj212gw.metrics import Metrics
 from hj212gw.rules.model import AlertKey, Clear, Fire, Severity
 from hj212gw.settings import AlertSettings
 from hj212gw.storage.db import Database
@@ -213,3 +214,31 @@ async def test_reminders_until_acknowledged_and_the_ack_entry(db: Database, conn
     assert entries[-1][2]["status"] == "firing"
     (row,) = await alerts(conn)
     assert row["acked_at"] - row["starts_at"] == timedelta(minutes=20, seconds=30)  # the response time
+
+
+async def test_refresh_reports_firing_alerts_and_each_sinks_backlog(db: Database, conn: asyncpg.Connection) -> None:
+    clock = Clock()
+    metrics = Metrics()
+    engine = AlertEngine(db, "gw-a", AlertSettings(), observer=metrics, clock=clock)
+    await conn.execute("INSERT INTO alert_sink_cursors (sink) VALUES ('mqtt'), ('webhook')")
+    await engine.apply([fire(), fire(AlertKey("device_offline", MN)), fire(AlertKey("device_offline", "OTHER"))])
+    await engine.apply([Clear(AlertKey("device_offline", "OTHER"), at=T0)])
+    # mqtt delivered everything up to the first entry
+    await conn.execute(
+        """UPDATE alert_sink_cursors SET (last_txid, last_id) =
+               (SELECT txid, id FROM alert_outbox ORDER BY txid, id LIMIT 1)
+           WHERE sink = 'mqtt'"""
+    )
+    clock.now = datetime.now(UTC) + timedelta(seconds=30)
+    await engine.refresh()
+    value = metrics.registry.get_sample_value
+    assert value("hj212gw_alerts_firing", {"rule": "device_offline", "severity": "critical"}) == 1
+    assert value("hj212gw_alerts_firing", {"rule": "over_limit", "severity": "critical"}) == 1
+    assert value("hj212gw_alert_changes_total", {"type": "firing"}) == 3
+    assert value("hj212gw_alert_changes_total", {"type": "resolved"}) == 1
+    assert value("hj212gw_alert_outbox_depth", {"sink": "mqtt"}) == 3
+    assert value("hj212gw_alert_outbox_depth", {"sink": "webhook"}) == 4
+    assert 29 < value("hj212gw_alert_outbox_oldest_age_seconds", {"sink": "webhook"}) < 60
+    await engine.apply([Clear(KEY, at=T0), Clear(AlertKey("device_offline", MN), at=T0)])
+    await engine.refresh()
+    assert value("hj212gw_alerts_firing", {"rule": "over_limit", "severity": "critical"}) is None

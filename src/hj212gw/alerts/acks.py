@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from hj212gw.alerts.engine import outbox_entry
+from hj212gw.alerts.engine import AlertObserver, outbox_entry
 from hj212gw.storage import alerts as sql
 from hj212gw.storage.db import Database
 
@@ -28,8 +28,9 @@ class AckOutcome:
 class AlertAcks:
     """Acknowledgements on a writable `Database` (the gateway's pool, not the API's read-only one)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, observer: AlertObserver | None = None) -> None:
         self.db = db
+        self.observer = observer
 
     async def acknowledge(self, alert_id: int, *, by: str, note: str | None, at: datetime | None = None) -> AckOutcome:
         """Acknowledge alert `alert_id` now (or `at`) and queue its `acknowledged` entry."""
@@ -37,6 +38,10 @@ class AlertAcks:
             row = await sql.acknowledge(conn, alert_id, at=at or datetime.now(UTC), by=by, note=note)
             if row is not None:
                 await sql.save_outbox(conn, [outbox_entry(row, "acknowledged")])
-                return AckOutcome("acknowledged", row)
-            existing = await sql.fetch_alert(conn, alert_id)
+            else:
+                existing = await sql.fetch_alert(conn, alert_id)
+        if row is not None:
+            if self.observer is not None:
+                self.observer.alert_changes("acknowledged", 1)
+            return AckOutcome("acknowledged", row)
         return AckOutcome("unknown" if existing is None else "already", existing)

@@ -16,6 +16,8 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
+from hj212gw.alerts.acks import AlertAcks
+from hj212gw.api.alerts import AlertRoutes
 from hj212gw.api.auth import require_bearer_token
 from hj212gw.api.commands import CommandRoutes
 from hj212gw.api.data import DataRoutes
@@ -42,6 +44,7 @@ def build_app(
     not_ready_reasons: Callable[[], list[str]] | None = None,
     device_timezone: str = "Asia/Shanghai",
     commands: CommandStore | None = None,
+    alert_acks: AlertAcks | None = None,
 ) -> web.Application:
     """The admin application; `metrics_registry=None` exposes prometheus_client's default registry.
 
@@ -49,7 +52,8 @@ def build_app(
     `not_ready_reasons` names what keeps `ready` false (shown by /readyz); `device_timezone` is
     the zone `?tz=device` renders data times in. `/` redirects to the index of routes, /api/v1.
     `commands`: where POSTed commands are inserted (a writable pool; None: POST is refused); a
-    POST needs the token, so an API without one takes no commands.
+    POST needs the token, so an API without one takes no commands. `alert_acks`: where alert
+    acknowledgements are written (a writable pool; None: POST .../ack is refused), token as for commands.
     """
     guards = [] if token is None else [require_bearer_token(token)]
     app = web.Application(middlewares=[errors_as_json, *guards])
@@ -59,6 +63,7 @@ def build_app(
     DataRoutes(db, live, ZoneInfo(device_timezone)).add_to(app.router)
     CommandRoutes(CommandStore(db), commands, token_set=token is not None).add_to(app.router)
     GapRoutes(db).add_to(app.router)
+    AlertRoutes(db, alert_acks, token_set=token is not None).add_to(app.router)
     IndexRoutes().add_to(app.router)
     return app
 

@@ -1,9 +1,9 @@
-"""`hj212gw serve | migrate | check-config | devices | command | gaps | check | replay | simulate`.
+"""`hj212gw serve | migrate | check-config | devices | command | gaps | alerts | check | replay | simulate`.
 
 One module per subcommand: serve.py (with workers.py for `--workers N`, database.py for the
-embedded PostgreSQL), migrate.py, check_config.py, devices.py, command.py, gaps.py, check.py, replay.py; `simulate`
-is hj212gw.simulator.cli. Settings are loaded once here (options.py: flags > env > TOML >
-defaults) and plain objects are handed down. The top layer: nothing of the package imports it.
+embedded PostgreSQL), migrate.py, check_config.py, devices.py, command.py, gaps.py, alerts.py,
+check.py, replay.py; `simulate` is hj212gw.simulator.cli. Settings are loaded once here
+(options.py: flags > env > TOML > defaults) and plain objects are handed down. The top layer: nothing of the package imports it.
 Exit codes: 0 success, 1 failure (invalid packet, unreachable database, unacked replay), 2 usage.
 """
 
@@ -15,7 +15,7 @@ import tomllib
 from pydantic import ValidationError
 
 from hj212gw import __version__
-from hj212gw.cli import check_config, command, devices, gaps, migrate, replay
+from hj212gw.cli import alerts, check_config, command, devices, gaps, migrate, replay
 from hj212gw.cli.options import add_settings_flags, settings_from
 from hj212gw.logs import configure_logging
 from hj212gw.server.auth import Sm4KeysError, load_sm4_keys
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_parser(commands, add_settings_flags)
     command.add_parser(commands, add_settings_flags)
     gaps.add_parser(commands, add_settings_flags)
+    alerts.add_parser(commands, add_settings_flags)
     check = commands.add_parser("check", help="decode and explain HJ 212 packets", add_help=False)
     check.add_argument("rest", nargs=argparse.REMAINDER)
     replay.add_parser(commands)
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(command.run(settings, args))
     if args.command == "gaps":
         return asyncio.run(gaps.run(settings, args))
+    if args.command == "alerts":
+        try:
+            return asyncio.run(alerts.run(settings, args))
+        except KeyboardInterrupt:  # the end of `alerts --follow`
+            return 0
     try:
         load_sm4_keys(settings.devices)  # checked before anything starts; the message names no key
     except Sm4KeysError as exc:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from hj212gw.alerts.acks import AlertAcks
 from hj212gw.api import build_app, start_http, stop_http
 from hj212gw.api.auth import HttpAccessError, http_access_token
 from hj212gw.cli.database import resolve_database_url, stop_started_embedded
@@ -129,6 +130,7 @@ async def start(settings: Settings) -> Running:
             not_ready_reasons=gateway.not_ready_reasons,
             device_timezone=settings.device_timezone,
             commands=gateway.commands.store,
+            alert_acks=AlertAcks(db, metrics),
         )
         host, port = split_host_port(settings.http)
         runner = await _listening("http", settings.http, start_http(app, host, port))
