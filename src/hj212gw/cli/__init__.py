@@ -3,7 +3,8 @@
 One module per subcommand: serve.py (with workers.py for `--workers N`, database.py for the
 embedded PostgreSQL), migrate.py, check_config.py, devices.py, command.py, gaps.py, alerts.py,
 check.py, replay.py; `simulate` is hj212gw.simulator.cli. Settings are loaded once here
-(options.py: flags > env > TOML > defaults) and plain objects are handed down. The top layer: nothing of the package imports it.
+(options.py: flags > env > TOML > defaults) and plain objects are handed down. The top layer:
+nothing of the package imports it.
 Exit codes: 0 success, 1 failure (invalid packet, unreachable database, unacked replay), 2 usage.
 """
 
