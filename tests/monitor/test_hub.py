@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from hj212gw.cli.serve import Running
-from hj212gw.monitor.hub import StoredData
+from hj212gw.monitor.hub import BACKFILL_ONLY, NOTHING, Monitor, StoredData
 from hj212gw.monitor.state import MOVED_TO_CONNECTION
+from hj212gw.storage.rows import DataBlock
 from tests.integration.das import MN, data_packet
 from tests.integration.serving import connect, start
 from tests.integration.test_gaps import DAY0, hj_time, hours
@@ -95,3 +96,23 @@ async def test_with_monitoring_off_only_the_command_channel_listens(
     assert await conn.fetchval("SELECT count(*) FROM device_state") == 0
     assert await conn.fetchval("SELECT count(*) FROM data") == 3
     await das.close()
+
+
+def _block(mn: str, hour: int, *, resend: bool) -> DataBlock:
+    t = datetime(2026, 12, 3, hour, tzinfo=UTC)
+    return DataBlock(b"", 1, (2026, 12), resend, False, mn, "2061", t, t)
+
+
+def test_a_listener_is_told_of_the_data_it_declares_it_follows() -> None:
+    every, answers, none = Recorder(), Recorder(), Recorder()
+    answers.stored_kinds = BACKFILL_ONLY  # type: ignore[attr-defined]
+    none.stored_kinds = NOTHING  # type: ignore[attr-defined]
+    monitor = Monitor([every, answers, none, Broken()])
+    monitor.committed([_block("A", 1, resend=False), _block("B", 2, resend=True), _block("", 3, resend=False)])
+    assert [s[1:] for s in every.signals] == [("A", "2061", datetime(2026, 12, 3, 1, tzinfo=UTC), False),
+                                              ("B", "2061", datetime(2026, 12, 3, 2, tzinfo=UTC), True)]  # fmt: skip
+    assert [s[1] for s in answers.signals] == ["B"]
+    assert none.signals == []
+    quiet = Monitor([answers])
+    quiet.committed([_block("C", 4, resend=False)])  # nobody follows live data: nothing built
+    assert [s[1] for s in answers.signals] == ["B"]

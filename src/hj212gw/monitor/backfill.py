@@ -43,7 +43,7 @@ import structlog
 
 from hj212gw.monitor.backfill_plan import Fetch, MissingRun, RetryPolicy, TokenBucket, next_fetch
 from hj212gw.monitor.commands import CommandOutcome
-from hj212gw.monitor.hub import StoredData
+from hj212gw.monitor.hub import NOTHING, StoredData
 
 _LOG = structlog.get_logger("hj212gw.monitor")
 
@@ -138,6 +138,8 @@ class BackfillConfig:
 
 class Backfill:
     """Automatic history fetches for the gaps of the devices this replica holds."""
+
+    stored_kinds = NOTHING  # it follows connections; gaps come from the gap tracker
 
     def __init__(
         self,

@@ -64,7 +64,11 @@ class Cadence:
             self._last = data_time
         if self._fixed is not None or last is None or data_time <= last:
             return
-        step = self._valid_step(data_time - last)
+        delta = data_time - last
+        if delta == self._learned:  # nearly every packet: valid, and it cannot lower the period
+            self._steps.append(delta)
+            return
+        step = self._valid_step(delta)
         if step is None:
             return
         self._steps.append(step)

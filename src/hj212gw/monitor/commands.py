@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from hj212gw.monitor.hub import StoredData
+from hj212gw.monitor.hub import BACKFILL_ONLY, StoredData
 from hj212gw.protocol.constants import DATA_CNS, ExeRtn, QnRtn
 from hj212gw.protocol.events import PacketReceived, RequestAcknowledged, RequestFailed, RequestFinished
 from hj212gw.storage.commands import CommandUpdate
@@ -93,6 +93,8 @@ def _code_name(enum: type[QnRtn] | type[ExeRtn], code: int | None) -> str:
 
 class CommandTracker:
     """In-flight commands by MN and QN; `take_updates()` hands the rows to write to the runner."""
+
+    stored_kinds = BACKFILL_ONLY  # a history fetch's answer rows are backfilled data
 
     def __init__(
         self,

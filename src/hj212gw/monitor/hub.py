@@ -18,7 +18,7 @@ import structlog
 
 from hj212gw.storage.rows import DataBlock
 
-__all__ = ["DeviceListener", "Monitor", "StoredData"]
+__all__ = ["BACKFILL_ONLY", "EVERYTHING", "NOTHING", "DeviceListener", "Monitor", "StoredData"]
 
 _LOG = structlog.get_logger("hj212gw.monitor")
 
@@ -35,11 +35,21 @@ class StoredData(NamedTuple):
 
 
 class DeviceListener(Protocol):
-    """A tracker that follows devices; every method must be quick and must not raise."""
+    """A tracker that follows devices; every method must be quick and must not raise.
+
+    A listener may declare `stored_kinds = BACKFILL_ONLY` (a class attribute): then `stored` is
+    called only for backfilled data (RF=1, history answers), and the hub builds nothing for the
+    other packets on its account; `NOTHING` (it follows connections only) skips `stored` always.
+    """
 
     def bound(self, mn: str, connection_id: int | None, peer: str, now: datetime) -> None: ...
     def released(self, mn: str, connection_id: int | None, cause: str, now: datetime) -> None: ...
     def stored(self, data: StoredData) -> None: ...
+
+
+EVERYTHING = "everything"
+BACKFILL_ONLY = "backfill_only"
+NOTHING = "nothing"
 
 
 class Monitor:
@@ -65,17 +75,45 @@ class Monitor:
                 _LOG.exception("monitor_bug", signal="released", mn=mn)
 
     def committed(self, blocks: Sequence[DataBlock]) -> None:
-        """The data blocks of one committed batch (the writer's `on_committed`)."""
-        if not self.listeners:
+        """The data blocks of one committed batch (the writer's `on_committed`).
+
+        Once per batch, for every packet in it: one StoredData per block only when a listener
+        wants it, and the listeners called in one loop (this ran per packet in the ack path's
+        process, so it is kept to a tuple and a few calls)."""
+        every, backfill = self._storing()
+        if not every and not backfill:
             return
         for block in blocks:
-            if block.mn and block.data_time is not None and block.received_at is not None:
-                self.stored(
-                    StoredData(block.mn, block.cn, block.data_time, block.received_at, block.resend, block.time_suspect)
-                )
+            if not block.mn or block.data_time is None or block.received_at is None:
+                continue
+            if block.resend:
+                data = StoredData(block.mn, block.cn, block.data_time, block.received_at, True, block.time_suspect)
+                self._fan_out(data, every)
+                self._fan_out(data, backfill)
+            elif every:
+                data = StoredData(block.mn, block.cn, block.data_time, block.received_at, False, block.time_suspect)
+                self._fan_out(data, every)
 
     def stored(self, data: StoredData) -> None:
+        every, backfill = self._storing()
+        self._fan_out(data, every)
+        if data.backfill:
+            self._fan_out(data, backfill)
+
+    def _storing(self) -> tuple[list[DeviceListener], list[DeviceListener]]:
+        every: list[DeviceListener] = []
+        backfill: list[DeviceListener] = []
         for listener in self.listeners:
+            kinds = getattr(listener, "stored_kinds", EVERYTHING)
+            if kinds == EVERYTHING:
+                every.append(listener)
+            elif kinds == BACKFILL_ONLY:
+                backfill.append(listener)
+        return every, backfill
+
+    @staticmethod
+    def _fan_out(data: StoredData, listeners: list[DeviceListener]) -> None:
+        for listener in listeners:
             try:
                 listener.stored(data)
             except Exception:
