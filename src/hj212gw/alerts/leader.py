@@ -66,7 +66,9 @@ class Leader:
         self.connect_timeout_s = connect_timeout_s
         self.connected = False
         self._leader = False
-        self._changed = asyncio.Condition()
+        self._leading = asyncio.Event()
+        self._following = asyncio.Event()
+        self._following.set()
         self._listeners: list[Callable[[bool], None]] = []
         self._conn: asyncpg.Connection | None = None
 
@@ -84,8 +86,7 @@ class Leader:
 
     async def wait_until(self, leading: bool) -> None:
         """Return once this replica leads (`leading`) or does not."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._leader is leading)
+        await (self._leading if leading else self._following).wait()
 
     async def run(self) -> None:
         """Connect, campaign, hold; after a lost connection, connect again with backoff. Outages
@@ -101,14 +102,19 @@ class Leader:
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RECONNECT_MAX_S)
                 continue
+            if pause_s != self.check_s:
+                _LOG.info("leader_connected", election=self.name)
             pause_s = self.check_s
             try:
                 await self._hold(conn)
             except _LOST_ERRORS as err:
                 _LOG.warning("leader_connection_lost", election=self.name, error=type(err).__name__)
+            except asyncio.CancelledError:  # stopped: the session ends below, and the lock with it
+                self._set_leader(False, event="leader_resigned")
+                raise
             finally:
                 self.connected = False
-                await self._set_leader(False)
+                self._set_leader(False)
                 conn.terminate()
                 self._conn = None
             await asyncio.sleep(self.check_s)
@@ -132,7 +138,7 @@ class Leader:
         lost = asyncio.Event()
 
         def closed(_: object) -> None:
-            self._lose_now()  # before anything else runs: no work starts on a lost lock
+            self._set_leader(False)  # before anything else runs: no work starts on a lost lock
             lost.set()
 
         conn.add_termination_listener(closed)
@@ -143,34 +149,24 @@ class Leader:
                 await conn.fetchval("SELECT 1", timeout=self.check_s)
             elif await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key, timeout=self.check_s):
                 _LOG.info("leader_elected", election=self.name)
-                await self._set_leader(True)
+                self._set_leader(True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), self.check_s)
             if lost.is_set():
                 raise LeaderConnectionLost("closed")
 
-    def _lose_now(self) -> None:
-        if self._leader:
-            self._leader = False
-            _LOG.warning("leader_lost", election=self.name)
-            self._notify(False)
-            asyncio.get_running_loop().create_task(self._wake())
-
-    async def _set_leader(self, leading: bool) -> None:
-        if self._leader is not leading:
-            self._leader = leading
-            if not leading:
-                _LOG.warning("leader_lost", election=self.name)
-            self._notify(leading)
-        await self._wake()
-
-    def _notify(self, leading: bool) -> None:
+    def _set_leader(self, leading: bool, *, event: str = "leader_lost") -> None:
+        """Change leadership at once (no await: nothing runs between the change and the wake-ups)."""
+        if self._leader is leading:
+            return
+        self._leader = leading
+        (self._leading if leading else self._following).set()
+        (self._following if leading else self._leading).clear()
+        if not leading:
+            log = _LOG.info if event == "leader_resigned" else _LOG.warning
+            log(event, election=self.name)
         for callback in self._listeners:
             callback(leading)
-
-    async def _wake(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def while_leader(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `factory()` whenever this replica leads; cancel it the moment leadership is lost.
@@ -197,11 +193,7 @@ class Leader:
         if conn is not None:
             await _close_quietly(conn.close(timeout=2.0), conn)
         self.connected = False
-        if self._leader:
-            self._leader = False
-            _LOG.info("leader_resigned", election=self.name)
-            self._notify(False)
-        await self._wake()
+        self._set_leader(False, event="leader_resigned")
 
 
 async def _close_quietly(closing: Awaitable[None], conn: asyncpg.Connection) -> None:
