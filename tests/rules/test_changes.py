@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from hj212gw.rules.changes import instrument_parameters, parse_range
+from hj212gw.rules.model import Clear, Fire, Sample, ValueRevised
+from hj212gw.rules.packet import PacketRules
+from hj212gw.rules.thresholds import Thresholds
+from tests.rules.helpers import MN, fires, minute, sample
+
+
+def site_info(at_minute: int, **infos: str) -> Sample:
+    fields = {"DataTime": "x", "PolId": "a21026", **{f"{k}-Info": v for k, v in infos.items()}}
+    return Sample(MN, "3020", minute(at_minute), minute(at_minute), False, fields)
+
+
+def test_parameter_change_is_fired_and_cleared_at_once() -> None:
+    rules = PacketRules(Thresholds.default())
+    assert rules.on_sample(site_info(0, i13001="0-500", i13007="0.1")) == []  # first upload: the reference
+    assert rules.on_sample(site_info(5, i13001="0-500", i13007="0.1")) == []
+    fire, clear = rules.on_sample(site_info(10, i13001="0-500", i13007="0.3"))
+    assert isinstance(fire, Fire) and isinstance(clear, Clear)
+    assert (fire.key.rule, fire.key.factor, fire.key.detail) == ("parameter_changed", "a21026", "i13007")
+    assert fire.details == {"parameter": "i13007", "old": "0.1", "new": "0.3"}
+    assert clear.key == fire.key
+
+
+def test_uploaded_range_is_the_factor_range() -> None:
+    rules = PacketRules(Thresholds.default())
+    rules.on_sample(site_info(0, i13001="0-100"))
+    out = []
+    for i in range(1, 5):
+        out += rules.on_sample(sample(minute(i), {"a21026": 150}))
+    (fired,) = fires(out, "out_of_range")
+    assert "[0.0, 100.0]" in fired.summary_en
+
+
+def test_parse_range_and_vendor_forms() -> None:
+    assert parse_range("500") == (0.0, 500.0)
+    assert parse_range("0~200") == (0.0, 200.0)
+    assert parse_range("abc") is None
+    assert list(instrument_parameters({"w01018-i13001-Info": "0-1000", "i12001-Info": "0"})) == [
+        ("w01018", "i13001", "0-1000")
+    ]
+
+
+def test_value_revised() -> None:
+    event = ValueRevised(MN, "2051", "a21026", minute(0), 30.0, 45.0, minute(90))
+    fire, clear = PacketRules(Thresholds.default()).on_revised(event)
+    assert isinstance(fire, Fire) and isinstance(clear, Clear)
+    assert (fire.key.rule, fire.key.detail, fire.value) == ("value_revised", "2051", 45.0)
+    assert "30.0" in fire.summary_en and "45.0" in fire.summary_zh
