@@ -4,6 +4,7 @@ atomic outbox entries, reminders and acknowledgements. Only the clock is fake.""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,8 +54,6 @@ async def alerts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 async def outbox(conn: asyncpg.Connection) -> list[tuple[str, int, dict[str, Any]]]:
     rows = await conn.fetch("SELECT type, alert_id, payload::text FROM alert_outbox ORDER BY txid, id")
-    import json
-
     return [(r["type"], r["alert_id"], json.loads(r["payload"])) for r in rows]
 
 
@@ -101,6 +100,7 @@ async def test_raise_update_resolve_and_raise_again(db: Database, conn: asyncpg.
     applied = await engine.apply([Clear(KEY, at=clock.now, value=90.0)])
     (row,) = await alerts(conn)
     assert applied.resolved == [row["id"]] and row["status"] == "resolved" and row["ends_at"] == clock.now
+    assert row["value"] == 140.0 and json.loads(row["details"]) == {"resolved_value": 90.0}  # details of the last write
     assert [(k, p["status"], p["endsAt"]) for k, _, p in await outbox(conn)] == [
         ("firing", "firing", None),
         ("resolved", "resolved", "2026-12-01T08:01:15Z"),

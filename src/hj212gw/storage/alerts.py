@@ -99,7 +99,8 @@ RETURNING a.fingerprint"""
 
 RESOLVE_SQL = """
 UPDATE alerts a SET status = 'resolved', ends_at = greatest(c.ends_at, a.starts_at), updated_at = $3,
-                    value = coalesce(c.value, a.value)
+    details = CASE WHEN c.value IS NULL THEN a.details
+                   ELSE a.details || jsonb_build_object('resolved_value', c.value) END
 FROM unnest($1::text[], $2::timestamptz[], $4::float8[]) AS c (fingerprint, ends_at, value)
 WHERE a.fingerprint = c.fingerprint AND a.status = 'firing'
 RETURNING a.*"""
@@ -185,9 +186,10 @@ async def update_alerts(conn: asyncpg.Connection, updates: Sequence[AlertUpdate]
 async def resolve_alerts(
     conn: asyncpg.Connection, clears: Sequence[tuple[str, datetime, float | None]], now: datetime
 ) -> list[dict[str, Any]]:
-    """Resolve the firing alerts of these (fingerprint, ends_at, last value); the rows resolved.
+    """Resolve the firing alerts of these (fingerprint, ends_at, value at the clear); the rows resolved.
 
-    `ends_at` is never before the alert's start (a Clear for evidence older than the raise)."""
+    `ends_at` is never before the alert's start (a Clear for evidence older than the raise); the
+    value at the clear, when given, goes to `details.resolved_value` (`value` keeps the firing one)."""
     if not clears:
         return []
     rows = await conn.fetch(RESOLVE_SQL, [c[0] for c in clears], [c[1] for c in clears], now, [c[2] for c in clears])
