@@ -310,6 +310,24 @@ class Metrics:
         self.alert_leader_gauge = Gauge(
             "hj212gw_alert_leader", "1 while this replica is the elected one (scanning rules, reminders).", registry=r
         )
+        self.alerts_delivered = Counter(
+            "hj212gw_alerts_delivered_total",
+            "Alert outbox entries a sink confirmed (PUBACK, HTTP 2xx), by sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.alert_publish_errors = Counter(
+            "hj212gw_alert_publish_errors_total",
+            "Failed alert deliveries (each retried later) and entries a sink refused, by sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.device_states_dropped = Counter(
+            "hj212gw_device_states_dropped_total",
+            "Device states not published to MQTT: more devices waited for the broker than "
+            "mqtt.max_pending_device_states.",
+            registry=r,
+        )
         self._frames_ok: dict[str, Counter] = {}
         self.data_acks = self.replies.labels(cn="9014")  # one per data packet: the child, looked up once
 
@@ -379,6 +397,20 @@ class Metrics:
 
     def database_up(self, up: bool) -> None:
         self.dependency_up.labels(name="postgresql").set(1 if up else 0)
+
+    # SinkObserver (hj212gw.alerts.outbox) ----------------------------------------------------
+
+    def dependency(self, name: str, up: bool) -> None:
+        self.dependency_up.labels(name=name).set(1 if up else 0)
+
+    def alerts_sent(self, sink: str, count: int) -> None:
+        self.alerts_delivered.labels(sink=sink).inc(count)
+
+    def alert_publish_failed(self, sink: str) -> None:
+        self.alert_publish_errors.labels(sink=sink).inc()
+
+    def device_state_dropped(self) -> None:
+        self.device_states_dropped.inc()
 
     # SupervisorObserver (hj212gw.supervisor) -------------------------------------------------
 

@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -245,6 +246,76 @@ class AlertSettings(BaseModel):
     )
 
 
+class MqttSettings(BaseModel):
+    """The MQTT broker alerts, device states and the gateway's status go to (docs/mqtt.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(
+        default=None, description="mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS); unset: no broker, alerts wait."
+    )
+    root_topic: str = Field(default="hj212gw", description="Every topic starts with it: {root}/v1/...")
+    client_id: str | None = Field(default=None, description="Unique per replica; unset: hj212gw-{gateway_id}.")
+    username: str | None = Field(default=None, description="Broker user name.")
+    password_file: Path | None = Field(default=None, description="File holding the broker password.")
+    password: SecretStr | None = Field(default=None, description="The password itself (HJ212GW_MQTT__PASSWORD).")
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// (unset: the system's).")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keepalive; the Last Will fires 1.5x later.")
+    publish_timeout_s: float = Field(default=10.0, gt=0, description="Give up waiting for a PUBACK after this.")
+    reconnect_initial_s: float = Field(default=0.5, gt=0, description="First wait before reconnecting (doubles).")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest wait between connection attempts.")
+    max_pending_device_states: int = Field(
+        default=50000, ge=1, description="Devices whose newest state waits for the broker (one entry per MN)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            mqtt_address(value)
+        return value
+
+    @field_validator("root_topic")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        levels = value.split("/")
+        if value.startswith("$") or any(not lv or any(c in lv for c in "+#%\x00") for lv in levels):
+            raise ValueError(f"{value!r}: levels of safe characters, none empty, no + # % NUL, no $ first")
+        return value
+
+
+def mqtt_address(url: str) -> tuple[str, int, bool]:
+    """`mqtt://host[:port]` or `mqtts://host[:port]` -> (host, port, tls); no credentials in it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    if parts.username or parts.password:
+        raise ValueError("put the MQTT user in mqtt.username and the password in mqtt.password_file, not the URL")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class AlertSinkSettings(BaseModel):
+    """Delivery of the alert outbox beyond MQTT, and how every sink retries (docs/mqtt.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alertmanager_url: str | None = Field(
+        default=None, description="Alertmanager base URL (alerts go to {url}/api/v2/alerts); unset: none."
+    )
+    webhook_url: str | None = Field(default=None, description="URL each CloudEvent is POSTed to; unset: none.")
+    batch_size: int = Field(default=200, ge=1, le=10000, description="Outbox entries read and sent per round.")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Look at the outbox this often even without a NOTIFY."
+    )
+    backoff_initial_s: float = Field(default=0.5, gt=0, description="First wait after a failed delivery (doubles).")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="Longest wait between delivery attempts.")
+    http_timeout_s: float = Field(default=10.0, gt=0, description="Whole-request timeout of an HTTP sink's POST.")
+    outbox_retention_days: float = Field(
+        default=30.0, gt=0, description="Outbox entries older than this are deleted, delivered or not."
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway; env HJ212GW_<NAME>, nested fields joined by __."""
 
@@ -285,6 +356,8 @@ class Settings(BaseSettings):
     gaps: GapSettings = Field(default_factory=GapSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    alert_sinks: AlertSinkSettings = Field(default_factory=AlertSinkSettings)
 
     @field_validator("listen", "http")
     @classmethod
