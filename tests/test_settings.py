@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hj212gw.settings import Settings, load_settings, split_host_port
+from hj212gw.settings import Settings, load_settings, mqtt_address, split_host_port
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +79,30 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
 )
 def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
     assert split_host_port(text) == expected
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [("mqtt://broker", ("broker", 1883, False)), ("mqtts://broker", ("broker", 8883, True)),
+     ("mqtt://10.0.0.5:2883", ("10.0.0.5", 2883, False))],
+)  # fmt: skip
+def test_mqtt_urls_give_host_port_and_tls(url: str, expected: tuple[str, int, bool]) -> None:
+    assert mqtt_address(url) == expected
+    assert Settings(mqtt={"url": url}).mqtt.url == url
+
+
+@pytest.mark.parametrize("url", ["http://broker", "mqtt://", "mqtt://user:secret@broker", "mqtt://user@broker"])
+def test_mqtt_urls_without_a_host_with_credentials_or_another_scheme_are_refused(url: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(mqtt={"url": url})
+
+
+def test_no_broker_and_no_http_sink_by_default_and_the_password_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().mqtt.url is None and Settings().alert_sinks.alertmanager_url is None
+    monkeypatch.setenv("HJ212GW_MQTT__PASSWORD", "s3cret")
+    password = Settings().mqtt.password
+    assert password is not None and password.get_secret_value() == "s3cret"
+    with pytest.raises(ValidationError):
+        Settings(mqtt={"root_topic": "a/+/b"})

@@ -91,7 +91,6 @@ def mqtt_settings(root: str, broker_proxy: BrokerProxy) -> MqttSettings:
 async def subscribe(root: str) -> AsyncIterator[Subscribe]:
     """Subscribe (QoS 1, straight to the broker) to a filter; retained messages come first."""
     tasks: list[asyncio.Task[None]] = []
-    clear: set[str] = set()
 
     async def start(topic_filter: str) -> Subscriber:
         found = Subscriber()
@@ -103,8 +102,6 @@ async def subscribe(root: str) -> AsyncIterator[Subscribe]:
                 subscribed.set()
                 async for message in client.messages:
                     found.messages.append(message)
-                    if message.retain:
-                        clear.add(message.topic.value)
 
         tasks.append(asyncio.create_task(listen()))
         await asyncio.wait_for(subscribed.wait(), 5)
@@ -114,8 +111,19 @@ async def subscribe(root: str) -> AsyncIterator[Subscribe]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    async with aiomqtt.Client(*BROKER) as client:  # leave no retained message behind
-        for topic in clear:
+    await clear_retained(f"{root}/#")
+
+
+async def clear_retained(topic_filter: str) -> None:
+    """Delete every retained message under the filter (the broker keeps them across tests)."""
+    async with aiomqtt.Client(*BROKER) as client:
+        await client.subscribe(topic_filter, qos=1)
+        topics = set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for message in client.messages:
+                    topics.add(message.topic.value)
+        for topic in topics:
             await client.publish(topic, b"", qos=1, retain=True)
 
 
@@ -139,5 +147,7 @@ async def add_entries(conn: asyncpg.Connection, count: int, **labels: Any) -> li
     entries = []
     for n in range(count):
         async with conn.transaction():
-            entries.append(await alert_outbox.save_entry(conn, alert_id=n, type="firing", payload=payload(n=n, **labels)))
+            entries.append(
+                await alert_outbox.save_entry(conn, alert_id=n, type="firing", payload=payload(n=n, **labels))
+            )
     return entries
