@@ -120,7 +120,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     layout = None
     factors: dict[str, list[Any]] | None = None
     if isinstance(data, DataCp):
-        layout = layout_of(tuple(data.fields), _factor_columns)
+        layout = layout_of(data.names or tuple(data.fields), _factor_columns)
         if layout is None:
             factors = _factors(data.fields.items(), tz)
         data_time_text = data.data_time

@@ -53,6 +53,7 @@ class DataCp(CpData):
 
     data_time: str | None
     fields: dict[str, str]
+    names: tuple[str, ...] = ()  # the keys of `fields` in order, as a tuple (layout caches are keyed by it)
 
     def value(self, code: str, suffix: str) -> str | None:
         """The text of one field, e.g. `value("a21026", "Avg")`."""
@@ -286,11 +287,12 @@ def parse_cp(cn: str, text: str, found: list[str] | None = None) -> CpData:
         fields = _fields_fast(text)
         if fields is None:
             fields = dict(tokenize_cp(text))
-        tolerances = check_cp_names(tuple(fields))
+        names = tuple(fields)
+        tolerances = check_cp_names(names)
         if tolerances and found is not None:
             found.extend(tolerances)
         if "DataTime" in fields or not ("BeginTime" in fields or "EndTime" in fields):
-            return DataCp(text, fields.get("DataTime"), fields)
+            return DataCp(text, fields.get("DataTime"), fields, names)
     items = tokenize_cp(text)
     named = dict(items)
     if cn not in DATA_CNS:
