@@ -119,7 +119,9 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     tz = policy.device_tz
     layout = None
     factors: dict[str, list[Any]] | None = None
+    fields: dict[str, str]
     if isinstance(data, DataCp):
+        fields = data.fields
         layout = layout_of(data.names or tuple(data.fields), _factor_columns)
         if layout is None:
             factors = _factors(data.fields.items(), tz)
@@ -127,6 +129,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
     elif isinstance(data, SiteInfoCp):
         items = [(f"{r.code}-{suffix}", text) for r in data.infos for suffix, text in r.values.items()]
         factors, data_time_text = _factors(items, tz), data.data_time
+        fields = dict(items)
     else:
         return None
     if not (layout.rows if layout is not None else factors) or not packet.mn:
@@ -142,7 +145,9 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         assert isinstance(data, DataCp)
         encoded = layout.encode(list(data.fields.values()), packet_columns)
         if encoded is not None:
-            return DataBlock(encoded, layout.rows, month, resend, suspect, packet.mn, packet.cn, data_time, received_at)
+            return DataBlock(
+                encoded, layout.rows, month, resend, suspect, packet.mn, packet.cn, data_time, received_at, fields
+            )
         factors = _factors(data.fields.items(), tz)  # a number field holds text: kept in `extra`
     assert factors is not None
     parts: list[bytes] = []
@@ -154,7 +159,7 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         parts.append(_factor_columns(code))
         parts += columns
     copy = b"".join(parts)
-    return DataBlock(copy, len(factors), month, resend, suspect, packet.mn, packet.cn, data_time, received_at)
+    return DataBlock(copy, len(factors), month, resend, suspect, packet.mn, packet.cn, data_time, received_at, fields)
 
 
 def _data_time(text: str | None, tz: tzinfo) -> tuple[datetime, tuple[int, int]] | None:

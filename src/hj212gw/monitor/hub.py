@@ -10,7 +10,7 @@ stored packet; a tracker that needs PostgreSQL queues the write for its own back
   blocks once, after their acks: `committed`).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -32,6 +32,7 @@ class StoredData(NamedTuple):
     received_at: datetime
     backfill: bool  # RF=1 or an answer to a history fetch
     time_suspect: bool  # DataTime outside the tolerance window (or missing)
+    fields: Mapping[str, str] | None = None  # the CP items as sent (for the rules), shared
 
 
 class DeviceListener(Protocol):
@@ -87,11 +88,15 @@ class Monitor:
             if not block.mn or block.data_time is None or block.received_at is None:
                 continue
             if block.resend:
-                data = StoredData(block.mn, block.cn, block.data_time, block.received_at, True, block.time_suspect)
+                data = StoredData(
+                    block.mn, block.cn, block.data_time, block.received_at, True, block.time_suspect, block.fields
+                )
                 self._fan_out(data, every)
                 self._fan_out(data, backfill)
             elif every:
-                data = StoredData(block.mn, block.cn, block.data_time, block.received_at, False, block.time_suspect)
+                data = StoredData(
+                    block.mn, block.cn, block.data_time, block.received_at, False, block.time_suspect, block.fields
+                )
                 self._fan_out(data, every)
 
     def stored(self, data: StoredData) -> None:

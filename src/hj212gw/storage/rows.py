@@ -59,6 +59,9 @@ class DataBlock(NamedTuple):
     cn: str = ""
     data_time: datetime | None = None  # the rows' DataTime (UTC); the receive time if it had none
     received_at: datetime | None = None
+    # What the rules (issue #13) read once the rows committed: the CP items as sent, name -> text
+    # (the codec's own dict, shared, never copied). None where nobody needs them.
+    fields: Mapping[str, str] | None = None
 
 
 class FrameRow(NamedTuple):
