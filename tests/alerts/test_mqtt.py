@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.parse
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from hj212gw.alerts.mqtt import MqttSink
+from hj212gw.alerts.mqtt import MqttSink, broker_password, tls_context
 from hj212gw.metrics import Metrics
 from hj212gw.monitor.state import DeviceState, DeviceStateChanged
 from hj212gw.settings import MqttSettings
@@ -113,3 +115,19 @@ async def test_hostile_mns_stay_one_topic_level_and_decode_back(
 
 def _decoded(level: str) -> str:
     return "" if level == "-" else urllib.parse.unquote(level, errors="surrogatepass")
+
+
+def test_the_password_comes_from_its_file_else_the_setting(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    assert broker_password(MqttSettings(password_file=secret, password="ignored")) == "s3cret"  # type: ignore[arg-type]
+    assert broker_password(MqttSettings(password="from-env")) == "from-env"  # type: ignore[arg-type]
+    assert broker_password(MqttSettings()) is None
+
+
+def test_mqtts_verifies_the_broker_and_mqtt_is_plain() -> None:
+    assert tls_context(MqttSettings(url="mqtt://broker")) is None
+    context = tls_context(MqttSettings(url="mqtts://broker"))
+    assert context is not None and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    with pytest.raises(FileNotFoundError):
+        tls_context(MqttSettings(url="mqtts://broker", tls_ca_file=Path("/nonexistent/ca.pem")))

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hj212gw.alerts.mqtt import MqttSink
-from hj212gw.alerts.outbox import AlertNotifications, OutboxDelivery
+from hj212gw.alerts.outbox import AlertNotifications, OutboxDelivery, OutboxRetention
 from hj212gw.metrics import Metrics
 from hj212gw.settings import AlertSinkSettings, MqttSettings
 from hj212gw.storage import alert_outbox
@@ -170,3 +170,21 @@ async def test_only_the_leader_delivers_and_a_new_leader_resumes_at_the_stored_c
     sources = [json.loads(m.payload)["source"] for m in sub.messages]  # type: ignore[arg-type]
     assert sources == ["hj212gw/gw-a"] * 3 + ["hj212gw/gw-b"] * 3
     assert event_ids([bytes(m.payload) for m in sub.messages]) == [str(e.event_id) for e in first + second]  # type: ignore[arg-type]
+
+
+async def test_retention_deletes_old_entries_only_on_the_leader(db: Database, conn: asyncpg.Connection) -> None:
+    old, new = await add_entries(conn, 2)
+    await conn.execute("UPDATE alert_outbox SET created_at = now() - interval '31 days' WHERE id = $1", old.id)
+    leading = False
+    retention = OutboxRetention(db, lambda: leading, settings=AlertSinkSettings(outbox_retention_days=30),
+                                interval_s=0.05)  # fmt: skip
+    async with running(retention.run):
+        await asyncio.sleep(0.2)
+        assert await conn.fetchval("SELECT count(*) FROM alert_outbox") == 2  # not the leader: nothing
+        leading = True
+        await eventually(lambda: _count_is(conn, 1))
+    assert await conn.fetchval("SELECT id FROM alert_outbox") == new.id
+
+
+async def _count_is(conn: asyncpg.Connection, count: int) -> bool:
+    return await conn.fetchval("SELECT count(*) FROM alert_outbox") == count  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -204,6 +205,41 @@ class AlertNotifications:
                 await conn.execute("SELECT 1", timeout=_LISTEN_PING_S)
             except (*RETRYABLE_ERRORS, asyncpg.PostgresError):
                 return
+
+
+class OutboxRetention:
+    """Deletes outbox entries older than `alert_sinks.outbox_retention_days`, delivered or not,
+    every `interval_s` while this replica leads (the `alerts` table keeps the record). A
+    supervised task."""
+
+    def __init__(
+        self,
+        db: Database,
+        is_leader: Callable[[], bool],
+        *,
+        settings: AlertSinkSettings | None = None,
+        interval_s: float = 3600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.outbox = AlertOutbox(db)
+        self.is_leader = is_leader
+        self.retention = timedelta(days=(settings or AlertSinkSettings()).outbox_retention_days)
+        self.interval_s = interval_s
+        self.clock = clock
+
+    async def prune_once(self) -> int:
+        """Delete what is past the retention now; how many entries."""
+        deleted = await self.outbox.prune(self.clock() - self.retention)
+        if deleted:
+            _LOG.info("outbox_pruned", entries=deleted, retention_days=self.retention.days)
+        return deleted
+
+    async def run(self) -> None:
+        while True:
+            if self.is_leader():
+                with contextlib.suppress(*RETRYABLE_ERRORS):  # PostgreSQL away: next time
+                    await self.prune_once()
+            await asyncio.sleep(self.interval_s)
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
