@@ -131,3 +131,21 @@ def test_mqtts_verifies_the_broker_and_mqtt_is_plain() -> None:
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     with pytest.raises(FileNotFoundError):
         tls_context(MqttSettings(url="mqtts://broker", tls_ca_file=Path("/nonexistent/ca.pem")))
+
+
+async def test_device_states_in_flight_when_the_connection_dies_are_sent_again(
+    mqtt_settings: MqttSettings, broker_proxy: BrokerProxy
+) -> None:
+    sink = MqttSink(mqtt_settings, "gw1")
+    async with running(sink.run):
+        await until(lambda: sink.dependency.is_up is True)
+        broker_proxy.replies.clear()  # their PUBACKs will not come on this connection
+        for n in range(5):
+            sink.device_states.changed(changed(f"MN-{n}", DeviceState.ONLINE))
+        await until(lambda: not sink.device_states.pending)  # taken, in flight
+        broker_proxy.cut()
+        await until(lambda: sink.dependency.is_up is False)
+        assert sorted(sink.device_states.pending) == [f"MN-{n}" for n in range(5)]  # waiting again
+        broker_proxy.replies.set()
+        broker_proxy.restore()
+        await until(lambda: not sink.device_states.pending and sink.dependency.is_up is True)

@@ -111,17 +111,26 @@ class DeviceStatePublisher:
             if not self.pending:
                 self._ready.clear()
                 self._overflowing = False
-            publishes = [
-                client.publish(device_state_topic(self.root, mn), payload, qos=QOS, retain=True, timeout=timeout_s)
-                for mn, payload in chunk
-            ]
-            results = await asyncio.gather(*publishes, return_exceptions=True)
-            failed = [(item, r) for item, r in zip(chunk, results, strict=True) if isinstance(r, BaseException)]
-            for (mn, payload), _ in failed:
+            results: list[BaseException | None] = []
+            try:
+                results = await asyncio.gather(
+                    *(client.publish(device_state_topic(self.root, mn), payload, qos=QOS, retain=True,
+                                     timeout=timeout_s) for mn, payload in chunk),
+                    return_exceptions=True,
+                )  # fmt: skip
+            finally:  # also when cancelled (the connection ended): nothing unconfirmed is lost
+                self._wait_again(chunk, results)
+            for error in results:
+                if error is not None:
+                    raise error
+
+    def _wait_again(self, chunk: list[tuple[str, bytes]], results: list[BaseException | None]) -> None:
+        """Put back the states of `chunk` not confirmed (all of them without `results`), unless a
+        newer state of the same MN came meanwhile."""
+        for index, (mn, payload) in enumerate(chunk):
+            if index >= len(results) or results[index] is not None:
                 self.pending.setdefault(mn, payload)
                 self._ready.set()
-            for _, error in failed[:1]:
-                raise error
 
 
 class MqttSink:
@@ -169,7 +178,8 @@ class MqttSink:
         while True:
             try:
                 async with self._new_client() as client:
-                    client.pending_calls_threshold = 10 * _MAX_INFLIGHT  # concurrent publishes are normal
+                    # A batch publishes up to alert_sinks.batch_size at once, by design: no "pending calls" WARNING.
+                    client.pending_calls_threshold = 1_000_000
                     await client.publish(self.status_topic, ONLINE, qos=QOS, retain=True)
                     backoff.reset()
                     await self._serve(client)
