@@ -7,7 +7,9 @@
 realistically (a random walk within ±2 % a minute, three decimals) under the default thresholds:
 nothing fires, which is the common case the budget is for (< 4 µs per 10-factor packet). The
 packets are built before the clock starts; the first minute (plans, first-seen Clears) is warm-up
-and not timed. Reported: µs per sample, median of `--runs` fresh runs.
+and not timed. Reported: µs per sample, median (and min) of `--runs` fresh runs, the same without the
+fast path (`PacketRules(fast_path=False)`, every value through the full rules), and the time of an
+empty call, to compare machines.
 """
 
 from __future__ import annotations
@@ -49,8 +51,17 @@ def packets(devices: int, minutes: int, factors: int, seed: int = 1) -> list[Sam
     return out
 
 
-def run_once(samples: list[Sample], devices: int) -> tuple[float, int]:
-    rules = PacketRules(Thresholds.default())
+def reference_ns() -> float:
+    """ns of one empty call on this machine (to compare figures across machines: ~12 on a fast desktop)."""
+    noop = lambda: None  # noqa: E731
+    start = time.perf_counter()
+    for _ in range(200_000):
+        noop()
+    return (time.perf_counter() - start) / 200_000 * 1e9
+
+
+def run_once(samples: list[Sample], devices: int, *, fast_path: bool = True) -> tuple[float, int]:
+    rules = PacketRules(Thresholds.default(), fast_path=fast_path)
     warm, timed = samples[:devices], samples[devices:]
     for sample in warm:
         rules.on_sample(sample)
@@ -77,6 +88,9 @@ def main() -> None:
     per_sample = statistics.median(us for us, _ in results)
     report = {
         "us_per_sample": round(per_sample, 3),
+        "us_per_sample_min": round(min(us for us, _ in results), 3),
+        "us_per_sample_full_rules": round(run_once(samples, args.devices, fast_path=False)[0], 3),
+        "reference_ns": round(reference_ns(), 1),
         "factors": args.factors,
         "samples": len(samples) - args.devices,
         "samples_with_changes": results[0][1],
@@ -86,7 +100,9 @@ def main() -> None:
         print(json.dumps(report))
     else:
         print(f"on_sample: {per_sample:.2f} µs per {args.factors}-factor minute packet (median of {args.runs} runs)")
+        print(f"  min {report['us_per_sample_min']} µs; without the fast path {report['us_per_sample_full_rules']} µs")
         print(f"  samples {report['samples']}, samples with changes {report['samples_with_changes']}")
+        print(f"  reference: an empty call takes {report['reference_ns']} ns here")
 
 
 if __name__ == "__main__":

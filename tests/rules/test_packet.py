@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hj212gw.rules.model import Clear
 from hj212gw.rules.packet import PacketRules
 from hj212gw.rules.thresholds import Thresholds, parse_thresholds
@@ -54,3 +57,71 @@ def test_a_missing_factor_rebuilds_the_plan() -> None:
     rules.on_sample(sample(minute(1), {"a21026": 31, "x": 80}))
     out = [c for i in range(2, 6) for c in rules.on_sample(sample(minute(i), {"a21026": 32 + i, "x": 0}))]
     assert fires(out, "zero_value")
+
+
+VALUES = st.one_of(
+    st.sampled_from(["0", "0.000", "-1.5", "19.5", "101.3", "9.99", "10.01", "35.123", "35.123", "1e3", "abc"]),
+    st.floats(min_value=-5, max_value=500, allow_nan=False).map(lambda v: f"{v:.3f}"),
+    st.floats(min_value=0.5, max_value=200, allow_nan=False).map(lambda v: f"{v:.1f}"),
+)
+PACKET = st.tuples(
+    st.dictionaries(st.sampled_from(["a21026", "a19001", "a00000", "a01013"]), VALUES, min_size=1),
+    st.sampled_from("NNNNNNDM"),
+    st.booleans(),  # backfill
+    st.integers(-3, 3),  # minutes later than the previous packet (<= 0: older or the same)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PACKET, max_size=60))
+def test_the_fast_path_changes_no_result(packets: list) -> None:
+    thresholds = parse_thresholds("[defaults]\nflatline_points = 3\nanomaly_points = 2\n")
+    fast, full = PacketRules(thresholds), PacketRules(thresholds, fast_path=False)
+    at = 100
+    for values, flag, backfill, step in packets:
+        at += step
+        flags = {code: flag for code in values}
+        packet = sample(minute(at), values, flags=flags, backfill=backfill)  # type: ignore[arg-type]
+        assert fast.on_sample(packet) == full.on_sample(packet)
+
+
+STEP = st.tuples(
+    st.lists(st.floats(min_value=0.9, max_value=1.1), min_size=4, max_size=4),
+    st.sampled_from("NNNNNNNNNNNNNNNNNNND"),
+    st.sampled_from([None] * 30 + ["repeat", "zero", "jump", "drop"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(min_value=0.5, max_value=300), min_size=4, max_size=4), st.lists(STEP, max_size=80))
+def test_the_fast_path_changes_no_result_on_drifting_data(levels: list[float], steps: list) -> None:
+    thresholds = parse_thresholds("[defaults]\nflatline_points = 3\nanomaly_points = 2\nepisode_merge_gap_s = 120\n")
+    fast, full = PacketRules(thresholds), PacketRules(thresholds, fast_path=False)
+    codes = ["a21026", "a19001", "a00000", "a01013"]
+    last: dict[str, str] = {}
+    for i, (factors, flag, glitch) in enumerate(steps):
+        levels = [level * factor for level, factor in zip(levels, factors, strict=True)]
+        values = {code: f"{level:.3f}" for code, level in zip(codes, levels, strict=True)}
+        if glitch == "repeat" and last:
+            values = dict(last)
+        elif glitch == "zero":
+            values["a00000"] = "0.000"
+        elif glitch == "jump":
+            values["a21026"] = f"{levels[0] * 50:.3f}"
+        elif glitch == "drop":
+            values.pop("a01013")
+        last = values
+        packet = sample(minute(i), values, flags={"a21026": flag})  # type: ignore[arg-type]
+        assert fast.on_sample(packet) == full.on_sample(packet)
+
+
+def test_the_fast_path_takes_quiet_packets() -> None:
+    rules = PacketRules(Thresholds.default())
+    accepted = 0
+    for i in range(100):
+        rules.on_sample(
+            sample(minute(i), {"a21026": f"{35 + (i % 7) * 0.5 + i * 0.01:.3f}", "a19001": f"{8 + i * 0.01:.2f}"})
+        )
+        (plan,) = rules._devices["MN0001"].plans.values()
+        accepted += plan.quiet.quiet_t == minute(i)
+    assert accepted > 90

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from hj212gw.rules.anomalies import Series, judge
 from hj212gw.rules.changes import RANGE_CODE, instrument_parameters, parameter_changes, parse_range, value_revised
+from hj212gw.rules.fastpath import QuietCheck
 from hj212gw.rules.flags import FactorFlags
 from hj212gw.rules.limits import LimitState
 from hj212gw.rules.model import AlertChange, AlertKey, Clear, Sample, ValueRevised
@@ -45,13 +46,14 @@ class FactorState:
 
 
 class Plan:
-    __slots__ = ("cn", "entries", "last_t", "n_fields")
+    __slots__ = ("cn", "entries", "last_t", "n_fields", "quiet")
 
     def __init__(self, cn: str, n_fields: int) -> None:
         self.cn = cn
         self.n_fields = n_fields
         self.entries: list[Entry] = []
         self.last_t: datetime | None = None
+        self.quiet = QuietCheck()
 
 
 class Device:
@@ -61,12 +63,18 @@ class Device:
         self.factors: dict[str, FactorState] = {}
         self.plans: dict[str, Plan] = {}
 
+    def disarm(self) -> None:
+        """Every plan's fast path off, its series brought up to date (something became hot)."""
+        for plan in self.plans.values():
+            plan.quiet.sync()
+
 
 class PacketRules:
     """Per-packet rules for all devices of this replica. Not thread-safe: one caller at a time."""
 
-    def __init__(self, thresholds: Thresholds, *, max_factors_per_device: int = 256) -> None:
+    def __init__(self, thresholds: Thresholds, *, max_factors_per_device: int = 256, fast_path: bool = True) -> None:
         self._thresholds = thresholds
+        self.fast_path = fast_path  # off: every value through the full rules (tests compare both)
         self.max_factors_per_device = max_factors_per_device
         self.dropped_factors = 0  # factor series not judged because of the cap (for a metric)
         self._devices: dict[str, Device] = {}
@@ -81,6 +89,7 @@ class PacketRules:
         if new.version != self._thresholds.version:
             self._thresholds = new
             for device in self._devices.values():
+                device.disarm()
                 device.plans.clear()
 
     def on_revised(self, event: ValueRevised) -> list[AlertChange]:
@@ -102,43 +111,69 @@ class PacketRules:
             plan, changes = self._plan(device, sample)
         at = sample.data_time
         if sample.backfill or (plan.last_t is not None and at <= plan.last_t):
-            return self._slow_all(plan, sample, changes)
+            plan.quiet.sync()
+            return self._slow_all(device, plan, sample, changes)
+        if plan.quiet.active:
+            try:
+                if plan.quiet.accept(fields, at):
+                    plan.last_t = at
+                    return changes
+            except KeyError:
+                plan.quiet.sync()
+                plan, more = self._plan(device, sample)
+                changes = [*changes, *more]
+            plan.quiet.sync()
+        if any(entry[0].value_key not in fields for entry in plan.entries):
+            plan, more = self._plan(device, sample)  # the same number of fields, other factors
+            changes = [*changes, *more]
         plan.last_t = at
-        get = fields.get
+        changes = self._each(device, plan, sample, changes)
+        if self.fast_path:
+            plan.quiet.arm([entry[0] for entry in plan.entries])
+        return changes
+
+    def _each(self, device: Device, plan: Plan, sample: Sample, changes: list[AlertChange]) -> list[AlertChange]:
+        """The rules value by value, skipping those that can fire nothing (a live, newer packet)."""
+        get, at = sample.fields.get, sample.data_time
         for entry in plan.entries:
             series = entry[0]
             text = get(series.value_key)
-            if not series.hot and text is not None and text != series.last_text and get(series.flag_key, "N") == "N":
+            if (
+                self.fast_path and not series.hot and text is not None and text != series.last_text
+                and get(series.flag_key, "N") == "N"
+            ):  # fmt: skip
                 try:
                     value = float(text)
                 except ValueError:
                     value = series.lo
-                if series.lo < value < series.hi and series.jlo < value < series.jhi and value != series.last:
-                    series.last_text, series.last, series.normal_t = text, value, at
-                    series.jlo, series.jhi = value / series.k, value * series.k
+                if series.lo < value < series.hi and series.jlo < value < series.jhi:
+                    series.last_text, series.normal_t, series.repeat, series.run_start = text, at, 1, at
+                    series.rebaseline(value)
                     continue
             if text is None:
                 plan.n_fields = -1  # a factor went missing: rebuild the plan next time
-            more = self._slow(sample, entry, text, True)
+            more = self._slow(device, sample, entry, text, True)
             if more:
                 changes = more if changes is EMPTY else [*changes, *more]
         return changes
 
-    def _slow_all(self, plan: Plan, sample: Sample, changes: list[AlertChange]) -> list[AlertChange]:
+    def _slow_all(self, device: Device, plan: Plan, sample: Sample, changes: list[AlertChange]) -> list[AlertChange]:
         """Backfilled or older data: flags and limits of newer data only, no series reset."""
         newer = plan.last_t is None or sample.data_time > plan.last_t
         if newer:
             plan.last_t = sample.data_time
         out = list(changes)
         for entry in plan.entries:
-            out.extend(self._slow(sample, entry, sample.fields.get(entry[0].value_key), newer))
+            out.extend(self._slow(device, sample, entry, sample.fields.get(entry[0].value_key), newer))
+        if self.fast_path:
+            plan.quiet.arm([entry[0] for entry in plan.entries])
         return out
 
-    def _slow(self, sample: Sample, entry: Entry, text: str | None, newer: bool) -> list[AlertChange]:
+    def _slow(self, device: Device, sample: Sample, entry: Entry, text: str | None, newer: bool) -> list[AlertChange]:
         """All the rules on one value (anything the fast path could not decide)."""
         series, state = entry
         flag = sample.fields.get(series.flag_key, "N")
-        changes = self._flags(sample, entry, flag) if flag != "N" or state.flags.episodes else []
+        changes = self._flags(device, sample, entry, flag) if flag != "N" or state.flags.episodes else []
         if text is None or not newer:
             return changes
         value = _number(text)
@@ -158,14 +193,15 @@ class PacketRules:
         series.hot = series.hot or bool(state.flags.episodes) or series.limit_judged
         return changes
 
-    def _flags(self, sample: Sample, entry: Entry, flag: str) -> list[AlertChange]:
+    def _flags(self, device: Device, sample: Sample, entry: Entry, flag: str) -> list[AlertChange]:
         series, state = entry
         opened = not state.flags.episodes
         latest_normal = max((s.normal_t for s in state.series if s.normal_t is not None), default=None)
         changes = state.flags.observe(sample.mn, series.factor, flag, sample.data_time, series.limits, latest_normal)
         if opened and state.flags.episodes:
+            device.disarm()  # N values of every CN must now reach the episode to end it
             for other in state.series:
-                other.hot = True  # N values of every CN must now reach the episode to end it
+                other.hot = True
         return changes
 
     def _limit(self, sample: Sample, entry: Entry) -> list[AlertChange]:
@@ -202,6 +238,8 @@ class PacketRules:
         """The plan of (MN, CN) for this packet's factors; first-seen Clears of new keys."""
         cn, mn, suffix = sample.cn, sample.mn, VALUE_SUFFIX[sample.cn]
         old = device.plans.get(cn)
+        if old is not None:
+            old.quiet.sync()
         plan = device.plans[cn] = Plan(cn, len(sample.fields))
         plan.last_t = old.last_t if old is not None else None
         out: list[AlertChange] = []
@@ -231,6 +269,7 @@ class PacketRules:
                 continue
             changes.extend(parameter_changes(state.parameters, sample.mn, factor, code, text, sample.data_time))
             if code == RANGE_CODE:
+                device.disarm()
                 state.value_range = parse_range(text)
                 for series in state.series:
                     series.set_window(state.value_range)
