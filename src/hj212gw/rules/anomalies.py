@@ -130,7 +130,7 @@ def judge(
     """Every anomaly rule on one N value newer than the series' newest."""
     limits = series.limits
     changes: list[AlertChange] = []
-    _flatline(series, mn, cn, value, at, changes)
+    _flatline(series, mn, cn, value, text, at, changes)
     low, high = value_range if value_range is not None else (limits.range_min, limits.range_max)
     flow = series.factor in limits.flow_factors
     conditions = {
@@ -153,34 +153,36 @@ def _key(rule: str, mn: str, factor: str, cn: str) -> AlertKey:
     return AlertKey(rule, mn, factor, cn)
 
 
-def _flatline(series: Series, mn: str, cn: str, value: float, at: datetime, out: list[AlertChange]) -> None:
-    if value == series.last and series.run_start is not None:
+def _flatline(series: Series, mn: str, cn: str, value: float, text: str, at: datetime, out: list[AlertChange]) -> None:
+    """Identical values as sent (`7.5` then `7.50` is a change: the DAS wrote something else)."""
+    if text == series.last_text and series.run_start is not None:
         series.repeat += 1
     else:
         series.repeat, series.run_start = 1, at
     points = series.limits.flatline_points
-    key = _key("flatline", mn, series.factor, cn)
     if series.repeat >= points:
         if "flatline" not in series.firing:
             series.firing.add("flatline")
             details = {"cn": cn, "points": series.repeat}
+            key = _key("flatline", mn, series.factor, cn)
             out.append(fire(key, series.run_start, at, value=value, points=series.repeat, details=details))
     elif "flatline" in series.firing:
         series.firing.discard("flatline")
-        out.append(Clear(key, at, value))
+        out.append(Clear(_key("flatline", mn, series.factor, cn), at, value))
 
 
 def _level(
     series: Series, rule: str, holds: bool, mn: str, cn: str, value: float, at: datetime, out: list[AlertChange],
     **text: object,
 ) -> None:  # fmt: skip
-    key = _key(rule, mn, series.factor, cn)
     if not holds:
-        series.counts.pop(rule, None)
+        if series.counts:
+            series.counts.pop(rule, None)
         if rule in series.firing:
             series.firing.discard(rule)
-            out.append(Clear(key, at, value))
+            out.append(Clear(_key(rule, mn, series.factor, cn), at, value))
         return
+    key = _key(rule, mn, series.factor, cn)
     count, since = series.counts.get(rule, (0, at))
     series.counts[rule] = (count := count + 1, since)
     if count >= series.limits.anomaly_points and rule not in series.firing:
@@ -193,7 +195,6 @@ def _level(
 
 def _jump(series: Series, mn: str, cn: str, value: float, at: datetime, out: list[AlertChange]) -> None:
     previous, limits = series.last, series.limits
-    key = _key("sudden_jump", mn, series.factor, cn)
     jumped = False
     if previous is not None:
         delta = abs(value - previous)
@@ -201,10 +202,11 @@ def _jump(series: Series, mn: str, cn: str, value: float, at: datetime, out: lis
     if jumped:
         series.firing.add("sudden_jump")
         details = {"cn": cn, "previous": previous}
+        key = _key("sudden_jump", mn, series.factor, cn)
         out.append(fire(key, at, at, value=value, threshold=limits.jump_factor, previous=previous, details=details))
     elif "sudden_jump" in series.firing:
         series.firing.discard("sudden_jump")
-        out.append(Clear(key, at, value))
+        out.append(Clear(_key("sudden_jump", mn, series.factor, cn), at, value))
 
 
 def _concentrations(fields: Mapping[str, str], limits: RuleLimits) -> bool:
