@@ -82,6 +82,8 @@ def test_site_info_items_are_rows_too() -> None:
     info = b"QN=1;ST=32;CN=3020;PW=1;MN=M;Flag=5;CP=&&DataTime=20240315080200;PolId=w21003;i12001-Info=1&&"
     (record,) = rows_of(parse_segment(info))
     assert record["factor"] == "i12001" and record["extra"] == {"Info": "1"}
+    block = data_block(parse_segment(info), RECEIVED, POLICY, resend=False)
+    assert block is not None and block.fields == {"i12001-Info": "1", "PolId": "w21003"}  # for rules.changes
 
 
 def test_every_number_column_and_the_partition_month() -> None:

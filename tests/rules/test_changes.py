@@ -48,3 +48,20 @@ def test_value_revised() -> None:
     assert isinstance(fire, Fire) and isinstance(clear, Clear)
     assert (fire.key.rule, fire.key.detail, fire.value) == ("value_revised", "2051", 45.0)
     assert "30.0" in fire.summary_en and "45.0" in fire.summary_zh
+
+
+def test_a_3020_as_ingest_hands_it_over_attaches_the_range_to_its_polid() -> None:
+    """The fields the alerts layer passes for a 3020 (ingest.rows.data_block) name the PolId."""
+    from zoneinfo import ZoneInfo
+
+    from hj212gw.ingest.rows import TimePolicy, data_block
+    from hj212gw.protocol.segment import parse_segment
+
+    wire = b"QN=1;ST=31;CN=3020;PW=1;MN=MN0001;Flag=5;CP=&&DataTime=20261201080000;PolId=a21026;i13001-Info=0-100&&"
+    block = data_block(parse_segment(wire), minute(0), TimePolicy(ZoneInfo("Asia/Shanghai")), resend=False)
+    assert block is not None and block.fields is not None
+    rules = PacketRules(Thresholds.default())
+    rules.on_sample(Sample(MN, "3020", minute(0), minute(0), False, block.fields))
+    out = [c for i in range(1, 5) for c in rules.on_sample(sample(minute(i), {"a21026": 150}))]
+    (fired,) = fires(out, "out_of_range")
+    assert fired.key.factor == "a21026" and "[0.0, 100.0]" in fired.summary_en

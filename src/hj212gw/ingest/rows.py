@@ -130,6 +130,8 @@ def data_block(packet: Packet, received_at: datetime, policy: TimePolicy, *, res
         items = [(f"{r.code}-{suffix}", text) for r in data.infos for suffix, text in r.values.items()]
         factors, data_time_text = _factors(items, tz), data.data_time
         fields = dict(items)
+        if data.pol_id:
+            fields["PolId"] = data.pol_id  # the instrument the infos are about (rules.changes)
     else:
         return None
     if not (layout.rows if layout is not None else factors) or not packet.mn:

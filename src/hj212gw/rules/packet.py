@@ -97,13 +97,13 @@ class PacketRules:
         return value_revised(event)
 
     def on_sample(self, sample: Sample) -> list[AlertChange]:
-        """The changes one committed packet makes (usually none: an empty list, not to be mutated)."""
+        """The changes one committed packet makes (usually none: an empty list)."""
         device = self._devices.get(sample.mn)
         if device is None:
             device = self._devices[sample.mn] = Device()
         cn = sample.cn
         if cn not in VALUE_SUFFIX:
-            return self._parameters(device, sample) if cn == "3020" and not sample.backfill else EMPTY
+            return self._parameters(device, sample) if cn == "3020" and not sample.backfill else []
         fields = sample.fields
         plan = device.plans.get(cn)
         changes = EMPTY
@@ -117,7 +117,7 @@ class PacketRules:
             try:
                 if plan.quiet.accept(fields, at):
                     plan.last_t = at
-                    return changes
+                    return changes or []  # a new list: callers may keep it
             except KeyError:
                 plan.quiet.sync()
                 plan, more = self._plan(device, sample)
@@ -130,7 +130,7 @@ class PacketRules:
         changes = self._each(device, plan, sample, changes)
         if self.fast_path:
             plan.quiet.arm([entry[0] for entry in plan.entries])
-        return changes
+        return changes or []  # a new list: callers may keep it
 
     def _each(self, device: Device, plan: Plan, sample: Sample, changes: list[AlertChange]) -> list[AlertChange]:
         """The rules value by value, skipping those that can fire nothing (a live, newer packet)."""
