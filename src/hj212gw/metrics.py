@@ -307,6 +307,11 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.rule_samples_dropped = Counter(
+            "hj212gw_rule_samples_dropped_total",
+            "Committed packets the per-packet rules did not judge: their queue was full (alerts.max_pending_samples).",
+            registry=r,
+        )
         self.alert_leader_gauge = Gauge(
             "hj212gw_alert_leader", "1 while this replica is the elected one (scanning rules, reminders).", registry=r
         )

@@ -244,6 +244,18 @@ class AlertSettings(BaseModel):
     leader_check_s: float = Field(
         default=2.0, gt=0, description="Ping the election's connection (and, when not leader, try the lock) this often."
     )
+    scan_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The elected replica runs the scanning rules (silence, gaps, faults) this often.",
+    )
+    calendar_file: Path | None = Field(
+        default=None,
+        description="TOML of working-day overrides (holidays, make-up days) for years the library does not know.",
+    )
+    max_pending_samples: int = Field(
+        default=200_000, ge=1, description="Committed packets waiting for the per-packet rules; beyond: not judged."
+    )
 
 
 class MqttSettings(BaseModel):

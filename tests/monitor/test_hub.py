@@ -86,7 +86,9 @@ async def test_with_monitoring_off_only_the_command_channel_listens(
     gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
 ) -> None:
     running = await start(gateways, pg_dsn, schema, monitoring=False)
-    assert running.gateway.monitor.listeners == [running.gateway.commands.tracker]
+    alerts = running.gateway.alerts
+    assert alerts is not None  # the rules judge committed data whether or not devices are tracked
+    assert running.gateway.monitor.listeners == [running.gateway.commands.tracker, alerts.runner]
     das = await connect(running)
     for n, moment in enumerate(hours(DAY0, 0, 1, 5)):  # recent DataTimes, a gap between
         await das.send(data_packet(f"2024031510100000{n}", cn="2061", data_time=hj_time(moment)))

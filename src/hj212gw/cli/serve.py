@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from hj212gw.alerts.acks import AlertAcks
+from hj212gw.alerts.config import AlertConfigError
 from hj212gw.api import build_app, start_http, stop_http
 from hj212gw.api.auth import HttpAccessError, http_access_token
 from hj212gw.cli.database import resolve_database_url, stop_started_embedded
@@ -55,6 +56,7 @@ class PortUnavailable(Exception):
 
 # Start-up failures an operator causes and can fix: one ERROR line, no traceback.
 START_ERRORS: tuple[type[Exception], ...] = (
+    AlertConfigError,
     HttpAccessError,
     EmbeddedPostgresError,
     DatabaseUnavailable,

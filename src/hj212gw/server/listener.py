@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
+from hj212gw.alerts.pipeline import AlertPipeline
 from hj212gw.ingest.intake import Intake
 from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper
@@ -87,6 +88,7 @@ class Gateway:
         self.backfill = self._backfill()
         if tracking and settings.backfill.enabled:
             self.monitor.listeners.append(self.backfill)
+        self.alerts = self._alerts()
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
         self.deps = Deps(
             settings=settings,
@@ -120,6 +122,15 @@ class Gateway:
             on_committed=self.monitor.committed,
         )
 
+    def _alerts(self) -> AlertPipeline | None:
+        """Issue #13: the rules judge committed packets (after the acks) and device states."""
+        if not self.settings.alerts.enabled:
+            return None
+        alerts = AlertPipeline(self.settings, self.db, self.db.dsn, self.metrics, self.supervisor)
+        self.monitor.listeners.append(alerts.runner)
+        self.device_tracker.subscribers.append(alerts.device_changed)
+        return alerts
+
     def _backfill(self) -> Backfill:
         b = self.settings.backfill
         config = BackfillConfig(
@@ -140,6 +151,8 @@ class Gateway:
         if self.settings.monitoring:
             await self.device_tracker.load()
         self.writer.start()
+        if self.alerts is not None:
+            await self.alerts.start()
         host, port = split_host_port(self.settings.listen)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
@@ -176,6 +189,8 @@ class Gateway:
             conn.close("shutdown")
         await asyncio.sleep(0)  # let connection_lost run
         await self.supervisor.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         await self.pinner.stop()
         with contextlib.suppress(*OUTAGE_ERRORS, asyncpg.PostgresError):  # best effort: neither is data
             await self.side_writes.flush_connection_log()
@@ -301,6 +316,8 @@ class Gateway:
         if not self.writer.ready or not self.db_up:
             reasons.append("the database is down")
         reasons.extend(f"task {name} is down (restarting)" for name in self.supervisor.down())
+        if self.alerts is not None:
+            reasons.extend(self.alerts.not_ready_reasons())
         return reasons
 
     # -- timers --------------------------------------------------------------------------------

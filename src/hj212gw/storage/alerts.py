@@ -23,6 +23,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hj212gw.storage.alert_outbox import notify_alerts
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import BadCursor, DataPage
 
@@ -212,12 +213,14 @@ async def remind_due(
 
 
 async def save_outbox(conn: asyncpg.Connection, entries: Sequence[OutboxEntry]) -> None:
-    """Insert outbox entries (call inside the transaction of the alert change they describe)."""
+    """Insert outbox entries (call inside the transaction of the alert change they describe) and
+    wake the sinks: a NOTIFY inside a transaction is delivered when it commits, never before."""
     if entries:
         await conn.execute(
             OUTBOX_SQL, [e.event_id for e in entries], [e.alert_id for e in entries], [e.type for e in entries],
             [_json_text(e.payload) for e in entries],
         )  # fmt: skip
+        await notify_alerts(conn)
 
 
 async def fetch_firing(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:

@@ -1,0 +1,126 @@
+"""`PacketRuleRunner`: the per-packet rules of one replica, after commit and off the ack path.
+
+A `DeviceListener` of the monitor hub: `stored` (called once a batch's rows committed and its acks
+went out) only queues the packet, bounded by `max_pending` (beyond it a packet is not judged: one
+WARNING per round, `hj212gw_rule_samples_dropped_total`); the supervised task `run` judges the
+queue every `batch_s` (yielding to the event loop every few hundred packets) and hands the changes
+to the `AlertEngine` in one transaction. While PostgreSQL is unreachable the changes wait (bounded,
+in order) and are applied once it answers; packets queued meanwhile are judged as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+
+from hj212gw.alerts.engine import AlertEngine
+from hj212gw.monitor.hub import EVERYTHING, StoredData
+from hj212gw.rules.model import AlertChange, Sample
+from hj212gw.rules.packet import PacketRules
+from hj212gw.storage.db import DATABASE_ERRORS, is_retryable
+
+_LOG = structlog.get_logger("hj212gw.alerts")
+YIELD_EVERY = 500  # packets judged between two turns of the event loop
+MAX_WAITING_CHANGES = 100_000  # changes kept while the database is down (oldest Fires dropped first)
+
+
+class PacketRuleRunner:
+    """Queues committed packets for `PacketRules` and applies their changes (module docstring)."""
+
+    stored_kinds = EVERYTHING
+
+    def __init__(
+        self,
+        rules: PacketRules,
+        engine: AlertEngine,
+        *,
+        max_pending: int = 200_000,
+        batch_s: float = 0.2,
+        on_dropped: Callable[[int], object] = lambda n: None,
+    ) -> None:
+        self.rules = rules
+        self.engine = engine
+        self.max_pending = max_pending
+        self.batch_s = batch_s
+        self.on_dropped = on_dropped
+        self._queue: deque[StoredData] = deque()
+        self._wake = asyncio.Event()
+        self._dropped = 0
+        self._waiting: list[AlertChange] = []  # judged, not applied yet (a database outage)
+        self._failing = False
+
+    # -- DeviceListener: on the event loop, no I/O ------------------------------------------------
+
+    def bound(self, mn: str, connection_id: int | None, peer: str, now: datetime) -> None:
+        pass
+
+    def released(self, mn: str, connection_id: int | None, cause: str, now: datetime) -> None:
+        pass
+
+    def stored(self, data: StoredData) -> None:
+        if data.fields is None or data.time_suspect:
+            return
+        if len(self._queue) >= self.max_pending:
+            self._dropped += 1
+            return
+        self._queue.append(data)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- the task -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Judge what was queued every `batch_s` (supervised by the gateway)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.batch_s)
+            await self.judge()
+
+    async def judge(self) -> int:
+        """Judge every queued packet and apply the changes; returns how many packets were judged."""
+        if self._dropped:
+            _LOG.warning("rule_samples_dropped", count=self._dropped, pending=len(self._queue))
+            self.on_dropped(self._dropped)
+            self._dropped = 0
+        changes = self._waiting
+        judged = 0
+        queue, on_sample = self._queue, self.rules.on_sample
+        while queue:
+            data = queue.popleft()
+            assert data.fields is not None
+            found = on_sample(Sample(data.mn, data.cn, data.data_time, data.received_at, data.backfill, data.fields))
+            if found:
+                changes.extend(found)
+            judged += 1
+            if judged % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        await self._apply(changes)
+        return judged
+
+    async def _apply(self, changes: list[AlertChange]) -> None:
+        if not changes:
+            return
+        try:
+            await self.engine.apply(changes)
+        except DATABASE_ERRORS as err:
+            if not is_retryable(err):
+                self._waiting = []
+                raise
+            if not self._failing:
+                _LOG.warning("rule_changes_waiting", error=type(err).__name__, changes=len(changes))
+            self._failing = True
+            self._waiting = changes[-MAX_WAITING_CHANGES:]
+            self._wake.set()  # try again next round
+            return
+        if self._failing:
+            _LOG.info("rule_changes_applied", changes=len(changes))
+        self._failing = False
+        self._waiting = []
