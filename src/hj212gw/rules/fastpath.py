@@ -24,8 +24,8 @@ from typing import Any
 
 from hj212gw.rules.anomalies import INF, Series
 
-# Every byte to its class: digits to 9, "." and ";" kept, anything else (-, e, space, …) to x.
-SHAPE = bytes(57 if 48 <= b <= 57 else b if b in b".;" else 120 for b in range(256))
+# Every byte to its class: digits to 9, "." ";" and the flag N kept, anything else (-, e, D, …) to x.
+SHAPE = bytes(57 if 48 <= b <= 57 else b if b in b".;N" else 120 for b in range(256))
 
 
 def _getter(keys: list[str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
@@ -56,12 +56,11 @@ class QuietCheck:
 
     __slots__ = (
         "active",
-        "all_n",
         "decade_series",
-        "flags",
         "high",
         "low",
         "modes",
+        "n_flags",
         "numbers",
         "numeric",
         "numeric_texts",
@@ -95,7 +94,7 @@ class QuietCheck:
         if modes != self.modes:
             self._layout(series, modes, numeric)
         self.values = tuple(text for text, mode in zip(texts, modes, strict=True) if mode)
-        self.shape = ";".join(self.values).encode().translate(SHAPE)
+        self.shape = ";".join(("N",) * len(series) + self.values).encode().translate(SHAPE)
         self.numeric_texts = tuple(s.last_text or "" for s in numeric)
         self.numeric_values = [s.last or 0.0 for s in numeric]
         self.quiet_t = None
@@ -105,14 +104,14 @@ class QuietCheck:
         self.modes = modes
         self.decade_series = [s for s, mode in zip(series, modes, strict=True) if mode]
         self.numeric = numeric
-        self.texts = _getter([s.value_key for s in self.decade_series]) if self.decade_series else None
+        # One lookup for every flag (first) and every decade value: the shape check covers both.
+        self.texts = _getter([s.flag_key for s in series] + [s.value_key for s in self.decade_series])
+        self.n_flags = len(series)
         self.numbers = _getter([s.value_key for s in numeric]) if numeric else None
         self.low = [s.lo for s in numeric]
         self.high = [s.hi for s in numeric]
         self.ratio_low = max((1 / s.k for s in numeric), default=0.0)
         self.ratio_high = min((s.k for s in numeric), default=INF)
-        self.flags = _getter([s.flag_key for s in series])
-        self.all_n = ("N",) * len(series)
 
     def accept(self, fields: Mapping[str, str], at: datetime) -> bool:
         """Whether the packet can fire nothing; if so, it is recorded as the series' new values.
@@ -120,17 +119,15 @@ class QuietCheck:
         Raises:
             KeyError: a field of the plan is missing (the caller rebuilds the plan).
         """
-        if self.flags(fields) != self.all_n:
+        got = self.texts(fields)
+        joined = ";".join(got)
+        # Every flag N, and the values of the same digits-and-dot shape as those armed (so of the
+        # same decade), none with a leading 0.
+        if ";0" in joined or joined.encode(errors="replace").translate(SHAPE) != self.shape:
             return False
-        texts = None
-        if self.texts is not None:
-            texts = self.texts(fields)
-            joined = ";".join(texts)
-            # Same digits-and-dot shape as the armed values (so the same decade), no leading 0.
-            if joined[0] == "0" or ";0" in joined or joined.encode(errors="replace").translate(SHAPE) != self.shape:
-                return False
-            if any(map(eq, texts, self.values)):
-                return False  # an unchanged value: the flatline count must see it
+        texts = got[self.n_flags :]
+        if any(map(eq, texts, self.values)):
+            return False  # an unchanged value: the flatline count must see it
         if self.numbers is not None:
             numbers = self.numbers(fields)
             values = []
@@ -147,8 +144,7 @@ class QuietCheck:
                     return False
                 values.append(value)
             self.numeric_texts, self.numeric_values = numbers, values
-        if texts is not None:
-            self.values = texts
+        self.values = texts
         self.quiet_t = at
         return True
 
