@@ -66,13 +66,17 @@ class MemoryTransport(asyncio.Transport):
 
 
 def _frames(mn: str, count: int) -> list[bytes]:
-    """Minute packets of `mn` with DataTimes of the last hours (inside the tolerance window)."""
-    from bench.packets import MINUTE_GROUPS, segment
+    """`count` minute packets of `mn`, one minute apart, ending an hour ago (inside the tolerance
+    window): every packet is the device's next period, as in the field."""
+    from bench.packets import MINUTE_VARIANTS, segment
     from hj212gw.protocol.framing import encode_frame
 
-    start = datetime.now().replace(second=0, microsecond=0) - timedelta(hours=6)
+    start = datetime.now().replace(second=0, microsecond=0) - timedelta(minutes=count + 60)
     times = [(start + timedelta(minutes=n)).strftime("%Y%m%d%H%M%S") for n in range(count)]
-    return [encode_frame(segment("2051", f"{t}{n % 1000:03d}", t, MINUTE_GROUPS, mn=mn)) for n, t in enumerate(times)]
+    return [
+        encode_frame(segment("2051", f"{t}{n % 1000:03d}", t, MINUTE_VARIANTS[n % 10], mn=mn))
+        for n, t in enumerate(times)
+    ]
 
 
 def _gateway_classes() -> tuple[type, type]:
@@ -91,18 +95,26 @@ async def _no_commit(*args: object, **kwargs: object) -> None:
     return None
 
 
-async def _measure(connections: int, per_connection: int, rounds: int, monitoring: bool) -> dict[str, float]:
+async def _measure(
+    connections: int, per_connection: int, rounds: int, monitoring: bool, alerts: bool
+) -> dict[str, float]:
     from hj212gw.settings import DeviceSettings, Settings
     from hj212gw.storage.db import Database
 
     gateway_class, connection_class = _gateway_classes()
     devices = {"auth": "off"} if "auth" in DeviceSettings.model_fields else {}
-    tracking = {"monitoring": monitoring} if "monitoring" in Settings.model_fields else {}
+    tracking: dict[str, Any] = {"monitoring": monitoring} if "monitoring" in Settings.model_fields else {}
+    if "alerts" in Settings.model_fields:
+        tracking["alerts"] = {"enabled": alerts}
     settings = Settings(database_url="postgresql://unused/none", devices=devices, **tracking)  # type: ignore[call-arg]
     db = Database(settings.database_url or "")
     db.save_batch = _no_commit  # type: ignore[method-assign]
     gateway = gateway_class(settings, db)
     writer = gateway.writer
+    rules = getattr(gateway, "alerts", None)
+    judge = rules.runner.judge if rules is not None else None
+    if rules is not None:
+        rules.engine.apply = _no_commit  # what the rules raise (constant values: flatline) is not written
     DasConnection = connection_class
     conns = []
     streams = []
@@ -110,25 +122,29 @@ async def _measure(connections: int, per_connection: int, rounds: int, monitorin
         conn = DasConnection(gateway.deps)
         conn.connection_made(MemoryTransport(("127.0.0.1", 10_000 + i)))
         conns.append(conn)
-        streams.append(_frames(f"BENCH{i:019d}", per_connection))
+        streams.append(_frames(f"BENCH{i:019d}", 1 + per_connection * rounds))
     for conn, frames in zip(conns, streams, strict=True):  # warm-up: bind the MNs, compile layouts
         conn.data_received(frames[0])
     await _confirm_all(writer)
+    if judge is not None:
+        await judge()
     await asyncio.sleep(0)
     gc.collect()  # as `serve` does once started (cli/serve.py tune_gc, the same in both trees)
     gc.freeze()
     gc.set_threshold(50_000, *gc.get_threshold()[1:])
     receive = confirm = 0.0
     packets = 0
-    for _ in range(rounds):
+    for r in range(rounds):
         started = time.process_time()
-        for k in range(per_connection):
+        for k in range(1 + r * per_connection, 1 + (r + 1) * per_connection):
             for conn, frames in zip(conns, streams, strict=True):
                 conn.data_received(frames[k])
         receive += time.process_time() - started
         started = time.process_time()
         await _confirm_all(writer)
         await asyncio.sleep(0)  # the acks of the round are written
+        if judge is not None:  # the per-packet rules, after commit (their own task in the gateway)
+            await judge()
         confirm += time.process_time() - started
         packets += connections * per_connection
     return {"receive_us": receive / packets * 1e6, "confirm_us": confirm / packets * 1e6, "packets": packets}
@@ -147,7 +163,9 @@ def _child(args: argparse.Namespace) -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    result = asyncio.run(_measure(args.connections, args.per_connection, args.rounds, args.monitoring == "on"))
+    result = asyncio.run(
+        _measure(args.connections, args.per_connection, args.rounds, args.monitoring == "on", args.alerts == "on")
+    )
     print(json.dumps(result))
 
 
@@ -157,7 +175,7 @@ def _run(src: Path | None, args: argparse.Namespace) -> dict[str, float]:
     env["PYTHONPATH"] = os.pathsep.join(path)
     cmd = [sys.executable, "-m", "bench.bench_path", "--child", "--connections", str(args.connections),
            "--per-connection", str(args.per_connection), "--rounds", str(args.rounds),
-           "--monitoring", args.monitoring]  # fmt: skip
+           "--monitoring", args.monitoring, "--alerts", args.alerts]  # fmt: skip
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -170,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--src", type=Path, help="another tree's src/ to compare with, alternately")
     parser.add_argument("--monitoring", choices=("on", "off"), default="on", help="state and gap tracking")
+    parser.add_argument("--alerts", choices=("on", "off"), default="on", help="the per-packet rules")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -22,7 +22,7 @@ import statistics
 import time
 from datetime import datetime, timedelta
 
-from bench.packets import AIR_FACTORS, MINUTE_GROUPS, segment
+from bench.packets import AIR_FACTORS, MINUTE_VARIANTS, segment
 from hj212gw.protocol.framing import encode_frame
 
 BASE_TIME = datetime(2026, 1, 1)
@@ -36,15 +36,16 @@ def minute_segment(mn: str, k: int) -> bytes:
     """The k-th minute packet of device `mn`: unique (MN, DataTime), unique QN.
 
     Byte for byte what bench.packets.segment() builds, from parts prepared once: every device
-    sends the same k-th DataTime, and the ten factor groups never change.
+    sends the same k-th DataTime and the k-th of ten variants of the factor groups.
     """
     data_time = _data_time(k)
-    return b"QN=%s%03d;%s%s%s%s;%s" % (data_time, k % 1000, _HEAD, mn.encode(), _CP_OPEN, data_time, _GROUPS)
+    groups = _GROUPS[k % len(_GROUPS)]
+    return b"QN=%s%03d;%s%s%s%s;%s" % (data_time, k % 1000, _HEAD, mn.encode(), _CP_OPEN, data_time, groups)
 
 
 _HEAD = b"ST=31;CN=2051;PW=123456;MN="
 _CP_OPEN = b";Flag=5;CP=&&DataTime="
-_GROUPS = (";".join(MINUTE_GROUPS) + "&&").encode()
+_GROUPS = [(";".join(groups) + "&&").encode() for groups in MINUTE_VARIANTS]
 _TIMES: dict[int, bytes] = {}
 
 
@@ -57,11 +58,11 @@ def _data_time(k: int) -> bytes:
 
 def _reference(mn: str, k: int) -> bytes:
     data_time = (BASE_TIME + timedelta(minutes=k)).strftime("%Y%m%d%H%M%S")
-    return segment("2051", f"{data_time}{k % 1000:03d}", data_time, MINUTE_GROUPS, mn=mn)
+    return segment("2051", f"{data_time}{k % 1000:03d}", data_time, MINUTE_VARIANTS[k % len(MINUTE_VARIANTS)], mn=mn)
 
 
 _CHECK_MN = "BE0000010000000000000001"
-assert all(minute_segment(_CHECK_MN, k) == _reference(_CHECK_MN, k) for k in (0, 1001))
+assert all(minute_segment(_CHECK_MN, k) == _reference(_CHECK_MN, k) for k in (0, 7, 1001))
 
 
 frame_of = encode_frame

@@ -14,18 +14,23 @@ def segment(cn: str, qn: str, data_time: str, groups: list[str], mn: str = MN) -
     return f"QN={qn};ST=31;CN={cn};PW=123456;MN={mn};Flag=5;CP=&&{cp}&&".encode()
 
 
-def statistics_groups(cou: str) -> list[str]:
+def statistics_groups(cou: str, variant: int = 0) -> list[str]:
     """Min/Avg/Max/Flag per factor, plus Cou (formatted from `cou` with the factor's index `i`)
-    for the emitted ones."""
+    for the emitted ones. `variant` (0-9) moves every value without changing a byte count, so
+    consecutive packets of a device differ as real readings do (an unchanging value is a flatline
+    to the rules of issue #13); O2 (a19001) stays at 14 %, normal for flue gas."""
+    v = variant % 10
     return [
-        f"{code}-Min=1{i}.23,{code}-Avg=2{i}.34,{code}-Max=3{i}.45,"
+        f"{code}-Min=1{i}.{v}3,{code}-Avg=1{i}.{v}4,{code}-Max=1{i}.{v}5,"
         + (f"{code}-Cou={cou.format(i=i)}," if code in EMITTED else "")
         + f"{code}-Flag=N"
         for i, code in enumerate(AIR_FACTORS)
     ]
 
 
-MINUTE_GROUPS = statistics_groups("14.5{i}0")
+MINUTE_VARIANTS = [statistics_groups("14.5{i}0", v) for v in range(10)]
+"""Ten minute packets' groups: the k-th packet of a device sends MINUTE_VARIANTS[k % 10]."""
+MINUTE_GROUPS = MINUTE_VARIANTS[0]
 HOUR_GROUPS = statistics_groups("45.{i}")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Severity(StrEnum):
@@ -79,12 +80,12 @@ AlertChange = Fire | Clear
 # ---- inputs -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One data packet whose rows committed (2011, 2051, 2061, 2031, 3020, …).
 
     `fields` is the packet's CP items as sent (`"a21026-Avg": "12.3"`, `"a21026-Flag": "N"`): the
-    dict the codec built, shared, never copied. Times are aware (UTC).
+    dict the codec built, shared, never copied. Times are aware (UTC). A named tuple: one is built
+    per stored packet, several times faster than a frozen dataclass.
     """
 
     mn: str
