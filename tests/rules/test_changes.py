@@ -3,7 +3,7 @@ from __future__ import annotations
 from hj212gw.rules.changes import instrument_parameters, parse_range
 from hj212gw.rules.model import Clear, Fire, Sample, ValueRevised
 from hj212gw.rules.packet import PacketRules
-from hj212gw.rules.thresholds import Thresholds
+from hj212gw.rules.thresholds import Thresholds, parse_thresholds
 from tests.rules.helpers import MN, fires, minute, sample
 
 
@@ -65,3 +65,20 @@ def test_a_3020_as_ingest_hands_it_over_attaches_the_range_to_its_polid() -> Non
     out = [c for i in range(1, 5) for c in rules.on_sample(sample(minute(i), {"a21026": 150}))]
     (fired,) = fires(out, "out_of_range")
     assert fired.key.factor == "a21026" and "[0.0, 100.0]" in fired.summary_en
+
+
+def test_a_new_range_applies_to_values_the_fast_path_was_taking() -> None:
+    rules = PacketRules(parse_thresholds("[defaults]\nanomaly_points = 1\n"))
+
+    def at(i: int, level: float) -> list:
+        return rules.on_sample(
+            sample(minute(i), {"a21026": f"{level + i * 0.01:.3f}", "a21002": f"{35 + i * 0.1:.2f}"})
+        )
+
+    rules.on_sample(site_info(0, i13001="0-1000"))
+    out = [c for i in range(1, 20) for c in at(i, 101)]  # near 100: checked as numbers by the fast path
+    rules.on_sample(site_info(20, i13001="0-150"))
+    out += [c for i in range(21, 30) for c in at(i, 101)]
+    assert not fires(out, "out_of_range")
+    out = at(30, 160)  # inside the old range, outside the new one
+    assert [f.key.factor for f in fires(out, "out_of_range")] == ["a21026"]

@@ -95,6 +95,11 @@ class QuietCheck:
             self._layout(series, modes, numeric)
         self.values = tuple(text for text, mode in zip(texts, modes, strict=True) if mode)
         self.shape = ";".join(("N",) * len(series) + self.values).encode().translate(SHAPE)
+        # Windows may have changed since the layout (an i13001 range uploaded): taken anew.
+        self.low = [s.lo for s in numeric]
+        self.high = [s.hi for s in numeric]
+        self.ratio_low = max((1 / s.k for s in numeric), default=0.0)
+        self.ratio_high = min((s.k for s in numeric), default=INF)
         self.numeric_texts = tuple(s.last_text or "" for s in numeric)
         self.numeric_values = [s.last or 0.0 for s in numeric]
         self.quiet_t = None
@@ -108,10 +113,6 @@ class QuietCheck:
         self.texts = _getter([s.flag_key for s in series] + [s.value_key for s in self.decade_series])
         self.n_flags = len(series)
         self.numbers = _getter([s.value_key for s in numeric]) if numeric else None
-        self.low = [s.lo for s in numeric]
-        self.high = [s.hi for s in numeric]
-        self.ratio_low = max((1 / s.k for s in numeric), default=0.0)
-        self.ratio_high = min((s.k for s in numeric), default=INF)
 
     def accept(self, fields: Mapping[str, str], at: datetime) -> bool:
         """Whether the packet can fire nothing; if so, it is recorded as the series' new values.
