@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hj212gw.rules.model import Clear
+from hj212gw.rules.model import Clear, Sample
 from hj212gw.rules.packet import PacketRules
 from hj212gw.rules.thresholds import Thresholds, parse_thresholds
 from tests.rules.helpers import fires, minute, sample
@@ -88,7 +88,7 @@ def test_the_fast_path_changes_no_result(packets: list) -> None:
 STEP = st.tuples(
     st.lists(st.floats(min_value=0.9, max_value=1.1), min_size=4, max_size=4),
     st.sampled_from("NNNNNNNNNNNNNNNNNNND"),
-    st.sampled_from([None] * 30 + ["repeat", "zero", "jump", "drop"]),
+    st.sampled_from([None] * 30 + ["repeat", "zero", "jump", "drop", "range"]),
 )
 
 
@@ -110,6 +110,10 @@ def test_the_fast_path_changes_no_result_on_drifting_data(levels: list[float], s
             values["a21026"] = f"{levels[0] * 50:.3f}"
         elif glitch == "drop":
             values.pop("a01013")
+        elif glitch == "range":  # a new i13001 just above the current value: the drift may leave it
+            fields = {"DataTime": "x", "PolId": "a21026", "i13001-Info": f"0-{levels[0] * 1.05:.3f}"}
+            info = Sample("MN0001", "3020", minute(i), minute(i), False, fields)
+            assert fast.on_sample(info) == full.on_sample(info)
         last = values
         packet = sample(minute(i), values, flags={"a21026": flag})  # type: ignore[arg-type]
         assert fast.on_sample(packet) == full.on_sample(packet)
