@@ -3,7 +3,8 @@
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, device_time, frame_row
+from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, device_time, frame_row, packet_frame_row
+from hj212gw.protocol.framing import encode_frame, parse_frame
 from hj212gw.protocol.models import Packet
 from hj212gw.protocol.segment import parse_segment
 from hj212gw.storage.rows import DataBlock
@@ -131,3 +132,11 @@ def test_sighting_and_frame_row_carry_the_packet_identity() -> None:
         b"##0001x",
         7,
     )
+
+
+def test_the_positional_frame_row_of_a_good_packet_is_the_general_one() -> None:
+    frame = parse_frame(encode_frame(MINUTE))
+    packet = parse_segment(frame.segment)._replace(tolerances=("long_qn",))
+    general = frame_row(frame, RECEIVED, verdict="ok", connection_id=3, peer="p", packet=packet)
+    assert packet_frame_row(frame, packet, RECEIVED, 3, "p") == general
+    assert general.tolerances == ("long_qn",) and general.raw == frame.raw

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 from hj212gw.ingest.alarms import alarm_rows
 from hj212gw.ingest.items import IngestItem, OnDone, QueueShare
-from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row
+from hj212gw.ingest.rows import TimePolicy, data_block, device_seen, frame_row, packet_frame_row
 from hj212gw.ingest.side_writes import SideWrites
 from hj212gw.ingest.splits import SplitSweeper, split_part_row
 from hj212gw.ingest.writer import BatchWriter
+from hj212gw.protocol.cp import DataCp
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet
 from hj212gw.storage.split_parts import SplitKey
@@ -66,7 +67,9 @@ class Intake:
         the writer is shutting down."""
         now = datetime.now(UTC)
         data = None
-        alarms = alarm_rows(packet, now, self.time_policy.device_tz) if store and not fragment else ()
+        data_cp = packet.data
+        alarm = isinstance(data_cp, DataCp) and data_cp.data_time is None  # an alarm upload has no DataTime
+        alarms = alarm_rows(packet, now, self.time_policy.device_tz) if store and not fragment and alarm else ()
         if store and not fragment and not alarms:
             data = data_block(packet, now, self.time_policy, resend=backfill)
             if data is not None and data.time_suspect:
@@ -75,8 +78,7 @@ class Intake:
         if sighting is not None and (seen := device_seen(packet, peer, now, status=sighting)) is not None:
             self.side_writes.record_sighting(seen)
             seen_mn = seen.mn
-        row = frame_row(frame, now, verdict="ok", connection_id=connection_id, peer=peer, packet=packet)
-        item = IngestItem(data=data, frame_rows=(row,), alarms=alarms)
+        item = IngestItem((packet_frame_row(frame, packet, now, connection_id, peer),), data, (), alarms)
         if store and (fragment or (packet.split and data is not None)):
             part = split_part_row(
                 packet, fragment=fragment, backfill=backfill, received_at=now, connection_id=connection_id

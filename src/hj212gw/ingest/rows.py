@@ -215,6 +215,16 @@ def frame_row(
     )
 
 
+def packet_frame_row(
+    frame: Frame, packet: Packet, received_at: datetime, connection_id: int | None, peer: str
+) -> FrameRow:
+    """`frame_row(frame, received_at, verdict="ok", …, packet=packet)` for a good packet: the
+    same row, built positionally (one per stored packet)."""
+    return FrameRow(
+        received_at, frame.raw, "ok", connection_id, peer, packet.mn, packet.cn, packet.qn, tuple(packet.tolerances)
+    )
+
+
 def device_seen(packet: Packet, peer: str, seen_at: datetime, *, status: str = "accepted") -> DeviceSeen | None:
     """The sighting of the packet's device; `status` applies only if the device is new to the registry."""
     if not packet.mn:
