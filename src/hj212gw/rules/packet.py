@@ -16,7 +16,7 @@ data. Imports rules.model and the rule modules only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from hj212gw.rules.anomalies import Series, judge
 from hj212gw.rules.changes import RANGE_CODE, instrument_parameters, parameter_changes, parse_range, value_revised
@@ -28,6 +28,7 @@ from hj212gw.rules.thresholds import Thresholds
 
 VALUE_SUFFIX = {"2011": "Rtd", "2051": "Avg", "2061": "Avg", "2031": "Avg"}
 EMPTY: list[AlertChange] = []
+NEVER = datetime.min.replace(tzinfo=UTC)
 Entry = tuple[Series, "FactorState"]
 
 
@@ -52,7 +53,7 @@ class Plan:
         self.cn = cn
         self.n_fields = n_fields
         self.entries: list[Entry] = []
-        self.last_t: datetime | None = None
+        self.last_t = NEVER  # the newest DataTime of this (MN, CN) judged
         self.quiet = QuietCheck()
 
 
@@ -101,16 +102,15 @@ class PacketRules:
         device = self._devices.get(sample.mn)
         if device is None:
             device = self._devices[sample.mn] = Device()
-        cn = sample.cn
-        if cn not in VALUE_SUFFIX:
-            return self._parameters(device, sample) if cn == "3020" and not sample.backfill else []
         fields = sample.fields
-        plan = device.plans.get(cn)
+        plan = device.plans.get(sample.cn)
         changes = EMPTY
         if plan is None or plan.n_fields != len(fields):
+            if sample.cn not in VALUE_SUFFIX:
+                return self._parameters(device, sample) if sample.cn == "3020" and not sample.backfill else []
             plan, changes = self._plan(device, sample)
         at = sample.data_time
-        if sample.backfill or (plan.last_t is not None and at <= plan.last_t):
+        if sample.backfill or at <= plan.last_t:
             plan.quiet.sync()
             return self._slow_all(device, plan, sample, changes)
         if plan.quiet.active:
@@ -159,7 +159,7 @@ class PacketRules:
 
     def _slow_all(self, device: Device, plan: Plan, sample: Sample, changes: list[AlertChange]) -> list[AlertChange]:
         """Backfilled or older data: flags and limits of newer data only, no series reset."""
-        newer = plan.last_t is None or sample.data_time > plan.last_t
+        newer = sample.data_time > plan.last_t
         if newer:
             plan.last_t = sample.data_time
         out = list(changes)
@@ -241,7 +241,7 @@ class PacketRules:
         if old is not None:
             old.quiet.sync()
         plan = device.plans[cn] = Plan(cn, len(sample.fields))
-        plan.last_t = old.last_t if old is not None else None
+        plan.last_t = old.last_t if old is not None else NEVER
         out: list[AlertChange] = []
         for factor in _factors(sample.fields, suffix):
             state = self._factor(device, factor)
