@@ -12,20 +12,16 @@ embedded PostgreSQL, a server a running gateway holds is used as it is. Exit cod
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from hj212gw.api.alerts import alert_json
-from hj212gw.cli.database import tool_database
+from hj212gw.cli.database import run_with_connection
 from hj212gw.cli.devices import printable
 from hj212gw.settings import Settings
 from hj212gw.storage.alerts import ALERT_STATUSES, SEVERITIES, fetch_alerts, fetch_outbox_after, fetch_outbox_end
-from hj212gw.storage.db import OUTAGE_ERRORS
-from hj212gw.storage.embedded import EmbeddedPostgresError
-from hj212gw.storage.migrate import MigrationError, migrate
 
 PAGE = 1000
 
@@ -48,35 +44,15 @@ def add_parser(
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """List the alerts the filters select, or follow the stream."""
-    try:
-        async with tool_database(settings) as dsn:
-            return await _run(dsn, settings.database_schema, args)
-    except EmbeddedPostgresError as err:
-        print(f"hj212gw alerts: {err}", file=sys.stderr)
-        return 1
+    return await run_with_connection(settings, "alerts", lambda conn: _run(conn, args))
 
 
-async def _run(dsn: str, schema: str, args: argparse.Namespace) -> int:
-    try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
-    except OUTAGE_ERRORS as err:
-        print(f"hj212gw alerts: cannot reach PostgreSQL: {type(err).__name__}", file=sys.stderr)
-        return 1
-    try:
-        await migrate(conn, schema)
-        if args.follow:
-            await _follow(conn, args)
-        else:
-            _print(await _fetch_all(conn, args), as_json=args.json)
-        return 0
-    except MigrationError as err:
-        print(f"hj212gw alerts: {err}", file=sys.stderr)
-        return 1
-    except OUTAGE_ERRORS as err:
-        print(f"hj212gw alerts: lost PostgreSQL: {type(err).__name__}", file=sys.stderr)
-        return 1
-    finally:
-        await conn.close()
+async def _run(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    if args.follow:
+        await _follow(conn, args)
+    else:
+        _print(await _fetch_all(conn, args), as_json=args.json)
+    return 0
 
 
 async def _fetch_all(conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:

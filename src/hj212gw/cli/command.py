@@ -21,13 +21,10 @@ from typing import Any
 import asyncpg
 
 from hj212gw.api.commands import command_json
-from hj212gw.cli.database import tool_database
+from hj212gw.cli.database import run_with_connection
 from hj212gw.protocol.commands import CommandError, CommandSpec, check_params, find_command
 from hj212gw.settings import Settings
 from hj212gw.storage import commands as store
-from hj212gw.storage.db import OUTAGE_ERRORS
-from hj212gw.storage.embedded import EmbeddedPostgresError
-from hj212gw.storage.migrate import MigrationError, migrate
 
 POLL_S = 0.2
 
@@ -87,34 +84,17 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"hj212gw command: {err}", file=sys.stderr)
         return 2
-    try:
-        async with tool_database(settings) as dsn:  # a running gateway's embedded server is never stopped
-            return await _send(dsn, settings, new, args)
-    except EmbeddedPostgresError as err:
-        print(f"hj212gw command: {err}", file=sys.stderr)
-        return 1
+    return await run_with_connection(settings, "command", lambda conn: _send(conn, settings, new, args))
 
 
-async def _send(dsn: str, settings: Settings, new: store.NewCommand, args: argparse.Namespace) -> int:
-    try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{settings.database_schema}"'})
-    except OUTAGE_ERRORS as err:
-        print(f"hj212gw command: cannot reach PostgreSQL: {type(err).__name__}", file=sys.stderr)
-        return 1
-    try:
-        await migrate(conn, settings.database_schema)
-        command_id = await store.insert_command(conn, new, store.channel_of(settings.database_schema))
-        if not args.wait:
-            _print({"id": command_id, "state": "queued", "mn": new.mn, "cn": new.cn, "name": new.name}, args.json)
-            return 0
-        row = await _wait(conn, command_id, settings.commands.offline_timeout_s, args.timeout)
-        _print(command_json(row), args.json)
-        return 0 if row["state"] == "succeeded" else 1
-    except MigrationError as err:
-        print(f"hj212gw command: {err}", file=sys.stderr)
-        return 1
-    finally:
-        await conn.close()
+async def _send(conn: asyncpg.Connection, settings: Settings, new: store.NewCommand, args: argparse.Namespace) -> int:
+    command_id = await store.insert_command(conn, new, store.channel_of(settings.database_schema))
+    if not args.wait:
+        _print({"id": command_id, "state": "queued", "mn": new.mn, "cn": new.cn, "name": new.name}, args.json)
+        return 0
+    row = await _wait(conn, command_id, settings.commands.offline_timeout_s, args.timeout)
+    _print(command_json(row), args.json)
+    return 0 if row["state"] == "succeeded" else 1
 
 
 async def _wait(

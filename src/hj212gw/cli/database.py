@@ -1,16 +1,27 @@
 """The database a command uses: `database_url`, or the embedded PostgreSQL in `data_dir`.
 
-Shared by serve, migrate, devices, gaps and command; starting the embedded server blocks, so it runs in a thread.
+Shared by serve, migrate, devices, gaps, command and alerts; starting the embedded server blocks,
+so it runs in a thread. `run_with_connection` is the whole database part of a tool beside `serve`.
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import structlog
 
 from hj212gw.settings import Settings
-from hj212gw.storage.embedded import EmbeddedInUse, EmbeddedPostgres, start_embedded, stop_embedded
+from hj212gw.storage.db import OUTAGE_ERRORS
+from hj212gw.storage.embedded import (
+    EmbeddedInUse,
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    start_embedded,
+    stop_embedded,
+)
+from hj212gw.storage.migrate import MigrationError, migrate
 
 log = structlog.get_logger("hj212gw.app")
 
@@ -55,3 +66,35 @@ async def tool_database(settings: Settings) -> AsyncIterator[str]:
     finally:
         if embedded is not None:
             await asyncio.to_thread(stop_embedded, embedded.data_dir)
+
+
+async def run_with_connection(
+    settings: Settings, tool: str, work: Callable[[asyncpg.Connection], Awaitable[int]]
+) -> int:
+    """`work`'s exit code, run on a connection to the tool's database (`tool_database`) with the
+    schema on the search path and the migrations applied. What an operator must fix (the embedded
+    server cannot start, PostgreSQL unreachable or lost, a migration refused) is one line on stderr,
+    `hj212gw TOOL: …`, and exit code 1."""
+    schema = settings.database_schema
+    try:
+        async with tool_database(settings) as dsn:
+            try:
+                conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
+            except OUTAGE_ERRORS as err:
+                return _failed(tool, f"cannot reach PostgreSQL: {type(err).__name__}")
+            try:
+                await migrate(conn, schema)
+                return await work(conn)
+            except MigrationError as err:
+                return _failed(tool, str(err))
+            except OUTAGE_ERRORS as err:
+                return _failed(tool, f"lost PostgreSQL: {type(err).__name__}")
+            finally:
+                await conn.close()
+    except EmbeddedPostgresError as err:
+        return _failed(tool, str(err))
+
+
+def _failed(tool: str, message: str) -> int:
+    print(f"hj212gw {tool}: {message}", file=sys.stderr)
+    return 1

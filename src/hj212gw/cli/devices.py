@@ -21,14 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from hj212gw.cli.database import tool_database
+from hj212gw.cli.database import run_with_connection
 from hj212gw.monitor.cadence import MIN_INTERVALS_MIN
 from hj212gw.settings import Settings
 from hj212gw.storage import devices as store
-from hj212gw.storage.db import OUTAGE_ERRORS
 from hj212gw.storage.devices import DeviceRecord
-from hj212gw.storage.embedded import EmbeddedPostgresError
-from hj212gw.storage.migrate import MigrationError, migrate
 
 STATUSES = ("accepted", "quarantined", "rejected")
 # MN and PW travel in the header as `MN=…;PW=…;`: printable ASCII without the separators.
@@ -200,28 +197,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"hj212gw devices: {err}", file=sys.stderr)
         return 2
-    try:
-        async with tool_database(settings) as dsn:  # a running gateway's embedded server is never stopped
-            return await _connect_and_execute(dsn, settings.database_schema, args, request)
-    except EmbeddedPostgresError as err:
-        print(f"hj212gw devices: {err}", file=sys.stderr)
-        return 1
-
-
-async def _connect_and_execute(dsn: str, schema: str, args: argparse.Namespace, request: Any) -> int:
-    try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
-    except OUTAGE_ERRORS as err:
-        print(f"hj212gw devices: cannot reach PostgreSQL: {type(err).__name__}", file=sys.stderr)
-        return 1
-    try:
-        await migrate(conn, schema)
-        return await _execute(conn, args, request)
-    except MigrationError as err:
-        print(f"hj212gw devices: {err}", file=sys.stderr)
-        return 1
-    finally:
-        await conn.close()
+    return await run_with_connection(settings, "devices", lambda conn: _execute(conn, args, request))
 
 
 def _prepare(args: argparse.Namespace) -> Any:

@@ -9,19 +9,15 @@ otherwise it is started for the command and stopped after. Exit codes: 0 listed 
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from hj212gw.cli.database import tool_database
+from hj212gw.cli.database import run_with_connection
 from hj212gw.cli.devices import printable
 from hj212gw.settings import Settings
-from hj212gw.storage.db import OUTAGE_ERRORS
-from hj212gw.storage.embedded import EmbeddedPostgresError
 from hj212gw.storage.gaps import GAP_STATUSES, fetch_gaps
-from hj212gw.storage.migrate import MigrationError, migrate
 
 GAP_CNS = ("2051", "2061", "2031")
 PAGE = 1000
@@ -42,29 +38,12 @@ def add_parser(
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """List the gaps the filters select."""
-    try:
-        async with tool_database(settings) as dsn:
-            return await _list(dsn, settings.database_schema, args)
-    except EmbeddedPostgresError as err:
-        print(f"hj212gw gaps: {err}", file=sys.stderr)
-        return 1
+    return await run_with_connection(settings, "gaps", lambda conn: _list(conn, args))
 
 
-async def _list(dsn: str, schema: str, args: argparse.Namespace) -> int:
-    try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
-    except OUTAGE_ERRORS as err:
-        print(f"hj212gw gaps: cannot reach PostgreSQL: {type(err).__name__}", file=sys.stderr)
-        return 1
-    try:
-        await migrate(conn, schema)
-        _print(await _fetch_all(conn, args), as_json=args.json)
-        return 0
-    except MigrationError as err:
-        print(f"hj212gw gaps: {err}", file=sys.stderr)
-        return 1
-    finally:
-        await conn.close()
+async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    _print(await _fetch_all(conn, args), as_json=args.json)
+    return 0
 
 
 async def _fetch_all(conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
