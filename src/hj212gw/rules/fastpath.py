@@ -3,23 +3,25 @@
 `PacketRules` asks it first for every live packet newer than the plan's last one; only when it
 says no do the full rules run, value by value. It says yes when every flag is N, no series is
 `hot` (nothing firing, counting or in a flag episode), and every value differs from the previous
-one as sent and lies inside its series' quiet window. The window check avoids float parsing where
-it can: a value written as plain decimal digits with a dot and a first digit 1–9 lies in the
-decade given by the dot's position ([10, 100) for `35.123`), and two values of one decade are
-less than 10 times apart, so a decade wholly inside the series' static window, with a jump
-factor of at least 10, makes every value of that decade quiet. The packet's texts are joined and
-their shape (each digit as 9: `99.999;9.99`) compared with the shape armed: a few C-level
-passes. Values outside such a decade (below 1, negative, exponents, O2 near its dilution level,
-a range or jump factor that does not fit) are parsed and checked one by one. The series are updated lazily
-(`sync`) when the full rules run.
+one as sent and lies inside its series' quiet band. The band check avoids float parsing: texts of
+one shape (each digit as 9: `99.999`) compare as text exactly as they compare as numbers, so a
+value is checked against bounds written in its armed shape (`12.500 <= v <= 99.999`). The band
+of a series is its static window (no zero, in range, O2 under the dilution level) and, for the
+jump rule, [v / √k, v · √k] around the value it was armed with (two values of it are less than k
+times apart). The packet's flags and band values are fetched in one lookup, joined, their shape
+compared with the one armed (one byte translation), then bounds and repeats compared: a few
+C-level passes. A value near where its shape would change (9.9 → 10.0: the shape check would
+fail at each crossing) or not a plain decimal is parsed and checked one by one. The series are
+updated lazily (`sync`) when the full rules run.
 Imports rules.anomalies only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from operator import eq, itemgetter
+from operator import eq, itemgetter, le
 from typing import Any
 
 from hj212gw.rules.anomalies import INF, Series
@@ -36,19 +38,42 @@ def _getter(keys: list[str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
     return getter  # type: ignore[no-any-return]
 
 
-MARGIN = 1.1  # a value this close to its decade's ends is checked as a number (it may cross soon)
+MARGIN = 1.1  # a value this close to where its shape changes is checked as a number
 
 
-def decade_mode(series: Series, shape: bytes) -> bool:
-    """Whether every plain-decimal value of `series`'s current decade is quiet (`shape` its text's)."""
+def band(series: Series, shape: bytes) -> tuple[str, str] | None:
+    """Text bounds, in the shape of the series' last text, of the values that fire nothing; None
+    when the text is not a plain decimal or sits near a change of shape."""
     value, text = series.last, series.last_text
+    if value is None or not text or value <= 0 or shape.strip(b"9.") or shape.count(b".") > 1:
+        return None
     dot = shape.find(b".")
-    if value is None or not text or dot < 1 or text[0] == "0" or shape.count(b"9") != len(shape) - 1:
-        return False
-    low, high = 10.0 ** (dot - 1), 10.0**dot
-    if not low * MARGIN <= value <= high / MARGIN:
-        return False
-    return not series.judged or (series.k >= 10 and series.lo < low and high <= series.hi)
+    digits = len(text) if dot < 0 else dot  # integer digits: the shape changes at 10**digits ...
+    decimals = 0 if dot < 0 else len(text) - dot - 1
+    top = 10.0**digits
+    floor = 10.0 ** (digits - 1) if digits > 1 else 0.0  # ... and below 10**(digits - 1)
+    if value * MARGIN >= top or value <= floor * MARGIN:
+        return None
+    low, high = max(floor, series.lo), min(top, series.hi)
+    if series.judged:
+        root = series.k**0.5 * (1 - 1e-9)  # strictly inside: two values less than k times apart
+        low, high = max(low, value / root), min(high, value * root)
+    scale, width = 10**decimals, len(text)
+    low_int, high_int = math.floor(low * scale) + 1, math.ceil(high * scale) - 1
+    # Strictly inside as the rules see them (float of the text), whatever the rounding above.
+    while float(_render(low_int, width, decimals)) <= low:
+        low_int += 1
+    while high_int >= low_int and float(_render(high_int, width, decimals)) >= high:
+        high_int -= 1
+    if not low_int <= round(value * scale) <= high_int:
+        return None
+    return _render(low_int, width, decimals), _render(high_int, width, decimals)
+
+
+def _render(number: int, width: int, decimals: int) -> str:
+    """An integer count of 10**-decimals as a zero-padded text of `width` (`1250, 6, 2` -> `012.50`)."""
+    digits = str(number).rjust(width - (1 if decimals else 0), "0")
+    return digits if not decimals else f"{digits[:-decimals]}.{digits[-decimals:]}"
 
 
 class QuietCheck:
@@ -56,9 +81,11 @@ class QuietCheck:
 
     __slots__ = (
         "active",
-        "decade_series",
+        "band_series",
         "high",
+        "highs",
         "low",
+        "lows",
         "modes",
         "n_flags",
         "numbers",
@@ -87,13 +114,16 @@ class QuietCheck:
         shapes = ";".join(texts).encode(errors="replace").translate(SHAPE).split(b";")
         if len(shapes) != len(series):
             return  # a ";" inside a value
-        modes = tuple(map(decade_mode, series, shapes))
+        bounds = list(map(band, series, shapes))
+        modes = tuple(bound is not None for bound in bounds)
         numeric = [s for s, mode in zip(series, modes, strict=True) if not mode]
         if any(s.last is None or s.last <= 0 for s in numeric):
             return  # the ratio test needs a positive previous value
         if modes != self.modes:
             self._layout(series, modes, numeric)
         self.values = tuple(text for text, mode in zip(texts, modes, strict=True) if mode)
+        self.lows = [bound[0] for bound in bounds if bound is not None]
+        self.highs = [bound[1] for bound in bounds if bound is not None]
         self.shape = ";".join(("N",) * len(series) + self.values).encode().translate(SHAPE)
         # Windows may have changed since the layout (an i13001 range uploaded): taken anew.
         self.low = [s.lo for s in numeric]
@@ -107,10 +137,10 @@ class QuietCheck:
 
     def _layout(self, series: list[Series], modes: tuple[bool, ...], numeric: list[Series]) -> None:
         self.modes = modes
-        self.decade_series = [s for s, mode in zip(series, modes, strict=True) if mode]
+        self.band_series = [s for s, mode in zip(series, modes, strict=True) if mode]
         self.numeric = numeric
-        # One lookup for every flag (first) and every decade value: the shape check covers both.
-        self.texts = _getter([s.flag_key for s in series] + [s.value_key for s in self.decade_series])
+        # One lookup for every flag (first) and every band value: the shape check covers both.
+        self.texts = _getter([s.flag_key for s in series] + [s.value_key for s in self.band_series])
         self.n_flags = len(series)
         self.numbers = _getter([s.value_key for s in numeric]) if numeric else None
 
@@ -122,11 +152,12 @@ class QuietCheck:
         """
         got = self.texts(fields)
         joined = ";".join(got)
-        # Every flag N, and the values of the same digits-and-dot shape as those armed (so of the
-        # same decade), none with a leading 0.
-        if ";0" in joined or joined.encode(errors="replace").translate(SHAPE) != self.shape:
+        # Every flag N, and the values of the digits-and-dot shape armed (so bounds compare as text).
+        if joined.encode(errors="replace").translate(SHAPE) != self.shape:
             return False
         texts = got[self.n_flags :]
+        if not (all(map(le, self.lows, texts)) and all(map(le, texts, self.highs))):
+            return False
         if any(map(eq, texts, self.values)):
             return False  # an unchanged value: the flatline count must see it
         if self.numbers is not None:
@@ -157,7 +188,7 @@ class QuietCheck:
         at = self.quiet_t
         if at is None:
             return
-        for s, text in zip(self.decade_series, self.values, strict=True):
+        for s, text in zip(self.band_series, self.values, strict=True):
             s.last_text, s.normal_t, s.repeat, s.run_start = text, at, 1, at
             s.rebaseline(float(text))
         for s, text, value in zip(self.numeric, self.numeric_texts, self.numeric_values, strict=True):
