@@ -1,0 +1,101 @@
+"""alerts/runner.py against a real PostgreSQL: committed packets judged after the fact, the alert
+rows they raise and resolve, the bounded queue, and changes kept through a database outage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from hj212gw.alerts.engine import AlertEngine
+from hj212gw.alerts.runner import PacketRuleRunner
+from hj212gw.monitor.hub import StoredData
+from hj212gw.rules.packet import PacketRules
+from hj212gw.rules.thresholds import Thresholds
+from hj212gw.settings import AlertSettings
+from hj212gw.storage.db import Database
+from tests.integration.proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+MN = "RUNNER0001"
+T0 = datetime(2026, 12, 3, 8, tzinfo=UTC)
+
+
+def minute(n: int, flag: str = "N", value: str = "12.5", *, suspect: bool = False) -> StoredData:
+    t = T0 + timedelta(minutes=n)
+    fields = {"DataTime": t.strftime("%Y%m%d%H%M%S"), "a21026-Avg": value, "a21026-Flag": flag}
+    return StoredData(MN, "2051", t, t + timedelta(seconds=5), False, suspect, fields)
+
+
+def runner_on(db: Database, **kwargs: object) -> PacketRuleRunner:
+    engine = AlertEngine(db, "gw-a", AlertSettings())
+    return PacketRuleRunner(PacketRules(Thresholds.default()), engine, **kwargs)  # type: ignore[arg-type]
+
+
+async def firing(conn: asyncpg.Connection) -> list[tuple[str, str, str, str]]:
+    rows = await conn.fetch("SELECT rule, factor, detail, status FROM alerts ORDER BY id")
+    return [tuple(r.values()) for r in rows]
+
+
+async def test_a_flagged_value_raises_an_episode_that_valid_data_resolves(db: Database, conn) -> None:
+    runner = runner_on(db)
+    await runner.engine.refresh()
+    for n in range(3):
+        runner.stored(minute(n))
+    runner.stored(minute(3, "D"))
+    assert await runner.judge() == 4
+    assert await firing(conn) == [("flag_episode", "a21026", "D", "firing")]
+    for n in range(4, 66):  # valid data for the episodes' merge gap (1 h) after the last D
+        runner.stored(minute(n, "N", f"12.{n % 10}"))
+    await runner.judge()
+    assert await firing(conn) == [("flag_episode", "a21026", "D", "resolved")]
+
+
+async def test_packets_without_fields_or_with_a_suspect_time_are_not_judged(db: Database) -> None:
+    runner = runner_on(db)
+    runner.stored(minute(0, "D", suspect=True))
+    runner.stored(minute(1)._replace(fields=None))
+    assert runner.pending == 0 and await runner.judge() == 0
+
+
+async def test_beyond_max_pending_a_packet_is_not_judged_counted_and_warned_once(db: Database) -> None:
+    dropped: list[int] = []
+    runner = runner_on(db, max_pending=2, on_dropped=dropped.append)
+    for n in range(5):
+        runner.stored(minute(n))
+    assert runner.pending == 2
+    with capture_logs() as logs:
+        assert await runner.judge() == 2
+    assert dropped == [3]
+    assert [entry["event"] for entry in logs] == ["rule_samples_dropped"]
+
+
+@pytest.fixture
+async def db_via_proxy(proxy: TcpProxy, pg_dsn: str, schema: str) -> AsyncIterator[Database]:
+    database = Database(proxy.dsn_via(pg_dsn), schema=schema)
+    await database.connect()
+    yield database
+    proxy.restore()
+    await database.close()
+
+
+async def test_changes_wait_through_an_outage_and_are_applied_when_it_ends(
+    db_via_proxy: Database, proxy: TcpProxy, conn: asyncpg.Connection
+) -> None:
+    runner = runner_on(db_via_proxy)
+    runner.stored(minute(0, "D"))
+    proxy.cut()
+    with capture_logs() as logs:
+        assert await runner.judge() == 1  # judged; the engine could not write
+    assert [entry["event"] for entry in logs] == ["rule_changes_waiting"]
+    assert await firing(conn) == []
+    proxy.restore()
+    runner.stored(minute(1, "D"))
+    with capture_logs() as logs:
+        await runner.judge()
+    assert [entry["event"] for entry in logs] == ["rule_changes_applied"]
+    assert await firing(conn) == [("flag_episode", "a21026", "D", "firing")]
