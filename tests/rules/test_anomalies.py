@@ -96,3 +96,10 @@ def test_flow_zero_with_no_concentration_is_a_stoppage_not_an_anomaly() -> None:
     for i in range(4):
         out += rules.on_sample(sample(minute(i), {"a00000": 0, "a21026": 0, "a01012": 120}))
     assert not fires(out, "flow_zero_with_concentration")
+
+
+def test_real_time_values_are_judged_per_cn() -> None:
+    changes = run([0, 0, 0, 4], cn="2011")
+    (fired,) = fires(changes, "zero_value")
+    assert (fired.key.detail, fired.at) == ("2011", minute(2))
+    assert [c.at for c in real(changes, "zero_value")] == [minute(3)]

@@ -80,3 +80,8 @@ def test_fault_alerts_clear_when_the_episode_ends() -> None:
 def test_other_flag_letters_do_not_start_fault_clocks() -> None:
     episode = active("flag_episode", factor="a21026", detail="M", started=NOW - timedelta(days=30))
     assert scan(NOW, [], [], [episode], DEFAULT, CAL) == []
+
+
+def test_device_silent_clears_when_data_resume() -> None:
+    (cleared,) = scan(NOW, [device("online", 1)], [], [active("device_silent")], DEFAULT, CAL)
+    assert isinstance(cleared, Clear) and cleared.key == AlertKey("device_silent", "MN1")
