@@ -54,9 +54,13 @@ async def test_follow_prints_each_change_committed_while_it_runs(db: Database, p
     await store_alerts(db)  # before the start: not printed
     argv = [sys.executable, "-m", "hj212gw.cli", "alerts", "--follow", "--json", "--poll-s", "0.1", "--mn", MN,
             "--database-url", pg_dsn, "--database-schema", schema]  # fmt: skip
-    follower = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    follower = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     try:
-        await asyncio.sleep(1.5)  # started and positioned at the end of the outbox
+        assert follower.stderr is not None
+        while b"following the alert stream" not in await asyncio.wait_for(follower.stderr.readline(), 30):
+            pass  # started and positioned at the end of the outbox
         engine = AlertEngine(db, "gw-test", AlertSettings(), clock=lambda: T0 + timedelta(hours=20))
         key = AlertKey("flatline", MN, "a21002")
         (alert_id,) = (await engine.apply([fire(key, Severity.WARNING, T0)])).raised

@@ -12,6 +12,7 @@ embedded PostgreSQL, a server a running gateway holds is used as it is. Exit cod
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ def _print(rows: list[dict[str, Any]], *, as_json: bool) -> None:
 async def _follow(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
     """Print every outbox entry committed after the start, in delivery order, until cancelled."""
     position = await fetch_outbox_end(conn)
+    print("hj212gw alerts: following the alert stream from now on (Ctrl-C to stop)", file=sys.stderr, flush=True)
     while True:
         entries = await fetch_outbox_after(conn, position, PAGE)
         for entry in entries:
