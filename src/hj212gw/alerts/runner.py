@@ -24,6 +24,7 @@ from hj212gw.rules.packet import PacketRules
 from hj212gw.storage.db import DATABASE_ERRORS, is_retryable
 
 _LOG = structlog.get_logger("hj212gw.alerts")
+_new = tuple.__new__
 YIELD_EVERY = 500  # packets judged between two turns of the event loop
 MAX_WAITING_CHANGES = 100_000  # changes kept while the database is down (oldest Fires dropped first)
 
@@ -92,15 +93,17 @@ class PacketRuleRunner:
             self._dropped = 0
         changes = self._waiting
         judged = 0
-        queue, on_sample = self._queue, self.rules.on_sample
+        queue, on_sample, popleft = self._queue, self.rules.on_sample, self._queue.popleft
         while queue:
-            data = queue.popleft()
-            assert data.fields is not None
-            found = on_sample(Sample(data.mn, data.cn, data.data_time, data.received_at, data.backfill, data.fields))
-            if found:
-                changes.extend(found)
-            judged += 1
-            if judged % YIELD_EVERY == 0:
+            count = min(len(queue), YIELD_EVERY)
+            # tuple.__new__: a Sample without the named tuple's Python-level __new__ (fields not None: `stored`)
+            for data in [popleft() for _ in range(count)]:
+                found = on_sample(_new(Sample, (data.mn, data.cn, data.data_time, data.received_at, data.backfill,
+                                                data.fields)))  # fmt: skip
+                if found:
+                    changes.extend(found)
+            judged += count
+            if queue:
                 await asyncio.sleep(0)
         await self._apply(changes)
         return judged

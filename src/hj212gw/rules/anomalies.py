@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from sys import intern
 
 from hj212gw.rules.catalogue import fire
 from hj212gw.rules.model import AlertChange, AlertKey, Clear
@@ -61,7 +62,9 @@ class Series:
 
     def __init__(self, cn: str, factor: str, suffix: str) -> None:
         self.cn, self.factor = cn, factor
-        self.value_key, self.flag_key, self.zs_key = f"{factor}-{suffix}", f"{factor}-Flag", f"{factor}-Zs{suffix}"
+        # Interned: every device's plans look up the same key objects (they stay in the CPU cache).
+        self.value_key, self.flag_key = intern(f"{factor}-{suffix}"), intern(f"{factor}-Flag")
+        self.zs_key = intern(f"{factor}-Zs{suffix}")
         self.limits = RuleLimits()
         self.k = self.limits.jump_factor
         self.judged = False  # anomaly rules apply to this CN

@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from functools import lru_cache
 from operator import eq, itemgetter, le
+from sys import intern
 from typing import Any
 
 from hj212gw.rules.anomalies import INF, Series
@@ -32,11 +34,22 @@ from hj212gw.rules.anomalies import INF, Series
 SHAPE = bytes(57 if 48 <= b <= 57 else b if b in b".;N" else 120 for b in range(256))
 
 
-def _getter(keys: list[str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
+@lru_cache(maxsize=4096)
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
+    """One getter per layout, shared by every plan of that layout (it stays in the CPU cache)."""
     if len(keys) == 1:
         key = keys[0]
         return lambda fields: (fields[key],)
     getter: Any = itemgetter(*keys)
+    return getter  # type: ignore[no-any-return]
+
+
+def _picker(indices: list[int]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The items of a tuple at these indices, always as a tuple."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda texts: (texts[index],)
+    getter: Any = itemgetter(*indices)
     return getter  # type: ignore[no-any-return]
 
 
@@ -119,10 +132,12 @@ class QuietCheck:
         "lows",
         "modes",
         "n_flags",
+        "no_leading_0",
         "numbers",
         "numeric",
         "numeric_texts",
         "numeric_values",
+        "pick",
         "quiet_t",
         "ratio_high",
         "ratio_low",
@@ -153,13 +168,8 @@ class QuietCheck:
             self._layout(series, modes, numeric)
         self.values = tuple(text for text, mode in zip(texts, modes, strict=True) if mode)
         band_shapes = [shape for shape, mode in zip(shapes, modes, strict=True) if mode]
-        self.bounded = not all(map(whole_decade, self.band_series, band_shapes))
-        if self.bounded:  # text bounds only when a decade is not enough (they take a few µs)
-            bounds = list(map(band, self.band_series, band_shapes))
-            if any(bound is None for bound in bounds):
-                return
-            self.lows = [bound[0] for bound in bounds if bound is not None]
-            self.highs = [bound[1] for bound in bounds if bound is not None]
+        if not self._bound(band_shapes):
+            return
         self.shape = ";".join(("N",) * len(series) + self.values).encode().translate(SHAPE)
         # Windows may have changed since the layout (an i13001 range uploaded): taken anew.
         self.low = [s.lo for s in numeric]
@@ -171,14 +181,33 @@ class QuietCheck:
         self.quiet_t = None
         self.active = True
 
+    def _bound(self, band_shapes: list[bytes]) -> bool:
+        """Text bounds for the band values whose whole decade is not quiet (they take a few µs at
+        arm and a pass per packet), the others checked by shape and `no_leading_0` only. When a
+        bounded value has a leading 0 ("0.123"), the ";0" test cannot serve: every value bounded."""
+        decade = list(map(whole_decade, self.band_series, band_shapes))
+        self.no_leading_0 = not any(text[0] == "0" for text in self.values)
+        picked = [i for i, whole in enumerate(decade) if not whole or not self.no_leading_0]
+        self.bounded = bool(picked)
+        if not picked:
+            return True
+        bounds = [band(self.band_series[i], band_shapes[i]) for i in picked]
+        if any(bound is None for bound in bounds):
+            return False
+        # Interned: devices with the same bounds share them (they stay in the CPU cache).
+        self.lows = [intern(bound[0]) for bound in bounds if bound is not None]
+        self.highs = [intern(bound[1]) for bound in bounds if bound is not None]
+        self.pick = _picker(picked)
+        return True
+
     def _layout(self, series: list[Series], modes: tuple[bool, ...], numeric: list[Series]) -> None:
         self.modes = modes
         self.band_series = [s for s, mode in zip(series, modes, strict=True) if mode]
         self.numeric = numeric
         # One lookup for every flag (first) and every band value: the shape check covers both.
-        self.texts = _getter([s.flag_key for s in series] + [s.value_key for s in self.band_series])
+        self.texts = _getter(tuple([s.flag_key for s in series] + [s.value_key for s in self.band_series]))
         self.n_flags = len(series)
-        self.numbers = _getter([s.value_key for s in numeric]) if numeric else None
+        self.numbers = _getter(tuple(s.value_key for s in numeric)) if numeric else None
 
     def accept(self, fields: Mapping[str, str], at: datetime) -> bool:
         """Whether the packet can fire nothing; if so, it is recorded as the series' new values.
@@ -192,11 +221,12 @@ class QuietCheck:
         if joined.encode(errors="replace").translate(SHAPE) != self.shape:
             return False
         texts = got[self.n_flags :]
-        if self.bounded:
-            if not (all(map(le, self.lows, texts)) and all(map(le, texts, self.highs))):
-                return False
-        elif ";0" in joined:
+        if self.no_leading_0 and ";0" in joined:
             return False  # a leading 0: another decade
+        if self.bounded:
+            picked = self.pick(texts)
+            if not (all(map(le, self.lows, picked)) and all(map(le, picked, self.highs))):
+                return False
         if any(map(eq, texts, self.values)):
             return False  # an unchanged value: the flatline count must see it
         if self.numbers is not None:
