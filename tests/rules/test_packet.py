@@ -59,8 +59,9 @@ def test_a_missing_factor_rebuilds_the_plan() -> None:
     assert fires(out, "zero_value")
 
 
+TEXTS = ["0", "0.000", "-1.5", "19.5", "101.3", "9.99", "10.01", "10.04", "09.5", "18.99", "35.123", "35.123"]
 VALUES = st.one_of(
-    st.sampled_from(["0", "0.000", "-1.5", "19.5", "101.3", "9.99", "10.01", "35.123", "35.123", "1e3", "abc"]),
+    st.sampled_from([*TEXTS, "1e3", "abc"]),
     st.floats(min_value=-5, max_value=500, allow_nan=False).map(lambda v: f"{v:.3f}"),
     st.floats(min_value=0.5, max_value=200, allow_nan=False).map(lambda v: f"{v:.1f}"),
 )
@@ -117,6 +118,53 @@ def test_the_fast_path_changes_no_result_on_drifting_data(levels: list[float], s
         last = values
         packet = sample(minute(i), values, flags={"a21026": flag})  # type: ignore[arg-type]
         assert fast.on_sample(packet) == full.on_sample(packet)
+
+
+BASES = {"a00000": 10, "a34013": 11, "a21026": 12, "a19001": 14}  # bench/packets.py: 1{i}.{v}4
+ROTATION = st.tuples(
+    st.integers(0, 9),  # the variant digit v (a repeated v repeats every value: a flatline)
+    st.sampled_from([None] * 8 + ["under", "leading_zero", "dilution", "near_dilution", "flag", "over", "odd"]),
+    st.integers(1, 3),  # packets in a row with that glitch
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ROTATION, max_size=80))
+def test_the_fast_path_changes_no_result_on_rotating_readings(steps: list) -> None:
+    """The gateway benchmark's readings (10.04 … 10.94, O2 14.x4), with crossings of a decade and
+    of the dilution level, leading zeros, flags and non-decimal texts."""
+    thresholds = parse_thresholds("[defaults]\nflatline_points = 3\nanomaly_points = 2\n")
+    fast, full = PacketRules(thresholds), PacketRules(thresholds, fast_path=False)
+    expanded = [(v + n, glitch) for v, glitch, times in steps for n in range(times)]
+    for i, (v, glitch) in enumerate(expanded):
+        v %= 10
+        values = {code: f"{base}.{v}4" for code, base in BASES.items()}
+        if glitch == "under":
+            values["a00000"] = f"9.9{v}"
+        elif glitch == "leading_zero":
+            values["a34013"] = f"0{v}.{v}4"
+        elif glitch == "dilution":
+            values["a19001"] = f"19.{v}4"
+        elif glitch == "near_dilution":
+            values["a19001"] = f"18.9{v}"
+        elif glitch == "over":
+            values["a21026"] = f"{v + 100}.04"
+        elif glitch == "odd":
+            values["a00000"] = "1e1"
+        flags = {"a21026": "D"} if glitch == "flag" else None
+        packet = sample(minute(i), values, flags=flags)  # type: ignore[arg-type]
+        assert fast.on_sample(packet) == full.on_sample(packet)
+
+
+def test_the_fast_path_takes_the_benchmark_readings() -> None:
+    """Values just above a decade (10.x4) and O2 under its dilution level stay on the fast path."""
+    rules = PacketRules(Thresholds.default())
+    accepted = 0
+    for i in range(100):
+        rules.on_sample(sample(minute(i), {code: f"{base}.{i % 10}4" for code, base in BASES.items()}))
+        (plan,) = rules._devices["MN0001"].plans.values()
+        accepted += plan.quiet.quiet_t == minute(i)
+    assert accepted >= 98
 
 
 def test_the_fast_path_takes_quiet_packets() -> None:

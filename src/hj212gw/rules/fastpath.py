@@ -10,10 +10,12 @@ of a series is its static window (no zero, in range, O2 under the dilution level
 jump rule, [v / √k, v · √k] around the value it was armed with (two values of it are less than k
 times apart). The packet's flags and band values are fetched in one lookup, joined, their shape
 compared with the one armed (one byte translation), then bounds and repeats compared: a few
-C-level passes. When every such value's whole decade is quiet (jump factor >= 10, the decade
-inside the window), the same shape without a leading 0 is enough and the bounds are skipped. A
-value near where its shape would change (9.9 → 10.0: the shape check would fail at each
-crossing) or not a plain decimal is parsed and checked one by one. The series are updated lazily
+C-level passes. A value whose whole decade is quiet (jump factor >= 10, the decade inside the
+window) needs no bounds: the same shape without a leading 0 is enough; the others (O2 under its
+dilution level, a range) are bounded. A value just under where its shape would change (9.9 →
+10.0: the shape check would fail at each crossing) or not a plain decimal is parsed and checked
+one by one; one just above 10**(digits - 1) is not (falling under it costs one miss, after which
+the full rules re-arm it as a parsed value). The series are updated lazily
 (`sync`) when the full rules run.
 Imports rules.anomalies only.
 """
@@ -63,7 +65,7 @@ def whole_decade(series: Series, shape: bytes) -> bool:
     if value is None or not text or dot < 1 or text[0] == "0":
         return False
     low, high = 10.0 ** (dot - 1), 10.0**dot
-    if not low * MARGIN <= value <= high / MARGIN:
+    if not low <= value <= high / MARGIN:
         return False
     return not series.judged or (series.k >= 10 and series.lo < low and high <= series.hi)
 
@@ -77,8 +79,10 @@ def _digits(text: str, shape: bytes) -> tuple[int, int] | None:
 
 
 def in_band(series: Series, shape: bytes) -> bool:
-    """Whether the series' last text is a plain decimal > 0 not near a change of its shape (which
-    happens at 10**digits, and below 10**(digits - 1) without a leading 0)."""
+    """Whether the series' last text is a plain decimal > 0 not just under a change of its shape
+    (at 10**digits). Just above 10**(digits - 1) is in: a value falling under it fails the shape
+    check once, and the full rules re-arm it as a parsed value (just under 10**digits), which
+    it stays until the next miss: one miss per crossing at most, not one per packet."""
     value, text = series.last, series.last_text
     if value is None or not text or value <= 0:
         return False
@@ -86,7 +90,7 @@ def in_band(series: Series, shape: bytes) -> bool:
     if found is None:
         return False
     top, floor = 10.0 ** found[0], (10.0 ** (found[0] - 1) if found[0] > 1 else 0.0)
-    return value * MARGIN < top and value > floor * MARGIN
+    return value * MARGIN < top and value > floor
 
 
 def band(series: Series, shape: bytes) -> tuple[str, str] | None:
