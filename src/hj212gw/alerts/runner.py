@@ -65,11 +65,13 @@ class PacketRuleRunner:
     def stored(self, data: StoredData) -> None:
         if data.fields is None or data.time_suspect:
             return
-        if len(self._queue) >= self.max_pending:
+        queue = self._queue
+        if len(queue) >= self.max_pending:
             self._dropped += 1
             return
-        self._queue.append(data)
-        self._wake.set()
+        if not queue:  # a non-empty queue has woken the task already: `judge` drains it all
+            self._wake.set()
+        queue.append(data)
 
     @property
     def pending(self) -> int:
