@@ -78,11 +78,12 @@ def _digits(text: str, shape: bytes) -> tuple[int, int] | None:
     return (len(text), 0) if dot < 0 else (dot, len(text) - dot - 1)
 
 
-def in_band(series: Series, shape: bytes) -> bool:
+def in_band(series: Series, shape: bytes, floor_margin: float = 1.0) -> bool:
     """Whether the series' last text is a plain decimal > 0 not just under a change of its shape
-    (at 10**digits). Just above 10**(digits - 1) is in: a value falling under it fails the shape
-    check once, and the full rules re-arm it as a parsed value (just under 10**digits), which
-    it stays until the next miss: one miss per crossing at most, not one per packet."""
+    (at 10**digits), and above 10**(digits - 1) times `floor_margin`. `arm` lets a value just
+    above 10**(digits - 1) in (margin 1) unless it was parsed at the previous arm: a value
+    falling under it fails the shape check once and is parsed from then on while it hovers
+    there, so a crossing costs one miss, not one per packet or per re-arm."""
     value, text = series.last, series.last_text
     if value is None or not text or value <= 0:
         return False
@@ -90,7 +91,7 @@ def in_band(series: Series, shape: bytes) -> bool:
     if found is None:
         return False
     top, floor = 10.0 ** found[0], (10.0 ** (found[0] - 1) if found[0] > 1 else 0.0)
-    return value * MARGIN < top and value > floor
+    return value * MARGIN < top and value > floor * floor_margin
 
 
 def band(series: Series, shape: bytes) -> tuple[str, str] | None:
@@ -165,6 +166,11 @@ class QuietCheck:
         if len(shapes) != len(series):
             return  # a ";" inside a value
         modes = tuple(map(in_band, series, shapes))
+        if len(self.modes) == len(modes):  # parsed last time: parsed while it hovers above its floor
+            modes = tuple(
+                mode and (was or in_band(s, shape, MARGIN))
+                for mode, was, s, shape in zip(modes, self.modes, series, shapes, strict=True)
+            )
         numeric = [s for s, mode in zip(series, modes, strict=True) if not mode]
         if any(s.last is None or s.last <= 0 for s in numeric):
             return  # the ratio test needs a positive previous value
