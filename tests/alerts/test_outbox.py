@@ -67,8 +67,10 @@ async def test_entries_arrive_in_order_and_the_cursor_moves_only_after_the_pubac
             broker_proxy.replies.set()
             await eventually(lambda: _at(conn, entries[-1].position), timeout_s=10)
     received = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
-    first_round = event_ids([bytes(m.payload) for m in sub.messages[:20]])  # type: ignore[arg-type]
-    assert first_round == [str(e.event_id) for e in entries]  # (txid, id) order
+    ids = event_ids([bytes(m.payload) for m in sub.messages])  # type: ignore[arg-type]
+    # (txid, id) order; a publish whose PUBACK was held past the timeout is sent again after the
+    # reconnect (at least once), so repeats are dropped before comparing the order of first sight
+    assert list(dict.fromkeys(ids)) == [str(e.event_id) for e in entries]
     assert {r["id"] for r in received} == {str(e.event_id) for e in entries}  # repeats (at least once) dedupe
     assert sub.messages[0].topic.value == f"{root}/v1/alerts/critical/over_limit/MN001"
     assert received[0]["data"] == entries[0].payload and received[0]["type"] == "hj212gw.alert.firing"
