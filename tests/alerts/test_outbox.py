@@ -190,3 +190,29 @@ async def test_retention_deletes_old_entries_only_on_the_leader(db: Database, co
 
 async def _count_is(conn: asyncpg.Connection, count: int) -> bool:
     return await conn.fetchval("SELECT count(*) FROM alert_outbox") == count  # type: ignore[no-any-return]
+
+
+async def test_a_replica_that_does_not_lead_sleeps_through_notifies_and_stops_when_cancelled(
+    db: Database, mqtt_settings: MqttSettings
+) -> None:
+    asked, ending = 0, False
+
+    def leading() -> bool:
+        nonlocal asked
+        asked += 1
+        if ending:  # the cancel was lost: end the loop, so the test fails instead of hanging
+            raise RuntimeError("still running after its cancel")
+        return False
+
+    delivery = OutboxDelivery(db, MqttSink(mqtt_settings, "gw1"), leading, settings=FAST)  # polls every 0.1 s
+    task = asyncio.create_task(delivery.run())
+    await asyncio.sleep(0.05)
+    delivery.wake()  # a NOTIFY reaches every replica; only the leader has work
+    await asyncio.sleep(0.5)
+    looked = asked
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    ending = True
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert looked <= 10  # one look per poll, not a loop spinning on the wake-up

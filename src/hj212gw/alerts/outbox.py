@@ -100,6 +100,7 @@ class OutboxDelivery:
         while True:
             if not self.is_leader():
                 self.cursor = None  # the next leader term starts from what the last leader stored
+                self._wake.clear()  # a NOTIFY wakes every replica: left set, the idle below would spin
                 await self._idle(self.settings.poll_interval_s)
                 continue
             self._wake.clear()  # before reading: a NOTIFY during the read wakes the next wait
