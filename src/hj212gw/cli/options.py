@@ -19,6 +19,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-timezone", help="zone of HJ 212 times (default Asia/Shanghai)")
     parser.add_argument("--gateway-id", help="this replica's name (default: host name)")
     parser.add_argument("--workers", type=int, help="gateway processes sharing the DAS port (default 1)")
+    parser.add_argument("--mqtt-url", help="alert broker, mqtt://HOST[:1883] or mqtts://HOST[:8883] (default: none)")
     parser.add_argument("--log-format", choices=["auto", "json", "console"])
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -35,6 +36,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         device_timezone=args.device_timezone,
         gateway_id=args.gateway_id,
         workers=args.workers,
+        mqtt=None if args.mqtt_url is None else {"url": args.mqtt_url},  # merged with the [mqtt] of env and file
         log_format=args.log_format,
         log_level=args.log_level,
     )
