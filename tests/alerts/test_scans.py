@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from hj212gw.alerts.engine import AlertEngine
 from hj212gw.alerts.scans import REVISIONS, LeaderScans
@@ -92,3 +93,21 @@ async def test_revisions_are_alerted_once_from_where_the_last_leader_stopped(db:
     assert [r[4] for r in await alerts(conn)] == ["resolved", "resolved"]
     last = await conn.fetchval("SELECT max(id) FROM data_versions")
     assert await conn.fetchval("SELECT last_id FROM rule_cursors WHERE name = $1", REVISIONS) == last
+
+
+async def test_a_year_the_calendar_does_not_know_is_warned_once(db: Database, conn) -> None:
+    await conn.execute(
+        """INSERT INTO alerts (fingerprint, rule, severity, mn, factor, detail, summary_zh, summary_en, status,
+                               starts_at, updated_at)
+           VALUES ('f1', 'flag_episode', 'warning', 'FAULTY', 'a21026', 'D', '故障', 'fault', 'firing', $1, $1)""",
+        datetime(2031, 1, 5, tzinfo=UTC),
+    )  # fmt: skip
+    later = datetime(2031, 1, 20, tzinfo=UTC)
+    engine = AlertEngine(db, "gw-a", AlertSettings(), clock=lambda: later)
+    calendar = WorkCalendar.from_library()
+    scans = LeaderScans(db, engine, Thresholds.default, lambda: calendar, interval_s=1.0, clock=lambda: later)
+    with capture_logs() as logs:
+        await scans.round()
+        await scans.round()
+    told = [entry for entry in logs if entry["event"] == "working_calendar_year_unknown"]
+    assert [entry["year"] for entry in told] == [2031]

@@ -29,6 +29,13 @@ def test_each_worker_gets_its_own_http_port_and_gateway_id() -> None:
     assert worker_settings(Settings(http="[::1]:9213"), 2, "dsn").http == "[::1]:9215"
 
 
+def test_each_worker_gets_its_own_mqtt_client_id_when_one_is_set() -> None:
+    fixed = Settings(mqtt={"url": "mqtt://broker", "client_id": "plant"})  # type: ignore[arg-type]
+    assert worker_settings(fixed, 2, "dsn").mqtt.client_id == "plant-2"
+    assert worker_settings(fixed, 2, "dsn").mqtt.url == "mqtt://broker"
+    assert worker_settings(Settings(), 2, "dsn").mqtt.client_id is None  # hj212gw-{gateway_id}: distinct already
+
+
 def worker_pids(supervisor: int) -> list[int]:
     """The supervisor's worker processes (multiprocessing's resource tracker is a child too)."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()

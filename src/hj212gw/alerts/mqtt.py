@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,13 @@ def device_state_payload(event: DeviceStateChanged) -> bytes:
             "connection_id": event.connection_id, "details": dict(event.details),
         }
     )  # fmt: skip
+
+
+# The MQTT client library's own logger: it logs each lost connection at ERROR ("failed to receive
+# on socket"), beside the one WARNING `dependency_down` this sink logs per outage (house style).
+# Its debug and error lines are for debugging the library, so only CRITICAL passes.
+_CLIENT_LOG = logging.getLogger("hj212gw.mqtt_client")
+_CLIENT_LOG.setLevel(logging.CRITICAL)
 
 
 class DeviceStatePublisher:
@@ -169,7 +177,7 @@ class MqttSink:
             self.host, self.port, username=s.username, password=self._password, identifier=self.client_id,
             will=aiomqtt.Will(self.status_topic, OFFLINE, qos=QOS, retain=True), clean_session=True,
             keepalive=s.keepalive_s, timeout=s.publish_timeout_s, tls_context=self._tls,
-            max_inflight_messages=_MAX_INFLIGHT,
+            max_inflight_messages=_MAX_INFLIGHT, logger=_CLIENT_LOG,
         )  # fmt: skip
 
     async def run(self) -> None:

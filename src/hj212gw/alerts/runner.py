@@ -26,7 +26,8 @@ from hj212gw.storage.db import DATABASE_ERRORS, is_retryable
 _LOG = structlog.get_logger("hj212gw.alerts")
 _new = tuple.__new__
 YIELD_EVERY = 500  # packets judged between two turns of the event loop
-MAX_WAITING_CHANGES = 100_000  # changes kept while the database is down (oldest Fires dropped first)
+MAX_WAITING_CHANGES = 100_000  # changes kept while the database is down: the newest (a lost Clear
+# leaves its alert firing until the rule judges that key again; the scans resolve theirs each round)
 
 
 class PacketRuleRunner:

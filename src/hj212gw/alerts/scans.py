@@ -53,6 +53,7 @@ class LeaderScans:
         self.interval_s = interval_s
         self.clock = clock
         self._failing = False
+        self._unknown_years_told: set[int] = set()
 
     async def run(self) -> None:
         """Rounds for as long as this replica leads (the leader cancels it when it stops leading)."""
@@ -84,7 +85,12 @@ class LeaderScans:
             ActiveAlert(AlertKey(r.rule, r.mn, r.factor, r.detail), Severity(r.severity), r.starts_at, r.details)
             for r in firing
         ]
-        changes = scan(now, devices, gaps, active, self.thresholds(), self.calendar())
+        calendar = self.calendar()
+        changes = scan(now, devices, gaps, active, self.thresholds(), calendar)
+        for year in sorted(calendar.unknown_years - self._unknown_years_told):
+            _LOG.warning("working_calendar_year_unknown", year=year, assumed="Monday to Friday",
+                         fix="alerts.calendar_file with that year's holidays and make-up days")  # fmt: skip
+            self._unknown_years_told.add(year)
         if changes:
             await self.engine.apply(changes)
         return changes + await self._revisions()

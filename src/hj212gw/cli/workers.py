@@ -38,14 +38,19 @@ _HEALTHY_AFTER_S = 30.0  # a worker that ran this long starts over from the shor
 
 
 def worker_settings(settings: Settings, index: int, database_url: str) -> Settings:
-    """The settings of worker `index`: the shared database, its own HTTP port and gateway id."""
+    """The settings of worker `index`: the shared database, its own HTTP port and gateway id, and
+    its own MQTT client id when one is set (a broker disconnects the older of two equal ids)."""
     host, port = split_host_port(settings.http)
     http_host = f"[{host}]" if ":" in host else host
+    mqtt = settings.mqtt
+    if mqtt.client_id is not None:
+        mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-{index}"})
     return settings.model_copy(
         update={
             "database_url": database_url,
             "http": f"{http_host}:{port + index}",
             "gateway_id": f"{settings.gateway_id}-{index}",
+            "mqtt": mqtt,
         }
     )
 
