@@ -126,3 +126,35 @@ def test_2025_heartbeat_waits_for_the_previous_9013_and_a_lost_link_costs_it() -
     das.disconnect()
     counters = das.counters
     assert (counters.heartbeats, counters.heartbeats_answered, counters.heartbeats_lost) == (2, 1, 1)
+
+
+def test_flatline_scenario_repeats_the_reading_of_its_start() -> None:
+    das = SteppedDevice(min_interval_min=1, scenarios=[Scenario("flatline", factors=("w01018",), start_s=120)])
+    das.connect()
+    minutes = [p for p in das.advance(600, real_seconds=0) if p.cn == "2051"]  # no resends
+    cod = [next(r.avg for r in p.data.readings if r.code == "w01018") for p in minutes]
+    other = [next(r.avg for r in p.data.readings if r.code == "w21003") for p in minutes]
+    assert len(set(cod[2:])) == 1 and len(set(cod)) > 1  # stuck from the third minute on
+    assert len(set(other)) > 1  # only the named factor
+
+
+def test_dilution_scenario_raises_o2_and_lowers_pollutants() -> None:
+    das = SteppedDevice(st="31", min_interval_min=1, scenarios=[Scenario("dilution", start_s=60)])
+    das.connect()
+    before, during = (
+        {r.code: r.avg for r in p.data.readings} for p in das.advance(121, real_seconds=0) if p.cn == "2051"
+    )
+    assert before["a19001"] < 12 and during["a19001"] == 20.6
+    assert during["a21026"] < before["a21026"] / 5
+
+
+def test_parameter_change_scenario_uploads_the_range_hourly_and_doubles_it_while_active() -> None:
+    das = SteppedDevice(ack=False, scenarios=[Scenario("parameter_change", factors=("w01018",), start_s=7200)])
+    das.connect()
+    uploads = [p.cp for p in das.advance(4 * 3600, real_seconds=0) if p.cn == "3020" and "i13001" in p.cp]
+    assert [cp.split(";", 1)[1] for cp in uploads] == [
+        "PolId=w01018;i13001-Info=0-500",
+        "PolId=w01018;i13001-Info=0-500",
+        "PolId=w01018;i13001-Info=0-1000",
+        "PolId=w01018;i13001-Info=0-1000",
+    ]

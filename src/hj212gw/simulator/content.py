@@ -20,6 +20,9 @@ _EPOCH = datetime(2000, 1, 1)
 _EPISODE_LETTERS = "MCD"
 _FLUE_GAS_VALID_FRACTION = 0.75  # HJ 212-2017 §10, notes to C.16-C.18
 _SAMPLES = {60: 6, 3600: 12, 86400: 24}
+O2 = "a19001"
+DILUTED_O2_PCT = 20.6  # ambient air is 20.9 %
+DILUTED_FRACTION = 0.05  # pollutant readings in diluted flue gas
 
 
 def unit_hash(*values: int) -> float:
@@ -61,7 +64,7 @@ class ContentModel:
         # Most devices have no value or flag scenario: skip the per-sample lookups (the hot path).
         self._effects = any(s.kind in VALUE_KINDS or s.kind == "fault" for s in scenarios.items)
         self._flow = next((i for i, f in enumerate(factors) if f.kind == "flow"), None)
-        self._o2 = next((i for i, f in enumerate(factors) if f.code == "a19001"), None)
+        self._o2 = next((i for i, f in enumerate(factors) if f.code == O2), None)
 
     def code(self, factor: FactorProfile) -> str:
         return factor.code_2005 if self.codes_2005 else factor.code
@@ -70,21 +73,34 @@ class ContentModel:
 
     def value(self, index: int, local: datetime) -> float:
         f = self.factors[index]
-        effect = self.scenarios.value_effect(f.code, self.sim_of(local)) if self._effects else None
-        if effect == "zero":
-            return 0.0
-        if effect == "negative":
-            return -round(f.base * 0.05 + 0.1, f.decimals)
-        if effect == "constant":
-            return f.base
+        scenario = self.scenarios.value_scenario(f.code, self.sim_of(local)) if self._effects else None
+        match None if scenario is None else scenario.kind:
+            case "zero":
+                return 0.0
+            case "negative":
+                return -round(f.base * 0.05 + 0.1, f.decimals)
+            case "constant":
+                return f.base
+            case "flatline":  # the reading of the moment the analyser got stuck, to the second
+                assert scenario is not None
+                stuck = local - (self.sim_of(local) - self.scenarios.start_of(scenario))
+                return self._measured(index, stuck.replace(microsecond=0))
+            case "dilution" if f.code == O2:
+                return DILUTED_O2_PCT
+            case "dilution" if f.kind == "pollutant":
+                return self._measured(index, local) * DILUTED_FRACTION
+            case "over_limit":
+                return (f.limit or f.base * 2) * 1.6 + self._measured(index, local) * 0.1
+        return self._measured(index, local)
+
+    def _measured(self, index: int, local: datetime) -> float:
+        """The undisturbed reading: a daily shape and noise."""
+        f = self.factors[index]
         t = _seconds(local)
         day_phase = (t % 86400) / 86400 - 0.375  # peaks at 15:00 device time
         shape = 1 + f.daily_amplitude * math.sin(2 * math.pi * day_phase)
         noise = (2 * unit_hash(self.seed, index, t) - 1) * f.noise
-        value = f.base * max(shape + noise, 0.0)
-        if effect == "over_limit":
-            value = (f.limit or f.base * 2) * 1.6 + value * 0.1
-        return value
+        return f.base * max(shape + noise, 0.0)
 
     def flag(self, index: int, local: datetime) -> str:
         f = self.factors[index]
@@ -162,6 +178,20 @@ class ContentModel:
         if self.water:
             return Counter(abnormal).most_common(1)[0][0]
         return "D" if len(abnormal) / len(flags) > 1 - _FLUE_GAS_VALID_FRACTION else "N"
+
+    def parameter_cps(self, local: datetime) -> list[str]:
+        """3020 instrument parameters, one packet per factor (a packet names one PolId), each a
+        second after the previous (one stored key per DataTime and code): the range i13001 is
+        `0-R` with R ten times the limit (or the base), doubled while a parameter_change is active."""
+        cps: list[str] = []
+        for f in self.factors:
+            if not self.scenarios.uploads_parameters(f.code):
+                continue
+            changed = self.scenarios.parameters_changed(f.code, self.sim_of(local))
+            top = round((f.limit or f.base) * 10) * (2 if changed else 1)
+            moment = local + timedelta(seconds=len(cps))
+            cps.append(f"DataTime={format_hj_time(moment)};PolId={self.code(f)};i13001-Info=0-{top}")
+        return cps
 
     def status_cp(self, local: datetime) -> str | None:
         """3020 instrument state (i12001) if some instrument is in an episode at `local`, else None."""

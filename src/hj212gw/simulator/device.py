@@ -207,6 +207,9 @@ class SimDevice:
             cp = f"DataTime={format_hj_time(moment)};PolId={code};i12001-Info=0"
         if cp is not None:
             self._enqueue(Outgoing(Cn.SITE_INFO, format_hj_time(moment), cp, ack=self.spec.ack))
+        for parameters in self.content.parameter_cps(moment):
+            data_time = parameters.split(";", 1)[0].removeprefix("DataTime=")
+            self._enqueue(Outgoing(Cn.SITE_INFO, data_time, parameters, ack=self.spec.ack))
 
     def _enqueue(self, item: Outgoing) -> None:
         item.ack = item.ack and self.spec.ack

@@ -10,6 +10,10 @@ an outage of hours in seconds. `devices` is a list of device indices, `"all"`, o
     flap         the link drops every `period_s` and stays down for `down_s`
     drift        the device clock runs `ppm` fast (negative: slow) and starts `offset_s` off
     constant | zero | negative | over_limit     value effects, optionally only for `factors`
+    flatline     a stuck analyser: each factor keeps the reading it had when the scenario started
+    dilution     air drawn into the flue: O2 (a19001) reads 20.6 %, pollutants a twentieth
+    parameter_change   instrument parameters (i13001 range) uploaded in 3020 every hour; while
+                 the scenario is active the range is doubled (an unfiled change, Art. 29(6))
     fault        data flag episode: `flag` is D, M or C (default D), optionally only `factors`
     garbage      junk bytes before a frame with probability `rate`
     bad_crc      a frame sent with a wrong CRC with probability `rate` (it is resent later)
@@ -22,10 +26,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 KINDS = frozenset(
-    {"cut", "silent", "flap", "drift", "constant", "zero", "negative", "over_limit", "fault", "garbage", "bad_crc",
-     "split"}
+    {"cut", "silent", "flap", "drift", "constant", "zero", "negative", "over_limit", "flatline", "dilution", "fault",
+     "parameter_change", "garbage", "bad_crc", "split"}
 )  # fmt: skip
-VALUE_KINDS = frozenset({"constant", "zero", "negative", "over_limit"})
+VALUE_KINDS = frozenset({"constant", "zero", "negative", "over_limit", "flatline", "dilution"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +119,27 @@ class DeviceScenarios:
         return bool(self._active(("silent",), sim))
 
     def value_effect(self, code: str, sim: datetime) -> str | None:
+        scenario = self.value_scenario(code, sim)
+        return None if scenario is None else scenario.kind
+
+    def value_scenario(self, code: str, sim: datetime) -> Scenario | None:
+        """The value scenario forcing `code` at `sim` (the first listed), or None."""
         for s in self._active(VALUE_KINDS, sim):
             if not s.factors or code in s.factors:
-                return s.kind
+                return s
         return None
+
+    def start_of(self, scenario: Scenario) -> datetime:
+        """The simulated moment `scenario` starts."""
+        return self.started + timedelta(seconds=scenario.start_s)
+
+    def uploads_parameters(self, code: str) -> bool:
+        """Whether `code`'s instrument parameters go up in every hour's 3020 (a parameter_change
+        scenario names it, active or not: the values before the change are the reference)."""
+        return any(s.kind == "parameter_change" and (not s.factors or code in s.factors) for s in self.items)
+
+    def parameters_changed(self, code: str, sim: datetime) -> bool:
+        return any(not s.factors or code in s.factors for s in self._active(("parameter_change",), sim))
 
     def flag_effect(self, code: str, sim: datetime) -> str | None:
         for s in self._active(("fault",), sim):
