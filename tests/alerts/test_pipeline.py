@@ -1,0 +1,149 @@
+"""The alert pipeline end to end: simulated data loggers on a virtual clock send to a real gateway
+(PostgreSQL, Mosquitto); each per-packet rule fires and resolves from a simulator scenario, the
+leader's scan raises device_offline, and the MQTT stream carries every change as a CloudEvent
+next to the retained device state and the gateway's status with its Last Will (issue #13, Tests).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+
+from hj212gw.cli.serve import Running
+from hj212gw.simulator.scenarios import Scenario
+from tests.alerts.conftest import Subscribe
+from tests.alerts.e2e import WiredDevice, alert_settings, alerts, events, thresholds
+from tests.integration.serving import start
+from tests.integration.waiting import eventually, until
+
+pytestmark = pytest.mark.integration
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+# Three days ago, 00:00 device time: DataTimes in the past, within the time policy's window.
+START = (datetime.now(SHANGHAI) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def at(minutes: float) -> datetime:
+    """The moment `minutes` after START, in UTC (as PostgreSQL returns it)."""
+    return (START + timedelta(minutes=minutes)).astimezone(UTC)
+
+
+def device(*scenarios: Scenario, st: str = "32", **spec: object) -> WiredDevice:
+    return WiredDevice(**{"st": st, "start": START, "scenarios": scenarios, "uploads": frozenset({"2051"}), **spec})
+
+
+async def gateway(started: list[Running], pg_dsn: str, schema: str, root: str, path: Path) -> Running:
+    return await start(started, pg_dsn, schema, **alert_settings(root, thresholds_file=path))
+
+
+async def test_a_fault_episode_fires_and_resolves_on_the_broker_with_the_device_state_and_gateway_status(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/#")
+    running = await gateway(
+        gateways, pg_dsn, schema, root, thresholds(tmp_path, "[defaults]\nepisode_merge_gap_s = 1200\n")
+    )
+    das = device(Scenario("fault", flag="D", factors=("w01018",), start_s=1800, duration_s=1800))
+    await das.plug(running)
+    await das.run(2 * 3600)
+    await until(lambda: len(events(sub.messages, "flag_episode")) == 2, timeout_s=10)
+    [alert] = await alerts(conn, "flag_episode")
+    assert (alert.status, alert.factor, alert.detail) == ("resolved", "w01018", "D")
+    assert alert.starts_at == at(30) and alert.ends_at == at(60)  # the first D value; N resumed
+    firing, resolved = events(sub.messages, "flag_episode")
+    mn = das.spec.mn
+    assert firing["topic"] == resolved["topic"] == f"{root}/v1/alerts/warning/flag_episode/{mn}"
+    assert [firing["type"], resolved["type"]] == ["hj212gw.alert.firing", "hj212gw.alert.resolved"]
+    assert firing["specversion"] == "1.0" and firing["source"] == "hj212gw/gw1"
+    assert firing["subject"] == resolved["subject"] == firing["data"]["fingerprint"]
+    assert firing["data"]["alertId"] == resolved["data"]["alertId"] == alert.id and firing["id"] != resolved["id"]
+    assert firing["data"]["labels"] == {"alertname": "flag_episode", "severity": "warning", "mn": mn,
+                                        "factor": "w01018", "detail": "D"}  # fmt: skip
+    assert firing["data"]["endsAt"] is None and resolved["data"]["endsAt"] is not None
+    assert sub.on(f"{root}/v1/gateways/gw1/status") == [b"online"]
+    state_topic = f"{root}/v1/devices/{mn}/state"
+    await until(lambda: bool(sub.on(state_topic)), timeout_s=5)
+    assert json.loads(sub.on(state_topic)[-1])["state"] == "online"
+    await das.unplug()
+    await until(lambda: json.loads(sub.on(state_topic)[-1])["state"] == "offline", timeout_s=5)
+    later = await subscribe(f"{root}/v1/devices/+/state")  # retained: a new subscriber gets it at once
+    await until(lambda: [json.loads(p)["state"] for p in later.on(state_topic)] == ["offline"])
+
+
+async def test_over_limit_fires_on_hour_data_flagged_n_only_and_resolves(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/v1/alerts/critical/#")
+    running = await gateway(gateways, pg_dsn, schema, root, thresholds(tmp_path, "[factors.w01018]\nlimit = 50\n"))
+    das = device(
+        Scenario("over_limit", factors=("w01018",), start_s=3600, duration_s=4 * 3600),
+        Scenario("fault", flag="D", factors=("w01018",), start_s=3600, duration_s=2 * 3600),  # over, but not N
+        uploads=frozenset({"2061"}),
+    )
+    await das.plug(running)
+    await das.run(7 * 3600, step_s=3600)
+    await until(lambda: len(events(sub.messages, "over_limit")) == 2, timeout_s=10)
+    [alert] = await alerts(conn, "over_limit")
+    assert (alert.status, alert.factor) == ("resolved", "w01018")
+    assert alert.starts_at == at(180) and alert.value is not None and alert.value > 50  # hours 1 and 2 were D
+    assert alert.ends_at == at(300)  # the first hour back under the limit
+    assert [e["type"] for e in events(sub.messages, "over_limit")] == ["hj212gw.alert.firing", "hj212gw.alert.resolved"]
+    await das.unplug()
+
+
+async def test_flatline_fires_after_the_points_and_resolves_at_the_first_other_value(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/v1/alerts/warning/flatline/#")
+    running = await gateway(gateways, pg_dsn, schema, root, thresholds(tmp_path, "[defaults]\nflatline_points = 5\n"))
+    das = device(Scenario("flatline", factors=("w01018",), start_s=3600, duration_s=3600))
+    await das.plug(running)
+    await das.run(3 * 3600)
+    await until(lambda: len(events(sub.messages)) == 2, timeout_s=10)
+    [alert] = await alerts(conn, "flatline")
+    assert (alert.status, alert.factor, alert.detail) == ("resolved", "w01018", "2051")
+    assert alert.starts_at == at(60) and alert.ends_at == at(120)  # six stuck minutes: 60 … 110
+    await das.unplug()
+
+
+async def test_dilution_fires_on_high_o2_and_resolves(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    running = await gateway(gateways, pg_dsn, schema, root, thresholds(tmp_path, "[defaults]\nanomaly_points = 3\n"))
+    das = device(Scenario("dilution", start_s=3600, duration_s=3600), st="31")
+    await das.plug(running)
+    await das.run(3 * 3600)
+    await eventually(lambda: _resolved(conn, "dilution_suspected"), timeout_s=10)
+    [alert] = await alerts(conn, "dilution_suspected")
+    assert (alert.factor, alert.value, alert.starts_at, alert.ends_at) == ("a19001", 20.6, at(60), at(120))
+    await das.unplug()
+
+
+async def test_a_changed_instrument_range_in_3020_is_a_parameter_changed_event(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/v1/alerts/warning/parameter_changed/#")
+    running = await gateway(gateways, pg_dsn, schema, root, thresholds(tmp_path, ""))
+    das = device(Scenario("parameter_change", factors=("w01018",), start_s=2 * 3600))
+    await das.plug(running)
+    await das.run(4 * 3600)
+    await until(lambda: len(events(sub.messages)) == 2, timeout_s=10)
+    [alert] = await alerts(conn, "parameter_changed")  # one change: hours 0, 1 at 0-500, then 0-1000
+    assert (alert.status, alert.factor, alert.detail) == ("resolved", "w01018", "i13001")
+    firing, resolved = events(sub.messages)
+    assert firing["data"]["details"] | {} == {"parameter": "i13001", "old": "0-500", "new": "0-1000"}
+    assert resolved["type"] == "hj212gw.alert.resolved"  # an event: fired and cleared at once
+    await das.unplug()
+
+
+async def _resolved(conn: asyncpg.Connection, rule: str) -> bool:
+    return any(a.status == "resolved" for a in await alerts(conn, rule))
