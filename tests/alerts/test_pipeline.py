@@ -18,7 +18,8 @@ from hj212gw.cli.serve import Running
 from hj212gw.simulator.scenarios import Scenario
 from tests.alerts.conftest import Subscribe
 from tests.alerts.e2e import WiredDevice, alert_settings, alerts, events, thresholds
-from tests.integration.serving import start
+from tests.integration.das import data_packet
+from tests.integration.serving import exists, start
 from tests.integration.waiting import eventually, until
 
 pytestmark = pytest.mark.integration
@@ -147,3 +148,50 @@ async def test_a_changed_instrument_range_in_3020_is_a_parameter_changed_event(
 
 async def _resolved(conn: asyncpg.Connection, rule: str) -> bool:
     return any(a.status == "resolved" for a in await alerts(conn, rule))
+
+
+async def test_a_resend_with_another_value_is_a_value_revised_event(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/v1/alerts/warning/value_revised/#")
+    running = await gateway(gateways, pg_dsn, schema, root, thresholds(tmp_path, ""))
+    await eventually(lambda: exists(conn, "SELECT 1 FROM rule_cursors WHERE name = 'value_revised'"))  # first round
+    das = device()
+    await das.plug(running)
+    await das.run(3600)
+    assert das.das is not None
+    await das.das.send(data_packet("20990101000000001", mn=das.spec.mn, data_time=_hj(20), values={"w01018": "99.5"}))
+    assert (await das.das.reply()).packet.cn == "9014"
+    await until(lambda: len(events(sub.messages)) == 2, timeout_s=10)
+    [alert] = await alerts(conn, "value_revised")
+    assert (alert.status, alert.factor, alert.detail, alert.value) == ("resolved", "w01018", "2051", 99.5)
+    details = events(sub.messages)[0]["data"]["details"]
+    assert details["new"] == 99.5 and details["old"] != 99.5 and details["data_time"] == at(20).isoformat()
+    await das.unplug()
+
+
+async def test_device_offline_is_raised_by_the_leaders_scan_and_resolved_when_it_returns(
+    gateways: list[Running], pg_dsn: str, schema: str, root: str, subscribe: Subscribe, conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sub = await subscribe(f"{root}/v1/alerts/critical/device_offline/#")
+    path = thresholds(tmp_path, "[defaults]\noffline_alert_after_s = 0.5\n")
+    running = await gateway(gateways, pg_dsn, schema, root, path)
+    das = device()
+    await das.plug(running)
+    await das.run(1800)
+    await eventually(lambda: exists(conn, "SELECT 1 FROM device_state WHERE state = 'online'"))
+    await das.unplug()
+    await until(lambda: len(events(sub.messages)) == 1, timeout_s=10)
+    [alert] = await alerts(conn, "device_offline")
+    assert alert.status == "firing" and events(sub.messages)[0]["data"]["labels"]["mn"] == das.spec.mn
+    await das.plug(running)
+    await das.run(600)  # an MN is bound by its first packet
+    await until(lambda: len(events(sub.messages)) == 2, timeout_s=10)
+    assert [a.status for a in await alerts(conn, "device_offline")] == ["resolved"]
+    await das.unplug()
+
+
+def _hj(minutes: float) -> str:
+    return (START + timedelta(minutes=minutes)).strftime("%Y%m%d%H%M%S")
