@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from hj212gw.cli.serve import Running
 from hj212gw.protocol.packets import iter_packets
-from hj212gw.simulator.testing import SteppedDevice
+from hj212gw.simulator.testing import SHANGHAI, SteppedDevice
 from tests.alerts.conftest import BROKER
 from tests.integration.das import DasClient
 from tests.integration.serving import connect
@@ -70,6 +70,13 @@ class WiredDevice(SteppedDevice):
                 self.feed(reply.raw)
                 if reply.packet.qn == sent.qn:
                     break
+
+
+def recent_start(hours_ago: int) -> datetime:
+    """A whole device-time hour `hours_ago` ago: a run of fewer hours stays in the past (no
+    time_suspect data), and a fault episode in it stays under 24 h for the leader's scan."""
+    now = datetime.now(SHANGHAI).replace(minute=0, second=0, microsecond=0)
+    return now - timedelta(hours=hours_ago)
 
 
 def thresholds(tmp_path: Path, text: str) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from hj212gw.cli.serve import Running
 from hj212gw.simulator.scenarios import Scenario
 from tests.alerts.conftest import Subscribe
-from tests.alerts.e2e import WiredDevice, alert_settings, alerts, events, thresholds
+from tests.alerts.e2e import WiredDevice, alert_settings, alerts, events, recent_start, thresholds
 from tests.integration.das import data_packet
 from tests.integration.serving import exists, start
 from tests.integration.waiting import eventually, until
@@ -25,8 +25,7 @@ from tests.integration.waiting import eventually, until
 pytestmark = pytest.mark.integration
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-# Three days ago, 00:00 device time: DataTimes in the past, within the time policy's window.
-START = (datetime.now(SHANGHAI) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+START = recent_start(hours_ago=8)  # the longest run is 7 simulated hours
 
 
 def at(minutes: float) -> datetime:
