@@ -20,8 +20,8 @@ from aiohttp import web
 from hj212gw.alerts.acks import AlertAcks
 from hj212gw.alerts.payload import alert_labels, response_s
 from hj212gw.api.errors import read_db
-from hj212gw.api.params import clean_text, optional_param, parse_limit, parse_time
-from hj212gw.api.responses import ApiError, json_response, json_value, rfc3339
+from hj212gw.api.params import clean_text, one_of, optional_param, parse_limit, time_bounds
+from hj212gw.api.responses import ApiError, json_response, json_value, page_response, rfc3339
 from hj212gw.storage.alerts import ALERT_STATUSES, SEVERITIES, AlertStore
 from hj212gw.storage.db import Database
 from hj212gw.storage.queries import BadCursor
@@ -48,23 +48,19 @@ class AlertRoutes:
 
     async def list(self, request: web.Request) -> web.Response:
         query: dict[str, Any] = {
-            "status": _one_of(request, "status", ALERT_STATUSES),
-            "severity": _one_of(request, "severity", SEVERITIES),
+            "status": one_of(request, "status", ALERT_STATUSES),
+            "severity": one_of(request, "severity", SEVERITIES),
             "mn": optional_param(request, "mn"),
             "rule": optional_param(request, "rule"),
             "limit": parse_limit(optional_param(request, "limit")),
             "cursor": optional_param(request, "cursor"),
         }
-        for bound in ("start", "end"):
-            text = optional_param(request, bound)
-            query[bound] = parse_time(bound, text) if text is not None else None
+        query.update(time_bounds(request))
         try:
             page = await read_db(self.store.fetch(**query))
         except BadCursor as err:
             raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
-        next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
-        rows = [alert_json(row) for row in page.rows]
-        return json_response({"alerts": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
+        return page_response(request, "alerts", [alert_json(row) for row in page.rows], page.next_cursor)
 
     async def one(self, request: web.Request) -> web.Response:
         alert_id = _alert_id(request)
@@ -126,13 +122,6 @@ def _alert_id(request: web.Request) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) == 0:
         raise ApiError(400, "bad_parameter", f"alert id {text[:20]!r} must be a positive integer")
     return int(text)
-
-
-def _one_of(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
-    value = optional_param(request, name)
-    if value is not None and value not in allowed:
-        raise ApiError(400, "bad_parameter", f"{name}={value[:20]!r} must be one of {', '.join(allowed)}")
-    return value
 
 
 async def _json_body(request: web.Request) -> Mapping[str, Any]:

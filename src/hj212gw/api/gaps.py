@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from hj212gw.api.errors import read_db
-from hj212gw.api.params import optional_param, parse_limit, parse_time
-from hj212gw.api.responses import ApiError, json_response, rfc3339
+from hj212gw.api.params import one_of, optional_param, parse_limit, time_bounds
+from hj212gw.api.responses import ApiError, page_response, rfc3339
 from hj212gw.storage.db import Database
 from hj212gw.storage.gaps import GAP_STATUSES, GapStore
 from hj212gw.storage.queries import BadCursor
@@ -36,21 +36,17 @@ class GapRoutes:
     async def gaps(self, request: web.Request) -> web.Response:
         query: dict[str, Any] = {
             "mn": optional_param(request, "mn"),
-            "cn": _one_of(request, "cn", GAP_CNS),
-            "status": _one_of(request, "status", GAP_STATUSES),
+            "cn": one_of(request, "cn", GAP_CNS),
+            "status": one_of(request, "status", GAP_STATUSES),
             "limit": parse_limit(optional_param(request, "limit")),
             "cursor": optional_param(request, "cursor"),
         }
-        for bound in ("start", "end"):
-            text = optional_param(request, bound)
-            query[bound] = parse_time(bound, text) if text is not None else None
+        query.update(time_bounds(request))
         try:
             page = await read_db(self.store.fetch(**query))
         except BadCursor as err:
             raise ApiError(400, "bad_cursor", "cursor is not a next_cursor returned by this API") from err
-        next_url = str(request.rel_url.update_query(cursor=page.next_cursor)) if page.next_cursor else None
-        rows = [gap_json(row) for row in page.rows]
-        return json_response({"gaps": rows, "count": len(rows), "next_cursor": page.next_cursor, "next": next_url})
+        return page_response(request, "gaps", [gap_json(row) for row in page.rows], page.next_cursor)
 
 
 def gap_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -69,10 +65,3 @@ def gap_json(row: dict[str, Any]) -> dict[str, Any]:
         "updated_at": rfc3339(row["updated_at"]),
         "last_requested_at": rfc3339(row["last_requested_at"]),
     }
-
-
-def _one_of(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
-    value = optional_param(request, name)
-    if value is not None and value not in allowed:
-        raise ApiError(400, "bad_parameter", f"{name}={value[:20]!r} must be one of {', '.join(allowed)}")
-    return value

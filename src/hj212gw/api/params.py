@@ -67,3 +67,20 @@ def parse_bool(name: str, text: str | None) -> bool | None:
     if text not in ("true", "false"):
         raise ApiError(400, "bad_parameter", f"{name}={text[:20]!r} must be true or false")
     return text == "true"
+
+
+def one_of(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    """An optional parameter that must be one of `allowed`."""
+    value = optional_param(request, name)
+    if value is not None and value not in allowed:
+        raise ApiError(400, "bad_parameter", f"{name}={value[:20]!r} must be one of {', '.join(allowed)}")
+    return value
+
+
+def time_bounds(request: web.Request) -> dict[str, datetime | None]:
+    """`start` and `end` (RFC 3339), each None when absent."""
+    bounds: dict[str, datetime | None] = {}
+    for bound in ("start", "end"):
+        text = optional_param(request, bound)
+        bounds[bound] = parse_time(bound, text) if text is not None else None
+    return bounds

@@ -53,3 +53,10 @@ def error_response(
     """The JSON error shape; `request_id` (5xx and refused parameters) names the log line with the detail."""
     body = {"error": error, "detail": detail} | ({"request_id": request_id} if request_id else {})
     return json_response(body, status=status, headers=headers)
+
+
+def page_response(request: web.Request, key: str, rows: list[dict[str, Any]], next_cursor: str | None) -> web.Response:
+    """One page of a cursor-paged list: `{key: rows, count, next_cursor, next}` (`next`: this
+    request's URL with the cursor, None on the last page)."""
+    next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
+    return json_response({key: rows, "count": len(rows), "next_cursor": next_cursor, "next": next_url})
