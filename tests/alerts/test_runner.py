@@ -99,3 +99,26 @@ async def test_changes_wait_through_an_outage_and_are_applied_when_it_ends(
         await runner.judge()
     assert [entry["event"] for entry in logs] == ["rule_changes_applied"]
     assert await firing(conn) == [("flag_episode", "a21026", "D", "firing")]
+
+
+async def test_the_rules_forget_devices_an_hour_after_they_left_and_keep_those_that_came_back(db: Database) -> None:
+    now = [0.0]
+    runner = runner_on(db, monotonic=lambda: now[0])
+    moment = T0
+    for n in range(1000):  # a thousand MNs come and go: their state must not stay for ever
+        mn = f"CYCLE{n:04d}"
+        runner.bound(mn, n, "peer", moment)
+        runner.stored(minute(0)._replace(mn=mn))
+        runner.released(mn, n, "peer_closed", moment)
+    runner.bound(MN, 1, "peer", moment)
+    runner.stored(minute(0))
+    runner.released(MN, 1, "moved_to_connection", moment)  # still here, on a newer connection
+    runner.bound("CYCLE0007", 2, "peer", moment)  # came back within the hour
+    await runner.judge()
+    assert runner.rules.devices == 1001
+    now[0] = 3599.0
+    await runner.judge()
+    assert runner.rules.devices == 1001
+    now[0] = 3600.0
+    await runner.judge()
+    assert runner.rules.devices == 2  # MN and CYCLE0007

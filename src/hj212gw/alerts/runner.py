@@ -11,6 +11,7 @@ in order) and are applied once it answers; packets queued meanwhile are judged a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -19,6 +20,7 @@ import structlog
 
 from hj212gw.alerts.engine import AlertEngine
 from hj212gw.monitor.hub import EVERYTHING, StoredData
+from hj212gw.monitor.state import MOVED_TO_CONNECTION
 from hj212gw.rules.model import AlertChange, Sample
 from hj212gw.rules.packet import PacketRules
 from hj212gw.storage.db import DATABASE_ERRORS, is_retryable
@@ -43,12 +45,17 @@ class PacketRuleRunner:
         max_pending: int = 200_000,
         batch_s: float = 0.2,
         on_dropped: Callable[[int], object] = lambda n: None,
+        forget_after_s: float = 3600.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rules = rules
         self.engine = engine
         self.max_pending = max_pending
         self.batch_s = batch_s
         self.on_dropped = on_dropped
+        self.forget_after_s = forget_after_s
+        self.monotonic = monotonic
+        self._released: dict[str, float] = {}  # MN -> when it left this replica, oldest first
         self._queue: deque[StoredData] = deque()
         self._wake = asyncio.Event()
         self._dropped = 0
@@ -58,10 +65,15 @@ class PacketRuleRunner:
     # -- DeviceListener: on the event loop, no I/O ------------------------------------------------
 
     def bound(self, mn: str, connection_id: int | None, peer: str, now: datetime) -> None:
-        pass
+        self._released.pop(mn, None)
 
     def released(self, mn: str, connection_id: int | None, cause: str, now: datetime) -> None:
-        pass
+        """The rules keep a device's state (flatline counts, open episodes) through a reconnect, and
+        drop it `forget_after_s` after the device left this replica without coming back: their
+        memory follows the devices held here, not every MN ever seen."""
+        if cause != MOVED_TO_CONNECTION:
+            self._released.pop(mn, None)  # re-inserted: the dict stays in the order of departure
+            self._released[mn] = self.monotonic()
 
     def stored(self, data: StoredData) -> None:
         if data.fields is None or data.time_suspect:
@@ -90,6 +102,7 @@ class PacketRuleRunner:
 
     async def judge(self) -> int:
         """Judge every queued packet and apply the changes; returns how many packets were judged."""
+        self._forget_departed()
         if self._dropped:
             _LOG.warning("rule_samples_dropped", count=self._dropped, pending=len(self._queue))
             self.on_dropped(self._dropped)
@@ -110,6 +123,18 @@ class PacketRuleRunner:
                 await asyncio.sleep(0)
         await self._apply(changes)
         return judged
+
+    def _forget_departed(self) -> None:
+        released = self._released
+        if not released:
+            return
+        cutoff = self.monotonic() - self.forget_after_s
+        while released:
+            mn, at = next(iter(released.items()))  # the oldest departure
+            if at > cutoff:
+                return
+            del released[mn]
+            self.rules.forget(mn)
 
     async def _apply(self, changes: list[AlertChange]) -> None:
         if not changes:

@@ -93,6 +93,14 @@ class PacketRules:
                 device.disarm()
                 device.plans.clear()
 
+    def forget(self, mn: str) -> None:
+        """Drop what the rules hold of `mn` (it left this replica: another one judges it now)."""
+        self._devices.pop(mn, None)
+
+    @property
+    def devices(self) -> int:
+        return len(self._devices)
+
     def on_revised(self, event: ValueRevised) -> list[AlertChange]:
         """A resent value differing from the stored one -> `value_revised` (fired and cleared)."""
         return value_revised(event)
