@@ -23,6 +23,7 @@ from hj212gw.cli.database import run_with_connection
 from hj212gw.cli.devices import printable
 from hj212gw.settings import Settings
 from hj212gw.storage.alerts import ALERT_STATUSES, SEVERITIES, fetch_alerts, fetch_outbox_after, fetch_outbox_end
+from hj212gw.storage.queries import DataPage, fetch_up_to
 
 PAGE = 1000
 
@@ -57,18 +58,12 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
 
 
 async def _fetch_all(conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    cursor = None
-    while len(rows) < args.limit:
-        page = await fetch_alerts(
-            conn, status=args.status, mn=args.mn, rule=args.rule, severity=args.severity,
-            limit=min(PAGE, args.limit - len(rows)), cursor=cursor,
-        )  # fmt: skip
-        rows += page.rows
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    return rows
+    async def page(limit: int, cursor: str | None) -> DataPage:
+        return await fetch_alerts(
+            conn, status=args.status, mn=args.mn, rule=args.rule, severity=args.severity, limit=limit, cursor=cursor
+        )
+
+    return await fetch_up_to(page, args.limit, PAGE)
 
 
 def _print(rows: list[dict[str, Any]], *, as_json: bool) -> None:

@@ -18,6 +18,7 @@ from hj212gw.cli.database import run_with_connection
 from hj212gw.cli.devices import printable
 from hj212gw.settings import Settings
 from hj212gw.storage.gaps import GAP_STATUSES, fetch_gaps
+from hj212gw.storage.queries import DataPage, fetch_up_to
 
 GAP_CNS = ("2051", "2061", "2031")
 PAGE = 1000
@@ -47,17 +48,10 @@ async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
 
 
 async def _fetch_all(conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    cursor = None
-    while len(rows) < args.limit:
-        page = await fetch_gaps(
-            conn, mn=args.mn, cn=args.cn, status=args.status, limit=min(PAGE, args.limit - len(rows)), cursor=cursor
-        )
-        rows += page.rows
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    return rows
+    async def page(limit: int, cursor: str | None) -> DataPage:
+        return await fetch_gaps(conn, mn=args.mn, cn=args.cn, status=args.status, limit=limit, cursor=cursor)
+
+    return await fetch_up_to(page, args.limit, PAGE)
 
 
 def _print(rows: list[dict[str, Any]], *, as_json: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,21 @@ class DataPage:
 
     rows: list[dict[str, Any]]
     next_cursor: str | None
+
+
+async def fetch_up_to(
+    fetch_page: Callable[[int, str | None], Awaitable[DataPage]], limit: int, page_size: int
+) -> list[dict[str, Any]]:
+    """At most `limit` rows of a cursor-paged read, `page_size` at a time: `fetch_page(limit, cursor)`."""
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while len(rows) < limit:
+        page = await fetch_page(min(page_size, limit - len(rows)), cursor)
+        rows += page.rows
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return rows
 
 
 def encode_cursor(data_time: datetime, factor: str) -> str:
