@@ -11,7 +11,6 @@ and always needs the admin token (on an API without one, a POST is 403). docs/ap
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ from aiohttp import web
 from hj212gw.alerts.acks import AlertAcks
 from hj212gw.alerts.payload import alert_labels, response_s
 from hj212gw.api.errors import read_db
-from hj212gw.api.params import clean_text, one_of, optional_param, parse_limit, time_bounds
+from hj212gw.api.params import clean_text, json_object_body, one_of, optional_param, parse_limit, time_bounds
 from hj212gw.api.responses import ApiError, json_response, json_value, page_response, rfc3339
 from hj212gw.storage.alerts import ALERT_STATUSES, SEVERITIES, AlertStore
 from hj212gw.storage.db import Database
@@ -125,16 +124,7 @@ def _alert_id(request: web.Request) -> int:
 
 
 async def _json_body(request: web.Request) -> Mapping[str, Any]:
-    raw = await request.content.read(MAX_ACK_BODY_BYTES + 1)
-    if len(raw) > MAX_ACK_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"an acknowledgement is at most {MAX_ACK_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, "bad_body", "the body must be a JSON object") from err
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", "the body must be a JSON object")
-    return body
+    return await json_object_body(request, MAX_ACK_BODY_BYTES, "an acknowledgement")
 
 
 def _ack_body(body: Mapping[str, Any]) -> tuple[str, str | None]:

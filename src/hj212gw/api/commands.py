@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from hj212gw.api.errors import read_db
-from hj212gw.api.params import clean_text, optional_param, parse_limit
+from hj212gw.api.params import clean_text, json_object_body, optional_param, parse_limit
 from hj212gw.api.responses import ApiError, json_response, json_value
 from hj212gw.protocol.commands import CommandError, check_params, find_command, mask_secrets
 from hj212gw.storage.commands import CommandStore, NewCommand
@@ -87,17 +87,7 @@ def _check_mn(mn: str) -> str:
 
 
 async def _json_body(request: web.Request) -> Mapping[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"a command body is at most {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"a command body is at most {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, "bad_body", "the body must be a JSON object") from err
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", "the body must be a JSON object")
+    body = await json_object_body(request, MAX_BODY_BYTES, "a command body")
     unknown = sorted(set(body) - _BODY_KEYS)
     if unknown:
         raise ApiError(400, "bad_body", f"unknown keys {unknown[:5]}; allowed: {sorted(_BODY_KEYS)}")

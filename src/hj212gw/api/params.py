@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -84,3 +86,21 @@ def time_bounds(request: web.Request) -> dict[str, datetime | None]:
         text = optional_param(request, bound)
         bounds[bound] = parse_time(bound, text) if text is not None else None
     return bounds
+
+
+async def json_object_body(request: web.Request, max_bytes: int, what: str) -> dict[str, Any]:
+    """The request body as a JSON object of at most `max_bytes` (413 beyond, read no further;
+    400 if it is not a JSON object). `what` names it in the 413 message ("an acknowledgement")."""
+    too_large = ApiError(413, "body_too_large", f"{what} is at most {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise too_large
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(400, "bad_body", "the body must be a JSON object") from err
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", "the body must be a JSON object")
+    return body
