@@ -154,3 +154,23 @@ async def test_the_same_name_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="already supervised"):
         supervisor.start("writer", forever)
     await supervisor.stop()
+
+
+async def test_a_task_that_ignores_its_cancellation_holds_a_stop_no_longer_than_stop_timeout_s() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # the bug this bound is for: a swallowed cancel
+            await release.wait()
+
+    supervisor = Supervisor(stop_timeout_s=0.2)
+    supervisor.start("stubborn", stubborn)
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await supervisor.stop()
+    assert [(e["event"], e["task"], e["log_level"]) for e in logs] == [("task_stop_timeout", "stubborn", "error")]
+    release.set()
+    await asyncio.sleep(0.01)  # it ends now

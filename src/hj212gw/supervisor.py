@@ -54,11 +54,13 @@ class Supervisor:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         healthy_after_s: float = 60.0,
+        stop_timeout_s: float = 10.0,
     ) -> None:
         self.observer: SupervisorObserver = observer or _NullObserver()
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
+        self.stop_timeout_s = stop_timeout_s  # a task that ignores its cancellation never holds a stop longer
         self.log = structlog.get_logger("hj212gw.supervisor")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._up: dict[str, bool] = {}
@@ -80,13 +82,18 @@ class Supervisor:
         return self._up.get(name, False)
 
     async def stop(self, names: Iterable[str] | None = None) -> None:
-        """Cancel the named supervised tasks (default: all) and wait for them; not a crash."""
+        """Cancel the named supervised tasks (default: all) and wait for them, at most
+        `stop_timeout_s` (then one ERROR per task still running, and the stop goes on); not a crash."""
         chosen = list(self._tasks) if names is None else [n for n in names if n in self._tasks]
         self._stopping.update(chosen)
         tasks = [self._tasks.pop(name) for name in chosen]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=self.stop_timeout_s)
+            for name, task in zip(chosen, tasks, strict=True):
+                if task in stuck:  # a bug (a library that swallows the cancel): shutdown goes on without it
+                    self.log.error("task_stop_timeout", task=name, waited_s=self.stop_timeout_s)
         for name in chosen:
             self._up.pop(name, None)
 
