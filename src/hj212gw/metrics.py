@@ -129,6 +129,38 @@ class _Gaps:
         return [gaps, periods]
 
 
+class AdmissionCounts(Protocol):
+    """What server.admission.ReadAdmission counts."""
+
+    @property
+    def deferred(self) -> int: ...
+    @property
+    def backlog(self) -> int: ...
+
+
+class _Admission:
+    """hj212gw_reads_deferred_total and hj212gw_read_backlog, read at collection (no work per read)."""
+
+    def __init__(self, source: AdmissionCounts) -> None:
+        self._source = source
+
+    def _families(self) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            CounterMetricFamily("hj212gw_reads_deferred", "Socket reads kept unparsed because the batch writers "
+                                "had a full batch each queued (a burst), parsed oldest first."),
+            GaugeMetricFamily("hj212gw_read_backlog", "Connections whose read waits to be parsed now."),
+        )  # fmt: skip
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        deferred, backlog = self._families()
+        deferred.add_metric([], self._source.deferred)
+        backlog.add_metric([], self._source.backlog)
+        return [deferred, backlog]
+
+
 class Metrics:
     """The gateway's metrics.
 
@@ -339,6 +371,10 @@ class Metrics:
     def watch_data_batches(self, counts: DataBatchCounts) -> None:
         """Expose the storage layer's counts of how batches reached `data`."""
         self.registry.register(_DataBatches(counts))
+
+    def watch_admission(self, source: AdmissionCounts) -> None:
+        """Expose the read admission's deferred reads and backlog, read at each scrape."""
+        self.registry.register(_Admission(source))
 
     def watch_gaps(self, source: GapTotals) -> None:
         """Expose the gap tracker's unfilled gaps and missing periods, counted at each scrape."""

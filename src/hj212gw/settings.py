@@ -163,6 +163,14 @@ class WriterSettings(BaseModel):
         description="Queued encoded bytes (data rows + raw frames) before sockets pause.",
     )
     pool_size: int = Field(default=8, ge=2)
+    # One full batch per writer: enough for each writer's next batch, so admission costs no
+    # throughput, while a burst's reads wait as bytes instead of as parsed packets (docs/benchmarks.md).
+    admission_rows: int = Field(
+        default=7200,
+        ge=0,
+        description="Parse newly read packets only while fewer rows than this wait for a batch; later reads "
+        "wait unparsed, oldest first (a top-of-hour burst keeps its acks flowing). 0: parse every read at once.",
+    )
 
 
 class CommandSettings(BaseModel):

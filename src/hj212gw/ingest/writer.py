@@ -101,6 +101,7 @@ class BatchWriter:
         self._first: deque[_Pending] = deque()
         self._rest: deque[_Pending] = deque()
         self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
+        self._queued_rows = 0  # rows of the items in the two queues (no batch has taken them yet)
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -114,6 +115,11 @@ class BatchWriter:
     def pending(self) -> int:
         """Items submitted and not yet confirmed (queued + in a batch being written)."""
         return self._pending
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows submitted that no batch has taken yet (what the writers have ahead of them)."""
+        return self._queued_rows
 
     @property
     def pending_bytes(self) -> int:
@@ -156,6 +162,7 @@ class BatchWriter:
             share.nbytes += nbytes
         self._pending += 1
         self._pending_bytes += nbytes
+        self._queued_rows += item.row_count
         if self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes:
             self._room.clear()  # the queue only grows here: no set() needed
         self._wakeup.set()
@@ -193,6 +200,7 @@ class BatchWriter:
         unflushed = [e for b in self._active for e in b.entries] + list(self._first) + list(self._rest)
         self._first.clear()
         self._rest.clear()
+        self._queued_rows = 0
         await self.supervisor.stop(self._names)
         for entry in unflushed:  # never committed: no ack, the DAS sends it again
             self._finish(entry, WriterClosed("closed before commit"))
@@ -247,11 +255,13 @@ class BatchWriter:
         again: a DAS that waits for its ack is in one of the next batches however many packets a
         flood queued before it, and a backlog still gets at least half of every full batch."""
         full = self.max_batch_rows
+        taken = batch.rows
         for queue, rows in ((self._first, full // 2), (self._rest, full), (self._first, full)):
             while queue and batch.rows < rows:
                 entry = queue.popleft()
                 batch.entries.append(entry)
                 batch.rows += entry.item.row_count
+        self._queued_rows -= batch.rows - taken
         self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:

@@ -52,6 +52,7 @@ from hj212gw.protocol.session import (
     SessionConfig,
     SplitPartsMissing,
 )
+from hj212gw.server.admission import ReadAdmission
 from hj212gw.server.flow import ReadHold, SocketFlow, mask_pw
 from hj212gw.server.live import LiveDevice
 from hj212gw.server.registry import AUTH_FAILURES, Admission, DeviceRegistry, RefusedByPolicy
@@ -111,6 +112,7 @@ class Deps:
     metrics: Metrics
     session_config: SessionConfig
     host: ConnectionHost
+    admission: ReadAdmission
 
 
 class DasConnection(SocketFlow):
@@ -195,6 +197,7 @@ class DasConnection(SocketFlow):
             self._loop.call_soon(self._reassert_holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.parse_deferred()  # what it sent before it went is taken like any other read
         if not self.eof:
             # A last frame without its tail (a reset right after it) is still taken, before the
             # connection is forgotten: its MN is released with the connection, never bound again
@@ -227,6 +230,7 @@ class DasConnection(SocketFlow):
         """
         self.eof = True
         try:
+            self.parse_deferred()
             self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
         except Exception:
             self.log.exception("connection_bug", mn=self.session.mn)
@@ -239,8 +243,14 @@ class DasConnection(SocketFlow):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        self.deps.metrics.received(len(data))
-        self._read(data)
+        deps = self.deps
+        deps.metrics.received(len(data))
+        admission = deps.admission
+        if admission.behind:
+            if self._defer(data):
+                admission.defer(self)
+        else:
+            self._read(data)
 
     def _parse(self, data: bytes | memoryview) -> bool:
         """Feed the session and handle its events; False if a bug closed the connection."""

@@ -32,6 +32,7 @@ class ReadHold(enum.IntFlag):
     RETIRING = 4  # replaced by a newer connection: closing once its acks are out
     EVENTS = 8  # events held: a new MN's pin, the source IP's wrong-PW backoff, a wrong PW's close
     QUEUE_SHARE = 16  # events held: this connection's share of the write queue is full
+    BACKLOG = 32  # a read waits, as bytes, for the writers to catch up (server/admission.py)
 
 
 # Holds under which what was read waits unhandled (events parsed, bytes not parsed yet).
@@ -55,6 +56,7 @@ class SocketFlow(asyncio.Protocol):
 
     __slots__ = (
         "_acks",
+        "_deferred",
         "_held",
         "_holds",
         "_loop",
@@ -79,6 +81,7 @@ class SocketFlow(asyncio.Protocol):
         self._holds = ReadHold(0)
         self._stall_timer: asyncio.TimerHandle | None = None  # aborts a peer that stopped reading
         self._unread: memoryview | None = None  # the rest of a burst, while events are held
+        self._deferred: bytes | None = None  # a read not parsed yet: admission is behind (BACKLOG)
         # Events waiting while reading is held: for a new MN's pin, for the source IP's wrong-PW
         # backoff, or (never released) after a wrong PW until the connection closes.
         self._held: list[tuple[Event, float]] | None = None
@@ -116,6 +119,25 @@ class SocketFlow(asyncio.Protocol):
             self._read_unread()
         elif self._parse(data):
             self._after_input()
+
+    def _defer(self, data: bytes) -> bool:
+        """Keep `data` unparsed and stop reading until `parse_deferred`; True if this connection
+        must now join the admission's backlog (it had no read waiting)."""
+        if self._deferred is not None:  # read in the same turn, before the pause took effect
+            self._deferred += data
+            return False
+        self._deferred = data
+        self.hold_reading(ReadHold.BACKLOG)
+        return True
+
+    def parse_deferred(self) -> None:
+        """Parse the read kept by `_defer` (none left: a no-op), then read the socket again
+        unless another hold keeps it paused."""
+        data, self._deferred = self._deferred, None
+        if data is None:
+            return
+        self._read(data)
+        self.release_reading(ReadHold.BACKLOG)
 
     def _read_unread(self) -> None:
         """Parse the rest of a burst a slice at a time, until it is done or events are held."""

@@ -30,6 +30,7 @@ from hj212gw.monitor.backfill_plan import RetryPolicy
 from hj212gw.monitor.devices import DeviceTracker
 from hj212gw.monitor.gaps import GapTracker
 from hj212gw.monitor.hub import Monitor
+from hj212gw.server.admission import ReadAdmission
 from hj212gw.server.auth import WrongPwBackoff, load_sm4_keys
 from hj212gw.server.bindings import Bindings
 from hj212gw.server.commands import CommandRunner
@@ -90,6 +91,8 @@ class Gateway:
             self.monitor.listeners.append(self.backfill)
         self.alerts = self._alerts()
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
+        self.admission = ReadAdmission(lambda: self.writer.queued_rows, ahead_rows=settings.writer.admission_rows)
+        self.metrics.watch_admission(self.admission)
         self.deps = Deps(
             settings=settings,
             intake=intake,
@@ -97,6 +100,7 @@ class Gateway:
             metrics=self.metrics,
             session_config=session_config_from(settings, self.registry, load_sm4_keys(devices)),
             host=self,
+            admission=self.admission,
         )
         self.log = structlog.get_logger("hj212gw.gateway")
         self.connections: set[DasConnection] = set()
@@ -151,6 +155,7 @@ class Gateway:
         if self.settings.monitoring:
             await self.device_tracker.load()
         self.writer.start()
+        self.supervisor.start("read-admission", self.admission.run)
         if self.alerts is not None:
             await self.alerts.start()
         host, port = split_host_port(self.settings.listen)

@@ -1,0 +1,86 @@
+"""`ReadAdmission`: what sockets send is parsed only as fast as the batch writers take it.
+
+At the top of every hour a whole fleet sends at the same second. One event-loop turn reads every
+socket that is ready, so without admission the gateway would parse ten thousand packets (a second
+and more of CPU) before any writer could send its next batch to PostgreSQL or any ack could go
+out: PostgreSQL idles, no DAS hears back, and the acks of the first packets wait for the parsing
+of the last.
+
+While the writers have `ahead_rows` rows queued that no batch has taken yet (one full batch per
+writer by default), a read is kept as bytes and its socket paused (so a connection keeps at most
+one read here, as a held read does in `flow.py`), in the order the reads came. `run` parses the
+backlog, oldest first, whenever the writers have taken rows: PostgreSQL commits while the gateway
+parses, acks flow through the burst, and a DAS's next packet (sent when its ack arrives) queues
+behind the packets that came before it. In steady traffic the writers keep the queue below the
+mark and nothing is deferred.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Deferred", "ReadAdmission"]
+
+# Connections parsed in one turn of `run` before it yields to the event loop (the writers' batches
+# and the acks of what committed), whatever the writers' queue says.
+_PER_TURN = 256
+
+
+class Deferred(Protocol):
+    def parse_deferred(self) -> None:
+        """Parse the read kept while admission was behind (a no-op if there is none any more)."""
+        ...
+
+
+class ReadAdmission:
+    """The backlog of reads waiting to be parsed, and the task that parses it as the writers take rows."""
+
+    __slots__ = ("_backlog", "_queued_rows", "_wakeup", "ahead_rows", "deferred", "poll_s")
+
+    def __init__(self, queued_rows: Callable[[], int], *, ahead_rows: int, poll_s: float = 0.001) -> None:
+        """`queued_rows`: rows the writers hold that no batch has taken yet; `ahead_rows` 0: never defer."""
+        self._queued_rows = queued_rows
+        self.ahead_rows = ahead_rows
+        self.poll_s = poll_s
+        self._backlog: deque[Deferred] = deque()
+        self._wakeup = asyncio.Event()
+        self.deferred = 0  # reads deferred so far (a counter for the metrics)
+
+    @property
+    def behind(self) -> bool:
+        """True when a new read must wait: reads are already waiting (they come first), or the
+        writers have enough rows queued."""
+        return bool(self._backlog) or (0 < self.ahead_rows <= self._queued_rows())
+
+    @property
+    def backlog(self) -> int:
+        """Connections whose read waits to be parsed."""
+        return len(self._backlog)
+
+    def defer(self, conn: Deferred) -> None:
+        """`conn` kept a read (and paused its socket): parse it after those before it."""
+        self._backlog.append(conn)
+        self.deferred += 1
+        self._wakeup.set()
+
+    def parse_some(self) -> int:
+        """Parse waiting reads, oldest first, while the writers' queue is below the mark (at most
+        `_PER_TURN`); how many were parsed."""
+        backlog, parsed = self._backlog, 0
+        while backlog and parsed < _PER_TURN and self._queued_rows() < self.ahead_rows:
+            backlog.popleft().parse_deferred()
+            parsed += 1
+        return parsed
+
+    async def run(self) -> None:
+        """Parse the backlog as the writers take rows (supervised by the gateway)."""
+        while True:
+            if not self._backlog:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.parse_some():
+                await asyncio.sleep(0)  # let the writers and the acks run between slices
+            else:
+                await asyncio.sleep(self.poll_s)  # the writers' queue is full: wait for a batch
