@@ -1,7 +1,9 @@
 """End-to-end gateway benchmark: the real `hj212gw serve` as a subprocess on a fresh schema, driven
-by bench/loadgen.py (closed loop and fixed offered rates) and bench/idle.py (idle connections).
+by bench/loadgen.py (closed loop and fixed offered rates), bench/idle.py (idle connections) and
+bench/burst.py (the top-of-the-hour burst).
 
     .venv/bin/python -m bench.bench_gateway [--quick] [--database-url DSN] [--repeat 3]
+    .venv/bin/python -m bench.bench_gateway --phases burst [--burst-devices 5000,10000,20000]
 
 The database is `--database-url`, else HJ212GW_BENCH_DATABASE_URL, else HJ212GW_TEST_DATABASE_URL,
 else an embedded PostgreSQL in a temporary directory. The schema is dropped afterwards.
@@ -9,6 +11,14 @@ Reports sustained packets/s and values/s (closed loop) at 100 / 1,000 / 10,000 c
 latency p50/p99 at fixed offered rates over 1,000 connections, gateway and PostgreSQL CPU µs per
 packet over each steady window (gateway: /proc/<pid>/stat; PostgreSQL: the postmaster and all its
 children, so other clients of the same server count too), and gateway RSS per idle connection.
+--window sets the packets in flight per connection for both loops (default: --in-flight divided by
+the connections closed, 8 at fixed rates; 1 is how a real DAS sends).
+The burst phase (not in the default --phases: it binds tens of thousands of devices) has N bound
+DAS units, on a fresh gateway per N, send their 2011, 2051 and 2061 packets of one hour from a
+common instant, one in flight each; it reports the time to the last ack, ack time from that
+instant p50/p99/max, packets not acked within 60 s, the resends a DAS with OverTime 5 s and
+ReCount 3 would have made (counted, never sent), and CPU µs per packet from the instant to the
+last ack. N is capped below RLIMIT_NOFILE, which the gateway needs for its sockets.
 Each point is the median of --repeat runs. Writes bench/results/gateway-<label>-<time>.json and
 docs/bench_gateway.png (throughput and p99 against offered load; --compare overlays an earlier
 result file). The generator shares the machine's cores with the gateway and PostgreSQL.
@@ -30,6 +40,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,7 @@ RESULTS = ROOT / "bench" / "results"
 PLOT = ROOT / "docs" / "bench_gateway.png"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IDLE_PER_PROCESS = 5000
+BURST_PER_PROCESS = 5000
 
 
 def free_port(count: int = 1) -> int:
@@ -272,7 +284,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def closed_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
     points = []
     for connections in args.closed_connections:
-        window = max(1, args.in_flight // connections)
+        window = args.window or max(1, args.in_flight // connections)
         runs = [
             run_loadgen(gw, pg, connections=connections, duration_s=args.duration, window=window)
             for _ in range(args.repeat)
@@ -296,7 +308,7 @@ def open_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> lis
                 pg,
                 connections=args.open_connections,
                 duration_s=args.duration,
-                window=8,
+                window=args.window or 8,
                 rate=rate,
                 warmup_s=args.warmup,
             )
@@ -304,7 +316,8 @@ def open_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> lis
         ]
         points.append(median_of(runs))
         p = points[-1]
-        log(f"offered {rate:.0f}/s over {args.open_connections} conns: {p['acked_per_s']} acked/s, "
+        log(f"offered {rate:.0f}/s over {args.open_connections} conns x window {p['window']}: "
+            f"{p['acked_per_s']} acked/s, "
             f"p50 {p['ack_p50_ms']} ms, p99 {p['ack_p99_ms']} ms, max {p['ack_max_ms']} ms, "
             f"gateway-side acks within 30 ms {p['gateway_acks_within_30ms_pct']} % "
             f"(warm-up {p['warmup_s']} s: p99 {p['warmup_ack_p99_ms']} ms)")  # fmt: skip
@@ -389,6 +402,97 @@ def idle_connections(gw: GatewayProcess, steps: list[int]) -> list[dict[str, Any
     return points
 
 
+def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int) -> dict[str, Any]:
+    """The top-of-the-hour burst (bench/burst.py): `devices` bound DAS units, BURST_PER_PROCESS per
+    generator process, send 2011, 2051 and 2061 one at a time from a common start instant; CPU per
+    packet from that instant until the last ack."""
+    run_id = (int(time.time()) + devices) & 0xFFFFFF
+    procs = []
+    for first in range(0, devices, BURST_PER_PROCESS):
+        count = min(BURST_PER_PROCESS, devices - first)
+        cmd = [sys.executable, "-m", "bench.burst", "--target", f"127.0.0.1:{gw.port}", "--devices", str(count),
+               "--first-index", str(first), "--run-id", str(run_id)]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    try:
+        ready = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+        time.sleep(1.0)  # let the binding packets' side writes settle
+        backends = pg.gateway_backends()
+        start = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{start!r}\n")  # type: ignore[union-attr]
+            p.stdin.flush()  # type: ignore[union-attr]
+        gw0, pg0, gen0 = gw.cpu_s(), pg.cpu(), sum(cpu_s(p.pid) for p in procs)  # idle until the start
+        for p in procs:
+            p.stdout.readline()  # type: ignore[union-attr]  # {"done": ...}: its last ack is in
+        gw1, pg1, gen1 = gw.cpu_s(), pg.cpu(), sum(cpu_s(p.pid) for p in procs)
+        reports = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+    finally:
+        for p in procs:
+            p.stdin.close()  # type: ignore[union-attr]
+            p.wait(60)
+    point = burst_point(devices, ready, reports, gw1 - gw0, pg0, pg1, backends)
+    point["generator_cpu_us_per_packet"] = round((gen1 - gen0) / max(1, point["acked"]) * 1e6, 1)
+    return point
+
+
+def burst_point(devices: int, ready: list[dict[str, Any]], reports: list[dict[str, Any]], gateway_cpu_s: float,
+                pg0: dict[int, float], pg1: dict[int, float], backends: list[int]) -> dict[str, Any]:  # fmt: skip
+    """One burst point from the generators' reports and the CPU measured over the burst."""
+    from_start = sorted(x for r in reports for x in r["from_start_ms"])
+    from_send = sorted(x for r in reports for x in r["from_send_ms"])
+    acked = max(1, len(from_start))
+    own = sum(pg1.get(pid, 0.0) - pg0.get(pid, 0.0) for pid in backends)
+    last_ack_s = round(from_start[-1] / 1000, 3) if from_start else None
+    return {
+        "devices": devices,
+        "bound": sum(r["ready"] for r in ready),
+        "bind_errors": sum(r["bind_errors"] for r in ready),
+        "setup_s": max(r["setup_s"] for r in ready),
+        "packets": 3 * sum(r["ready"] for r in ready),
+        "acked": len(from_start),
+        "not_acked_within_60s": sum(r["unacked"] for r in reports),
+        "resends": sum(r["resends"] for r in reports),
+        "last_ack_s": last_ack_s,
+        "acked_per_s": round(len(from_start) / last_ack_s, 1) if last_ack_s else None,
+        "from_start_p50_ms": _quantile(from_start, 0.50),
+        "from_start_p99_ms": _quantile(from_start, 0.99),
+        "from_start_max_ms": _quantile(from_start, 1.0),
+        "from_send_p50_ms": _quantile(from_send, 0.50),
+        "from_send_p99_ms": _quantile(from_send, 0.99),
+        "from_send_max_ms": _quantile(from_send, 1.0),
+        "gateway_cpu_us_per_packet": round(gateway_cpu_s / acked * 1e6, 1),
+        "postgres_cpu_us_per_packet": round(own / acked * 1e6, 1),
+        "postgres_all_cpu_us_per_packet": round(pg_cpu_delta(pg0, pg1) / acked * 1e6, 1),
+    }
+
+
+def _quantile(ordered: list[float], p: float) -> float | None:
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else None
+
+
+def burst(start_gateway: Callable[[], GatewayProcess], pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One burst point per --burst-devices, each on a fresh gateway."""
+    points = []
+    for devices in args.burst_devices:
+        runs = []
+        for _ in range(args.repeat):
+            gw = start_gateway()
+            try:
+                runs.append(run_burst(gw, pg, devices=devices))
+            finally:
+                gw.stop()
+        points.append(median_of(runs))
+        p = points[-1]
+        log(f"burst {devices} DAS x 2011+2051+2061: {p['acked']} of {p['packets']} acked, last ack at "
+            f"{p['last_ack_s']} s, from start p50 {p['from_start_p50_ms']} ms, p99 {p['from_start_p99_ms']} ms, "
+            f"max {p['from_start_max_ms']} ms, from send p99 {p['from_send_p99_ms']} ms, "
+            f"{p['not_acked_within_60s']} not acked within 60 s, {p['resends']} resends (OverTime 5 s), "
+            f"gateway {p['gateway_cpu_us_per_packet']} µs/packet, postgres {p['postgres_cpu_us_per_packet']} "
+            f"µs/packet (server-wide {p['postgres_all_cpu_us_per_packet']}), "
+            f"generator {p['generator_cpu_us_per_packet']} µs/packet")  # fmt: skip
+    return points
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -447,12 +551,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database-url", default=os.environ.get("HJ212GW_BENCH_DATABASE_URL")
                         or os.environ.get("HJ212GW_TEST_DATABASE_URL"))  # fmt: skip
     parser.add_argument(
-        "--phases", default="closed,open,fleet,idle", help="comma-separated subset of closed,open,fleet,idle"
+        "--phases",
+        default="closed,open,fleet,idle",
+        help="comma-separated subset of closed,open,fleet,idle,burst (burst is not in the default set)",
     )
     parser.add_argument("--repeat", type=int, default=None, help="runs per point (median reported)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--closed-connections", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--in-flight", type=int, default=2000, help="closed loop: window = in_flight / connections")
+    parser.add_argument("--window", type=int, default=None,
+                        help="packets in flight per connection, closed and open (default: in_flight / "
+                        "connections closed, 8 open)")  # fmt: skip
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
     parser.add_argument("--open-connections", type=int, default=1000)
     parser.add_argument(
@@ -462,6 +571,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fleet-devices", type=int, default=1000, help="simulated DAS units in the fleet phase")
     parser.add_argument("--fleet-speeds", type=lambda s: [float(x) for x in s.split(",")], default=None,
                         help="virtual clock speeds (30: about 1,000 frames/s from 1,000 devices)")  # fmt: skip
+    parser.add_argument("--burst-devices", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="burst phase: DAS units sending 2011, 2051 and 2061 at one instant")  # fmt: skip
     parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--label", default="current")
@@ -476,6 +587,7 @@ def parse_args() -> argparse.Namespace:
     args.rates = args.rates or ([1000.0, 5000.0] if quick else [1000.0, 2000.0, 5000.0, 8000.0, 10000.0])
     args.idle_steps = args.idle_steps or ([1000, 3000] if quick else [1000, 5000, 10000, 19000])
     args.fleet_speeds = args.fleet_speeds or ([30.0] if quick else [15.0, 30.0, 60.0])
+    args.burst_devices = args.burst_devices or ([5000] if quick else [5000, 10000, 20000])
     return args
 
 
@@ -521,6 +633,21 @@ def main() -> None:
                 gw.wait_ready()
                 result[f"{phase}_loop" if phase != "fleet" else "fleet"] = run(gw, pg, args)
                 gw.stop()
+        if "burst" in phases:
+            if args.burst_devices[-1] + 100 > fd_limit:
+                log(f"RLIMIT_NOFILE is {fd_limit}: burst devices capped below it")
+                args.burst_devices = [min(n, fd_limit - 100) for n in args.burst_devices]
+
+            def start_gateway() -> GatewayProcess:
+                fresh = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
+                try:
+                    fresh.wait_ready()
+                except RuntimeError:
+                    fresh.stop()
+                    raise
+                return fresh
+
+            result["burst"] = burst(start_gateway, pg, args)
         if "idle" in phases:
             if args.idle_steps[-1] + 100 > fd_limit:
                 log(f"RLIMIT_NOFILE is {fd_limit}: idle connections capped below it")
