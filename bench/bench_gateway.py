@@ -402,7 +402,7 @@ def idle_connections(gw: GatewayProcess, steps: list[int]) -> list[dict[str, Any
     return points
 
 
-def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int) -> dict[str, Any]:
+def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int, cold: bool = False) -> dict[str, Any]:
     """The top-of-the-hour burst (bench/burst.py): `devices` bound DAS units, BURST_PER_PROCESS per
     generator process, send 2011, 2051 and 2061 one at a time from a common start instant; CPU per
     packet from that instant until the last ack."""
@@ -411,7 +411,7 @@ def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int) -> dict[str, An
     for first in range(0, devices, BURST_PER_PROCESS):
         count = min(BURST_PER_PROCESS, devices - first)
         cmd = [sys.executable, "-m", "bench.burst", "--target", f"127.0.0.1:{gw.port}", "--devices", str(count),
-               "--first-index", str(first), "--run-id", str(run_id)]  # fmt: skip
+               "--first-index", str(first), "--run-id", str(run_id), *(["--cold"] if cold else [])]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
         ready = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
@@ -431,6 +431,7 @@ def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int) -> dict[str, An
             p.stdin.close()  # type: ignore[union-attr]
             p.wait(60)
     point = burst_point(devices, ready, reports, gw1 - gw0, pg0, pg1, backends)
+    point["cold"] = cold
     point["generator_cpu_us_per_packet"] = round((gen1 - gen0) / max(1, point["acked"]) * 1e6, 1)
     return point
 
@@ -478,12 +479,13 @@ def burst(start_gateway: Callable[[], GatewayProcess], pg: Postgres, args: argpa
         for _ in range(args.repeat):
             gw = start_gateway()
             try:
-                runs.append(run_burst(gw, pg, devices=devices))
+                runs.append(run_burst(gw, pg, devices=devices, cold=args.burst_cold))
             finally:
                 gw.stop()
         points.append(median_of(runs))
         p = points[-1]
-        log(f"burst {devices} DAS x 2011+2051+2061: {p['acked']} of {p['packets']} acked, last ack at "
+        shape = "cold" if args.burst_cold else "warm"
+        log(f"burst {devices} DAS x 2011+2051+2061 ({shape}): {p['acked']} of {p['packets']} acked, last ack at "
             f"{p['last_ack_s']} s, from start p50 {p['from_start_p50_ms']} ms, p99 {p['from_start_p99_ms']} ms, "
             f"max {p['from_start_max_ms']} ms, from send p99 {p['from_send_p99_ms']} ms, "
             f"{p['not_acked_within_60s']} not acked within 60 s, {p['resends']} resends (OverTime 5 s), "
@@ -573,6 +575,9 @@ def parse_args() -> argparse.Namespace:
                         help="virtual clock speeds (30: about 1,000 frames/s from 1,000 devices)")  # fmt: skip
     parser.add_argument("--burst-devices", type=lambda s: [int(x) for x in s.split(",")], default=None,
                         help="burst phase: DAS units sending 2011, 2051 and 2061 at one instant")  # fmt: skip
+    parser.add_argument("--burst-cold", action="store_true",
+                        help="burst phase: devices bound by one minute packet, so the burst is the first hour "
+                        "after a start (default: the hour before was sent too)")  # fmt: skip
     parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--label", default="current")

@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from datetime import datetime, timedelta
 
 from bench.idle import raise_fd_limit
 from bench.loadgen import frame_of, minute_segment, mn_for
@@ -37,15 +38,28 @@ MINUTE_GROUPS = statistics_groups("14.5{i}0", 9)
 HOUR_GROUPS = statistics_groups("45.{i}")
 
 
-def burst_frames(mn: str) -> list[bytes]:
-    """The binding minute packet (2026-01-01 00:00) and the three packets sent at 01:00:00: the
-    real-time values of that instant, the minute 00:59 and the hour 00:00-01:00."""
+def hour_frames(mn: str, hour: int) -> list[bytes]:
+    """The three packets a DAS sends at `hour`:00:00 of 2026-01-01: the real-time values of that
+    instant, the minute before it and the hour before it."""
+    at = datetime(2026, 1, 1) + timedelta(hours=hour)
+    text = at.strftime("%Y%m%d%H%M%S")
+    minute_before = (at - timedelta(minutes=1)).strftime("%Y%m%d%H%M%S")
+    hour_before = (at - timedelta(hours=1)).strftime("%Y%m%d%H%M%S")
     return [
-        frame_of(minute_segment(mn, 0)),
-        frame_of(segment("2011", "20260101010000001", "20260101010000", REALTIME_GROUPS, mn=mn)),
-        frame_of(segment("2051", "20260101010000002", "20260101005900", MINUTE_GROUPS, mn=mn)),
-        frame_of(segment("2061", "20260101010000003", "20260101000000", HOUR_GROUPS, mn=mn)),
+        frame_of(segment("2011", f"{text}001", text, REALTIME_GROUPS, mn=mn)),
+        frame_of(segment("2051", f"{text}002", minute_before, MINUTE_GROUPS, mn=mn)),
+        frame_of(segment("2061", f"{text}003", hour_before, HOUR_GROUPS, mn=mn)),
     ]
+
+
+def burst_frames(mn: str, *, cold: bool) -> tuple[list[bytes], int]:
+    """The frames of one DAS and how many of them bind it before the burst. Warm (the gateway
+    already knows the device's three series, as at every hour but the first after a start): the
+    burst of 00:00 binds it, the measured burst is 01:00. Cold: one minute packet binds it, so the
+    burst meets every (device, CN) for the first time."""
+    if cold:
+        return [frame_of(minute_segment(mn, 0)), *hour_frames(mn, 1)], 1
+    return [*hour_frames(mn, 0), *hour_frames(mn, 1)], 3
 
 
 class Fleet:
@@ -62,11 +76,13 @@ class Fleet:
 
 
 class Das(asyncio.Protocol):
-    """One DAS on one connection: frame 0 binds it; after start(), frames 1-3 go out one at a
-    time, each on the 9014 of the one before. Times are time.perf_counter() seconds."""
+    """One DAS on one connection: the first `binding` frames bind it (one in flight); after
+    start(), the rest go out one at a time, each on the 9014 of the one before. Times are
+    time.perf_counter() seconds."""
 
-    def __init__(self, frames: list[bytes], bound: asyncio.Future[bool]) -> None:
+    def __init__(self, frames: list[bytes], binding: int, bound: asyncio.Future[bool]) -> None:
         self.frames = frames
+        self.binding = binding
         self.bound = bound
         self.fleet: Fleet | None = None
         self.step = 0  # index of the frame in flight
@@ -102,7 +118,10 @@ class Das(asyncio.Protocol):
                 continue
             self.acked_at[self.step] = now
             self.step += 1
-            if self.step == 1:
+            if self.step < self.binding:
+                self._send()
+                continue
+            if self.step == self.binding:
                 self.bound.set_result(True)
                 continue
             if self.fleet is not None:
@@ -119,7 +138,7 @@ async def open_fleet(args: argparse.Namespace) -> tuple[list[Das], int]:
     errors = 0
     for chunk in range(args.first_index, args.first_index + args.devices, args.batch):
         batch = [
-            Das(burst_frames(mn_for(index, args.run_id)), loop.create_future())
+            Das(*burst_frames(mn_for(index, args.run_id), cold=args.cold), loop.create_future())
             for index in range(chunk, min(chunk + args.batch, args.first_index + args.devices))
         ]
         for das in batch:
@@ -141,7 +160,7 @@ def summary(devices: list[Das], start: float, deadline: float) -> dict[str, obje
     from_send: list[float] = []
     resends = unacked = 0
     for das in devices:
-        for step in range(1, len(das.frames)):
+        for step in range(das.binding, len(das.frames)):
             sent, acked = das.sent_at[step], das.acked_at[step]
             if acked:
                 from_start.append(round((acked - start) * 1000, 2))
@@ -184,6 +203,8 @@ def main() -> None:
     parser.add_argument("--first-index", type=int, default=0)
     parser.add_argument("--run-id", type=int, default=int(time.time()) & 0xFFFFFF)
     parser.add_argument("--batch", type=int, default=500, help="connections set up concurrently")
+    parser.add_argument("--cold", action="store_true", help="bind by one minute packet: the burst is each "
+                        "device's first 2011 and 2061 (the first hour after a gateway start)")  # fmt: skip
     args = parser.parse_args()
     raise_fd_limit()
     try:
