@@ -415,6 +415,7 @@ def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int, cold: bool = Fa
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
         ready = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+        log(f"burst: {sum(r['ready'] for r in ready)} DAS bound in {max(r['setup_s'] for r in ready)} s")
         time.sleep(1.0)  # let the binding packets' side writes settle
         backends = pg.gateway_backends()
         start = time.time() + 0.5
