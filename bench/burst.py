@@ -33,9 +33,12 @@ from bench.packets import AIR_FACTORS, segment, statistics_groups
 OVERTIME_S = 5.0  # a DAS resends a packet after OverTime seconds without its answer...
 RECOUNT = 3  # ...at most ReCount times (the parameters HJ 212-2017 names for this)
 DEADLINE_S = 60.0  # packets not acked this long after the start are counted as not acked
-REALTIME_GROUPS = [f"{code}-Rtd=2{i}.345,{code}-Flag=N" for i, code in enumerate(AIR_FACTORS)]
-MINUTE_GROUPS = statistics_groups("14.5{i}0", 9)
-HOUR_GROUPS = statistics_groups("45.{i}")
+
+
+# Each hour's values differ from the hour before, as real readings do (an unchanging value is a
+# flatline to the rules, which would send every packet down their slow path).
+def realtime_groups(hour: int) -> list[str]:
+    return [f"{code}-Rtd=2{i}.{hour % 10}45,{code}-Flag=N" for i, code in enumerate(AIR_FACTORS)]
 
 
 def hour_frames(mn: str, hour: int) -> list[bytes]:
@@ -46,9 +49,9 @@ def hour_frames(mn: str, hour: int) -> list[bytes]:
     minute_before = (at - timedelta(minutes=1)).strftime("%Y%m%d%H%M%S")
     hour_before = (at - timedelta(hours=1)).strftime("%Y%m%d%H%M%S")
     return [
-        frame_of(segment("2011", f"{text}001", text, REALTIME_GROUPS, mn=mn)),
-        frame_of(segment("2051", f"{text}002", minute_before, MINUTE_GROUPS, mn=mn)),
-        frame_of(segment("2061", f"{text}003", hour_before, HOUR_GROUPS, mn=mn)),
+        frame_of(segment("2011", f"{text}001", text, realtime_groups(hour), mn=mn)),
+        frame_of(segment("2051", f"{text}002", minute_before, statistics_groups("14.5{i}0", hour), mn=mn)),
+        frame_of(segment("2061", f"{text}003", hour_before, statistics_groups("45.{i}", hour + 5), mn=mn)),
     ]
 
 
