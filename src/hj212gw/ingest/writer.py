@@ -101,7 +101,9 @@ class BatchWriter:
         self._first: deque[_Pending] = deque()
         self._rest: deque[_Pending] = deque()
         self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
-        self._queued_rows = 0  # rows of the items in the two queues (no batch has taken them yet)
+        # Rows of the items in the two queues (no batch has taken them yet): read by the server's
+        # read admission for every socket read, so a plain attribute, not a property.
+        self.queued_rows = 0
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -115,11 +117,6 @@ class BatchWriter:
     def pending(self) -> int:
         """Items submitted and not yet confirmed (queued + in a batch being written)."""
         return self._pending
-
-    @property
-    def queued_rows(self) -> int:
-        """Rows submitted that no batch has taken yet (what the writers have ahead of them)."""
-        return self._queued_rows
 
     @property
     def pending_bytes(self) -> int:
@@ -162,7 +159,7 @@ class BatchWriter:
             share.nbytes += nbytes
         self._pending += 1
         self._pending_bytes += nbytes
-        self._queued_rows += item.row_count
+        self.queued_rows += item.row_count
         if self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes:
             self._room.clear()  # the queue only grows here: no set() needed
         self._wakeup.set()
@@ -200,7 +197,7 @@ class BatchWriter:
         unflushed = [e for b in self._active for e in b.entries] + list(self._first) + list(self._rest)
         self._first.clear()
         self._rest.clear()
-        self._queued_rows = 0
+        self.queued_rows = 0
         await self.supervisor.stop(self._names)
         for entry in unflushed:  # never committed: no ack, the DAS sends it again
             self._finish(entry, WriterClosed("closed before commit"))
@@ -261,7 +258,7 @@ class BatchWriter:
                 entry = queue.popleft()
                 batch.entries.append(entry)
                 batch.rows += entry.item.row_count
-        self._queued_rows -= batch.rows - taken
+        self.queued_rows -= batch.rows - taken
         self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:

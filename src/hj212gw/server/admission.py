@@ -16,8 +16,8 @@ mark and nothing is deferred.
 """
 
 import asyncio
+import sys
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Deferred", "ReadAdmission"]
@@ -25,6 +25,10 @@ __all__ = ["Deferred", "ReadAdmission"]
 # Connections parsed in one turn of `run` before it yields to the event loop (the writers' batches
 # and the acks of what committed), whatever the writers' queue says.
 _PER_TURN = 256
+
+
+class WriterQueue(Protocol):
+    queued_rows: int  # rows submitted that no batch has taken yet
 
 
 class Deferred(Protocol):
@@ -36,12 +40,14 @@ class Deferred(Protocol):
 class ReadAdmission:
     """The backlog of reads waiting to be parsed, and the task that parses it as the writers take rows."""
 
-    __slots__ = ("_backlog", "_queued_rows", "_wakeup", "ahead_rows", "deferred", "poll_s")
+    __slots__ = ("_backlog", "_mark", "_wakeup", "_writer", "ahead_rows", "deferred", "poll_s")
 
-    def __init__(self, queued_rows: Callable[[], int], *, ahead_rows: int, poll_s: float = 0.001) -> None:
-        """`queued_rows`: rows the writers hold that no batch has taken yet; `ahead_rows` 0: never defer."""
-        self._queued_rows = queued_rows
+    def __init__(self, writer: WriterQueue, *, ahead_rows: int, poll_s: float = 0.001) -> None:
+        """`writer.queued_rows`: rows the writers hold that no batch has taken yet; `ahead_rows` 0:
+        never defer."""
+        self._writer = writer
         self.ahead_rows = ahead_rows
+        self._mark = ahead_rows or sys.maxsize  # `behind` runs for every read: one comparison
         self.poll_s = poll_s
         self._backlog: deque[Deferred] = deque()
         self._wakeup = asyncio.Event()
@@ -51,7 +57,7 @@ class ReadAdmission:
     def behind(self) -> bool:
         """True when a new read must wait: reads are already waiting (they come first), or the
         writers have enough rows queued."""
-        return bool(self._backlog) or (0 < self.ahead_rows <= self._queued_rows())
+        return bool(self._backlog) or self._writer.queued_rows >= self._mark
 
     @property
     def backlog(self) -> int:
@@ -68,7 +74,8 @@ class ReadAdmission:
         """Parse waiting reads, oldest first, while the writers' queue is below the mark (at most
         `_PER_TURN`); how many were parsed."""
         backlog, parsed = self._backlog, 0
-        while backlog and parsed < _PER_TURN and self._queued_rows() < self.ahead_rows:
+        writer, mark = self._writer, self._mark
+        while backlog and parsed < _PER_TURN and writer.queued_rows < mark:
             backlog.popleft().parse_deferred()
             parsed += 1
         return parsed

@@ -226,18 +226,31 @@ class DasConnection(SocketFlow):
         """The DAS half-closed: take a last frame that lacks its tail, then close once its acks are out.
 
         Returning True keeps our side open, so a DAS that shuts down writing after its last packet
-        (or whose last frame is delimited only by the end of the stream) still gets its 9014.
+        (or whose last frame is delimited only by the end of the stream) still gets its 9014. What
+        the read admission kept is parsed first; if a packet of it now waits (a new MN's pin), the
+        end of the stream is handled after it (`_end_of_stream`, from `_release`).
         """
-        self.eof = True
         try:
             self.parse_deferred()
-            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
         except Exception:
             self.log.exception("connection_bug", mn=self.session.mn)
             self.close("internal_error")
             return True
-        self._close_when_confirmed()
+        if self._held is not None:
+            self._eof_waiting = True
+            return True
+        self._end_of_stream()
         return True
+
+    def _end_of_stream(self) -> None:
+        self.eof = True
+        try:
+            self._handle(self.session.end_of_stream(datetime.now(UTC)), time.perf_counter())
+        except Exception:
+            self.log.exception("connection_bug", mn=self.session.mn)
+            self.close("internal_error")
+            return
+        self._close_when_confirmed()
 
     # -- input ---------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ class ReadHold(enum.IntFlag):
     RETIRING = 4  # replaced by a newer connection: closing once its acks are out
     EVENTS = 8  # events held: a new MN's pin, the source IP's wrong-PW backoff, a wrong PW's close
     QUEUE_SHARE = 16  # events held: this connection's share of the write queue is full
-    BACKLOG = 32  # a read waits, as bytes, for the writers to catch up (server/admission.py)
+    BACKLOG = 32  # over _DEFER_PAUSE_BYTES wait unparsed for the writers to catch up (server/admission.py)
 
 
 # Holds under which what was read waits unhandled (events parsed, bytes not parsed yet).
@@ -42,6 +42,10 @@ EVENT_HOLDS = ReadHold.EVENTS | ReadHold.QUEUE_SHARE
 # 256 KiB) is parsed a slice at a time, so a connection whose queue share fills keeps the rest as
 # bytes, not as thousands of parsed packets.
 _SLICE_BYTES = 4096
+
+# What a connection may keep unparsed while the read admission is behind before its socket is
+# paused (a peer that floods; a DAS waiting for its ack stays far below).
+_DEFER_PAUSE_BYTES = 16384
 
 _PW_FIELD = re.compile(rb"PW=[^;&]*")
 
@@ -57,6 +61,7 @@ class SocketFlow(asyncio.Protocol):
     __slots__ = (
         "_acks",
         "_deferred",
+        "_eof_waiting",
         "_held",
         "_holds",
         "_loop",
@@ -81,7 +86,8 @@ class SocketFlow(asyncio.Protocol):
         self._holds = ReadHold(0)
         self._stall_timer: asyncio.TimerHandle | None = None  # aborts a peer that stopped reading
         self._unread: memoryview | None = None  # the rest of a burst, while events are held
-        self._deferred: bytes | None = None  # a read not parsed yet: admission is behind (BACKLOG)
+        self._deferred: bytes | bytearray | None = None  # reads not parsed yet: admission is behind
+        self._eof_waiting = False  # the peer half-closed after a packet whose events are held
         # Events waiting while reading is held: for a new MN's pin, for the source IP's wrong-PW
         # backoff, or (never released) after a wrong PW until the connection closes.
         self._held: list[tuple[Event, float]] | None = None
@@ -111,6 +117,10 @@ class SocketFlow(asyncio.Protocol):
     def _on_event(self, event: object, arrived: float) -> None:
         raise NotImplementedError
 
+    def _end_of_stream(self) -> None:
+        """The peer's half-close, handled once nothing it sent before waits any more."""
+        raise NotImplementedError
+
     # -- input under holds ---------------------------------------------------------------------
 
     def _read(self, data: bytes) -> None:
@@ -121,23 +131,30 @@ class SocketFlow(asyncio.Protocol):
             self._after_input()
 
     def _defer(self, data: bytes) -> bool:
-        """Keep `data` unparsed and stop reading until `parse_deferred`; True if this connection
-        must now join the admission's backlog (it had no read waiting)."""
-        if self._deferred is not None:  # read in the same turn, before the pause took effect
-            self._deferred += data
-            return False
-        self._deferred = data
-        self.hold_reading(ReadHold.BACKLOG)
-        return True
+        """Keep `data` unparsed until `parse_deferred`; True if this connection must now join the
+        admission's backlog (it had no read waiting). The socket is paused only once what it keeps
+        passes `_DEFER_PAUSE_BYTES`: a DAS with one packet in flight sends nothing more until its
+        ack, so pausing it (two epoll calls) would only cost the burst CPU."""
+        kept = self._deferred
+        if kept is None:
+            self._deferred = kept = data
+        else:
+            if isinstance(kept, bytes):
+                kept = self._deferred = bytearray(kept)
+            kept += data
+        if len(kept) > _DEFER_PAUSE_BYTES:
+            self.hold_reading(ReadHold.BACKLOG)
+        return kept is data
 
     def parse_deferred(self) -> None:
-        """Parse the read kept by `_defer` (none left: a no-op), then read the socket again
-        unless another hold keeps it paused."""
+        """Parse what `_defer` kept (nothing left: a no-op), then read the socket again unless
+        another hold keeps it paused."""
         data, self._deferred = self._deferred, None
         if data is None:
             return
-        self._read(data)
-        self.release_reading(ReadHold.BACKLOG)
+        self._read(data if isinstance(data, bytes) else bytes(data))
+        if self._holds & ReadHold.BACKLOG:
+            self.release_reading(ReadHold.BACKLOG)
 
     def _read_unread(self) -> None:
         """Parse the rest of a burst a slice at a time, until it is done or events are held."""
@@ -173,6 +190,9 @@ class SocketFlow(asyncio.Protocol):
             for event, arrived in held:
                 self._handle([event], arrived)
             self._read_unread()
+            if self._eof_waiting and self._held is None:
+                self._eof_waiting = False
+                self._end_of_stream()
         if not self._holds and not transport.is_closing():
             transport.resume_reading()
 

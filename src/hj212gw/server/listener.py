@@ -91,7 +91,7 @@ class Gateway:
             self.monitor.listeners.append(self.backfill)
         self.alerts = self._alerts()
         intake = Intake(self.writer, self.splits, self.side_writes, time_policy, self.metrics.data_time_suspect.inc)
-        self.admission = ReadAdmission(lambda: self.writer.queued_rows, ahead_rows=settings.writer.admission_rows)
+        self.admission = ReadAdmission(self.writer, ahead_rows=settings.writer.admission_rows)
         self.metrics.watch_admission(self.admission)
         self.deps = Deps(
             settings=settings,
