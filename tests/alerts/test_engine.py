@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from hj212gw.alerts.acks import AlertAcks
-from hj212gw.alerts.engine import AlertEngine
+from hj212gw.alerts.engine import AlertEngine, Applied
 from hj212gw.metrics import Metrics
 from hj212gw.rules.model import AlertKey, Clear, Fire, Severity
 from hj212gw.settings import AlertSettings
@@ -124,6 +124,24 @@ async def test_a_clear_of_an_alert_not_firing_and_a_throttled_fire_cost_no_query
     offline._written = dict(engine._written)
     other = AlertKey("flatline", MN, "a21026")
     assert await offline.apply([Clear(other, at=T0), fire(value=121.0)]) == await engine.apply([])
+
+
+async def test_clears_of_a_device_with_nothing_firing_are_dropped_and_one_that_fires_still_resolves(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    """A device's first data clears every flag letter and rule of every factor: for an MN with no
+    alert firing they are dropped before any fingerprint or query; the MN of an alert raised here
+    (or loaded by a refresh) keeps its Clears."""
+    engine = engine_on(db, Clock())
+    quiet = [Clear(AlertKey(rule, "88888880000002", "a21026", ""), at=T0) for rule in ("over_limit", "flatline")]
+    assert await engine.apply(quiet) == Applied()
+    await engine.apply([fire()])
+    applied = await engine.apply([*quiet, Clear(KEY, at=T0)])
+    assert applied.resolved == [(await alerts(conn))[0]["id"]]
+    await engine.apply([fire()])  # raised anew
+    restarted = engine_on(db, Clock())  # a new process: the MN comes back with the refresh
+    await restarted.refresh()
+    assert len((await restarted.apply([Clear(KEY, at=T0)])).resolved) == 1
 
 
 async def test_fire_then_clear_in_one_batch_raises_and_resolves(db: Database, conn: asyncpg.Connection) -> None:

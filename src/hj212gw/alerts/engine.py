@@ -114,6 +114,7 @@ class _Batch:
     def __init__(self, firing: set[str]) -> None:
         self.base = firing
         self.added: set[str] = set()
+        self.added_mns: set[str] = set()  # the MNs of what this batch raised
         self.removed: set[str] = set()
         self.written: dict[str, _Written] = {}
         self.applied = Applied()
@@ -153,6 +154,10 @@ class AlertEngine:
         self.observer: AlertObserver = observer or _NullObserver()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.firing: set[str] = set()
+        # The MNs with an alert firing, or that had one since the last refresh (a superset: a Clear
+        # of any other MN's key is dropped without its fingerprint, a SHA-256 per key; a device's
+        # first data clears every flag letter and rule of every factor, ~70 keys).
+        self._firing_mns: set[str] = set()
         self._written: dict[str, _Written] = {}
         self._lock = asyncio.Lock()  # one batch (or refresh) at a time: the in-memory set follows commits
         self._failing = False
@@ -173,6 +178,7 @@ class AlertEngine:
                     if attempt == CONFLICT_ATTEMPTS:
                         raise
             self.firing = (self.firing - batch.removed) | batch.added
+            self._firing_mns |= batch.added_mns
             for fp in batch.removed:
                 self._written.pop(fp, None)
             self._written.update(batch.written)
@@ -184,9 +190,9 @@ class AlertEngine:
         return batch.applied
 
     def _needs_write(self, change: AlertChange, now: datetime) -> bool:
-        firing = change.key.fingerprint in self.firing
         if isinstance(change, Clear):
-            return firing
+            return change.key.mn in self._firing_mns and change.key.fingerprint in self.firing
+        firing = change.key.fingerprint in self.firing
         return not firing or self._due(change, now)
 
     async def _write(self, rounds: list[dict[str, AlertChange]], now: datetime) -> _Batch:
@@ -231,6 +237,7 @@ class AlertEngine:
         for f in fires:
             fp = f.key.fingerprint
             batch.set_firing(fp, True)
+            batch.added_mns.add(f.key.mn)
             # Raised here: written now. Raised by another replica first: its value is not ours,
             # so the next Fire writes.
             batch.written[fp] = _Written(f.value, now) if fp in raised else _Written(None, None)
@@ -253,10 +260,11 @@ class AlertEngine:
         async with self._lock, self.db.pool.acquire() as conn:
             firing = await sql.fetch_firing(conn)
             backlog = await sql.fetch_backlog(conn)
-            self.firing = {fp for fp, _, _ in firing}
+            self.firing = {fp for fp, _, _, _ in firing}
+            self._firing_mns = {mn for _, _, _, mn in firing}
             self._written = {fp: w for fp, w in self._written.items() if fp in self.firing}
         counts: dict[tuple[str, str], int] = {}
-        for _, rule, severity in firing:
+        for _, rule, severity, _ in firing:
             counts[(rule, severity)] = counts.get((rule, severity), 0) + 1
         now = self.clock()
         self.observer.alerts_firing(counts)

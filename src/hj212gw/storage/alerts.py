@@ -223,10 +223,10 @@ async def save_outbox(conn: asyncpg.Connection, entries: Sequence[OutboxEntry]) 
         await notify_alerts(conn)
 
 
-async def fetch_firing(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
-    """(fingerprint, rule, severity) of every firing alert."""
-    rows = await conn.fetch("SELECT fingerprint, rule, severity FROM alerts WHERE status = 'firing'")
-    return [(r["fingerprint"], r["rule"], r["severity"]) for r in rows]
+async def fetch_firing(conn: asyncpg.Connection) -> list[tuple[str, str, str, str]]:
+    """(fingerprint, rule, severity, mn) of every firing alert."""
+    rows = await conn.fetch("SELECT fingerprint, rule, severity, mn FROM alerts WHERE status = 'firing'")
+    return [(r["fingerprint"], r["rule"], r["severity"], r["mn"]) for r in rows]
 
 
 async def fetch_backlog(conn: asyncpg.Connection) -> list[tuple[str, int, datetime | None]]:
