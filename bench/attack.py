@@ -44,7 +44,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.bench_gateway import GatewayProcess, children_of, log, machine, rss_kb
+from bench.harness import GatewayProcess, children_of, log, machine, rss_kb
 from bench.idle import raise_fd_limit
 from bench.loadgen import BASE_TIME, Device, Stats, _pace, _pct, mn_for
 from hj212gw.protocol.framing import encode_frame

@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import asyncpg
 
-from bench.bench_gateway import ROOT, GatewayProcess, _drop_schema, log, machine
+from bench.harness import ROOT, GatewayProcess, _drop_schema, log, machine
 from bench.idle import raise_fd_limit
 from bench.packets import AIR_FACTORS, segment
 from hj212gw.protocol.framing import encode_frame

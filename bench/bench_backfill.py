@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from bench.bench_gateway import GatewayProcess, _drop_schema
+from bench.harness import GatewayProcess, _drop_schema
 from hj212gw.protocol.builders import build_execution_result, build_request_reply
 from hj212gw.protocol.constants import ExeRtn, QnRtn
 from hj212gw.protocol.cp import HistoryRequestCp

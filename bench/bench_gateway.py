@@ -26,207 +26,37 @@ result file). The generator shares the machine's cores with the gateway and Post
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from bench.burst_phase import burst
+from bench.harness import (
+    ROOT,
+    GatewayProcess,
+    Postgres,
+    _drop_schema,
+    cpu_s,
+    log,
+    machine,
+    median_of,
+    pg_cpu_delta,
+    rss_kb,
+)
 from bench.idle import raise_fd_limit
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PLOT = ROOT / "docs" / "bench_gateway.png"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 IDLE_PER_PROCESS = 5000
-BURST_PER_PROCESS = 5000
-
-
-def free_port(count: int = 1) -> int:
-    """A free port, and with count > 1 the first of that many free consecutive ports."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = int(s.getsockname()[1])
-        if all(_port_free(first + i) for i in range(1, count)):
-            return first
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def children_of(ppid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
-                    pids.append(int(entry.name))
-    return pids
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-class Postgres:
-    """The server under test: a DSN, the postmaster pid, CPU of all its processes, and of the
-    backends serving the gateway (found by application_name in pg_stat_activity)."""
-
-    def __init__(self, dsn: str, postmaster: int, application_name: str) -> None:
-        self.dsn = dsn
-        self.postmaster = postmaster
-        self.application_name = application_name
-
-    def cpu(self) -> dict[int, float]:
-        pids = [self.postmaster, *children_of(self.postmaster)]
-        return {pid: cpu_s(pid) for pid in pids}
-
-    def gateway_backends(self) -> list[int]:
-        return asyncio.run(self._backends())
-
-    async def _backends(self) -> list[int]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            sql = "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
-            rows = await conn.fetch(sql, self.application_name)
-        finally:
-            await conn.close()
-        return [r["pid"] for r in rows]
-
-    @staticmethod
-    async def find_postmaster(dsn: str) -> int:
-        conn = await asyncpg.connect(dsn)
-        try:
-            backend = await conn.fetchval("SELECT pg_backend_pid()")
-            return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        finally:
-            await conn.close()
-
-
-def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    # Backends that exited in the window lose their time; the pool keeps its connections, so rare.
-    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
-
-
-class GatewayProcess:
-    """`hj212gw serve` on free ports, logging to a file; stop() sends SIGTERM."""
-
-    def __init__(self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path) -> None:
-        self.workers = int(env.get("HJ212GW_WORKERS", "1"))  # worker i serves HTTP on self.http + i
-        self.port = free_port()
-        self.http = free_port(self.workers)
-        self.log_path = log_dir / f"gateway-{self.port}.log"
-        environ = {
-            **os.environ,
-            "HJ212GW_CONNECTIONS__MAX_CONNECTIONS": "30000",
-            "HJ212GW_CONNECTIONS__MAX_CONNECTIONS_PER_IP": "30000",
-            "HJ212GW_LOG_FORMAT": "json",
-            **env,
-        }
-        if src is not None:
-            environ["PYTHONPATH"] = str(src)
-        cmd = [sys.executable, "-m", "hj212gw.cli", "serve", "--listen", f"127.0.0.1:{self.port}"]
-        cmd += ["--http", f"127.0.0.1:{self.http}", "--database-url", dsn, "--database-schema", schema]
-        self.log_file = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, env=environ, stdout=self.log_file, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def http_ports(self) -> range:
-        return range(self.http, self.http + self.workers)
-
-    def cpu_s(self) -> float:
-        """CPU of the gateway: the process and, with --workers, its worker processes."""
-        return cpu_s(self.pid) + sum(cpu_s(child) for child in children_of(self.pid))
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        waiting = list(self.http_ports())
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited; see {self.log_path}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{waiting[0]}/readyz", timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    waiting.pop(0)
-                    if not waiting:
-                        return
-                    continue
-            time.sleep(0.2)
-        raise RuntimeError(f"gateway not ready after {timeout_s}s; see {self.log_path}")
-
-    def counters(self) -> dict[str, float]:
-        """Acks sent (9014) and the batch histograms' sums and counts, from /metrics."""
-        wanted = {
-            'hj212gw_replies_total{cn="9014"}': "acks",
-            "hj212gw_batch_rows_sum": "batch_rows",
-            "hj212gw_batch_rows_count": "batches",
-            "hj212gw_batch_commit_seconds_sum": "commit_s",
-            'hj212gw_ack_latency_seconds_bucket{le="0.03"}': "acks_within_30ms",
-            "hj212gw_ack_latency_seconds_count": "acks_timed",
-        }
-        found = dict.fromkeys(wanted.values(), 0.0)
-        for port in self.http_ports():
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                for line in resp.read().decode().splitlines():
-                    name, _, value = line.rpartition(" ")
-                    if name in wanted:
-                        found[wanted[name]] += float(value)
-        return found
-
-    def frames_ok(self) -> float:
-        """Frames accepted so far (every CN; 2005 uploads ask for no ack), from /metrics."""
-        total = 0.0
-        for port in self.http_ports():
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                for line in resp.read().decode().splitlines():
-                    if line.startswith("hj212gw_frames_total{") and 'result="ok"' in line:
-                        total += float(line.rpartition(" ")[2])
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_file.close()
 
 
 def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_s: float, window: int,
@@ -269,16 +99,6 @@ def run_loadgen(gw: GatewayProcess, pg: Postgres, *, connections: int, duration_
         ),
     )
     return result
-
-
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every numeric field over repeated runs; the samples are kept under `runs`."""
-    out: dict[str, Any] = {}
-    for key, value in runs[0].items():
-        numbers = [r[key] for r in runs if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
-        out[key] = round(statistics.median(numbers), 2) if len(numbers) == len(runs) else value
-    out["runs"] = runs
-    return out
 
 
 def closed_loop(gw: GatewayProcess, pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -402,110 +222,6 @@ def idle_connections(gw: GatewayProcess, steps: list[int]) -> list[dict[str, Any
     return points
 
 
-def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int, cold: bool = False) -> dict[str, Any]:
-    """The top-of-the-hour burst (bench/burst.py): `devices` bound DAS units, BURST_PER_PROCESS per
-    generator process, send 2011, 2051 and 2061 one at a time from a common start instant; CPU per
-    packet from that instant until the last ack."""
-    run_id = (int(time.time()) + devices) & 0xFFFFFF
-    procs = []
-    for first in range(0, devices, BURST_PER_PROCESS):
-        count = min(BURST_PER_PROCESS, devices - first)
-        cmd = [sys.executable, "-m", "bench.burst", "--target", f"127.0.0.1:{gw.port}", "--devices", str(count),
-               "--first-index", str(first), "--run-id", str(run_id), *(["--cold"] if cold else [])]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    try:
-        ready = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
-        log(f"burst: {sum(r['ready'] for r in ready)} DAS bound in {max(r['setup_s'] for r in ready)} s")
-        time.sleep(1.0)  # let the binding packets' side writes settle
-        backends = pg.gateway_backends()
-        start = time.time() + 0.5
-        for p in procs:
-            p.stdin.write(f"{start!r}\n")  # type: ignore[union-attr]
-            p.stdin.flush()  # type: ignore[union-attr]
-        gw0, pg0, gen0 = gw.cpu_s(), pg.cpu(), sum(cpu_s(p.pid) for p in procs)  # idle until the start
-        for p in procs:
-            p.stdout.readline()  # type: ignore[union-attr]  # {"done": ...}: its last ack is in
-        gw1, pg1, gen1 = gw.cpu_s(), pg.cpu(), sum(cpu_s(p.pid) for p in procs)
-        reports = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
-    finally:
-        for p in procs:
-            p.stdin.close()  # type: ignore[union-attr]
-            p.wait(60)
-    point = burst_point(devices, ready, reports, gw1 - gw0, pg0, pg1, backends)
-    point["cold"] = cold
-    point["generator_cpu_us_per_packet"] = round((gen1 - gen0) / max(1, point["acked"]) * 1e6, 1)
-    return point
-
-
-def burst_point(devices: int, ready: list[dict[str, Any]], reports: list[dict[str, Any]], gateway_cpu_s: float,
-                pg0: dict[int, float], pg1: dict[int, float], backends: list[int]) -> dict[str, Any]:  # fmt: skip
-    """One burst point from the generators' reports and the CPU measured over the burst."""
-    from_start = sorted(x for r in reports for x in r["from_start_ms"])
-    from_send = sorted(x for r in reports for x in r["from_send_ms"])
-    acked = max(1, len(from_start))
-    own = sum(pg1.get(pid, 0.0) - pg0.get(pid, 0.0) for pid in backends)
-    last_ack_s = round(from_start[-1] / 1000, 3) if from_start else None
-    return {
-        "devices": devices,
-        "bound": sum(r["ready"] for r in ready),
-        "bind_errors": sum(r["bind_errors"] for r in ready),
-        "setup_s": max(r["setup_s"] for r in ready),
-        "packets": 3 * sum(r["ready"] for r in ready),
-        "acked": len(from_start),
-        "not_acked_within_60s": sum(r["unacked"] for r in reports),
-        "resends": sum(r["resends"] for r in reports),
-        "last_ack_s": last_ack_s,
-        "acked_per_s": round(len(from_start) / last_ack_s, 1) if last_ack_s else None,
-        "from_start_p50_ms": _quantile(from_start, 0.50),
-        "from_start_p99_ms": _quantile(from_start, 0.99),
-        "from_start_max_ms": _quantile(from_start, 1.0),
-        "from_send_p50_ms": _quantile(from_send, 0.50),
-        "from_send_p99_ms": _quantile(from_send, 0.99),
-        "from_send_max_ms": _quantile(from_send, 1.0),
-        "gateway_cpu_us_per_packet": round(gateway_cpu_s / acked * 1e6, 1),
-        "postgres_cpu_us_per_packet": round(own / acked * 1e6, 1),
-        "postgres_all_cpu_us_per_packet": round(pg_cpu_delta(pg0, pg1) / acked * 1e6, 1),
-    }
-
-
-def _quantile(ordered: list[float], p: float) -> float | None:
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else None
-
-
-def burst(start_gateway: Callable[[], GatewayProcess], pg: Postgres, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One burst point per --burst-devices, each on a fresh gateway."""
-    points = []
-    for devices in args.burst_devices:
-        runs = []
-        for _ in range(args.repeat):
-            gw = start_gateway()
-            try:
-                runs.append(run_burst(gw, pg, devices=devices, cold=args.burst_cold))
-            finally:
-                gw.stop()
-        points.append(median_of(runs))
-        p = points[-1]
-        shape = "cold" if args.burst_cold else "warm"
-        log(f"burst {devices} DAS x 2011+2051+2061 ({shape}): {p['acked']} of {p['packets']} acked, last ack at "
-            f"{p['last_ack_s']} s, from start p50 {p['from_start_p50_ms']} ms, p99 {p['from_start_p99_ms']} ms, "
-            f"max {p['from_start_max_ms']} ms, from send p99 {p['from_send_p99_ms']} ms, "
-            f"{p['not_acked_within_60s']} not acked within 60 s, {p['resends']} resends (OverTime 5 s), "
-            f"gateway {p['gateway_cpu_us_per_packet']} µs/packet, postgres {p['postgres_cpu_us_per_packet']} "
-            f"µs/packet (server-wide {p['postgres_all_cpu_us_per_packet']}), "
-            f"generator {p['generator_cpu_us_per_packet']} µs/packet")  # fmt: skip
-    return points
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")  # fmt: skip
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "kernel": platform.release()}
-
-
 def plot(result: dict[str, Any], compare: dict[str, Any] | None, path: Path) -> None:
     import matplotlib
 
@@ -538,14 +254,6 @@ def plot(result: dict[str, Any], compare: dict[str, Any] | None, path: Path) -> 
     fig.suptitle(f"hj212gw, {result['machine']['nproc']} cores, {result['date'][:10]} (10 values per packet)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-async def _drop_schema(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def parse_args() -> argparse.Namespace:
