@@ -10,6 +10,7 @@ import pytest
 
 from hj212gw.cli.serve import Running
 from hj212gw.server.admission import ReadAdmission
+from hj212gw.server.flow import ReadHold
 from tests.integration.das import DasClient, data_packet
 from tests.integration.serving import connect, minute, sample, start
 from tests.integration.waiting import until
@@ -151,4 +152,40 @@ async def test_a_deferred_read_followed_by_a_half_close_is_still_acked(
     assert [(r.packet.cn, r.packet.qn) for r in replies] == [("9014", f"2024031510000000{n}") for n in (1, 2, 3)]
     assert await conn.fetchval("SELECT count(*) FROM data WHERE mn LIKE 'ADMISSION%'") == 3
     for das in (a, b, c):
+        await das.close()
+
+
+@pytest.mark.integration
+async def test_a_flood_while_admission_is_behind_is_paused_and_bounded_then_stored_in_full(
+    gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    """A peer that sends far more than one packet while reads wait: past 16 KiB kept its socket is
+    paused (the kernel holds the rest), so what it costs the gateway is bounded; once the writers
+    catch up every packet of it is stored and acked."""
+    settings = {"admission_rows": 2, "max_batch_rows": 2, "writers": 1}
+    running = await start(gateways, pg_dsn, schema, writer=settings)
+    writer, (a, b, flood) = running.gateway.writer, [await connect(running) for _ in range(3)]
+    packets = [
+        data_packet(f"20240315100{n:06d}", mn="ADMISSION000000000000009", data_time=minute(n)) for n in range(400)
+    ]
+    lock = conn.transaction()
+    await lock.start()
+    await conn.execute("LOCK TABLE raw_frames IN SHARE MODE")
+    try:
+        await a.send(data_packet("20240315100000001", mn="ADMISSION000000000000001"))
+        await until(lambda: writer.pending == 1 and writer.queued_rows == 0)
+        await b.send(data_packet("20240315100000002", mn="ADMISSION000000000000002"))
+        await until(lambda: writer.queued_rows == 2)
+        flood.writer.write(b"".join(packets))  # ~95 KB; not awaited: the gateway stops reading it
+        await until(lambda: any(c._holds & ReadHold.BACKLOG for c in running.gateway.connections))
+        kept = [c for c in running.gateway.connections if c._holds & ReadHold.BACKLOG]
+        assert len(kept) == 1 and kept[0]._deferred is not None
+        assert 16384 < len(kept[0]._deferred) <= 16384 + 262144  # one read past the mark at most
+        assert writer.pending == 2  # nothing of the flood was parsed yet
+    finally:
+        await lock.rollback()
+    replies = [await flood.reply(timeout_s=30.0) for _ in packets]
+    assert [r.packet.qn for r in replies] == [f"20240315100{n:06d}" for n in range(400)]
+    assert await conn.fetchval("SELECT count(*) FROM data WHERE mn = 'ADMISSION000000000000009'") == 400
+    for das in (a, b, flood):
         await das.close()
