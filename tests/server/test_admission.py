@@ -93,6 +93,42 @@ async def test_the_run_task_parses_the_backlog_as_the_writers_take_rows() -> Non
         task.cancel()
 
 
+class CountingQueue(Queue):
+    """A queue that counts how often admission looks at it."""
+
+    def __init__(self, queued_rows: int) -> None:
+        self.looks = 0
+        self._rows = queued_rows
+
+    @property  # type: ignore[override]
+    def queued_rows(self) -> int:
+        self.looks += 1
+        return self._rows
+
+    @queued_rows.setter
+    def queued_rows(self, rows: int) -> None:
+        self._rows = rows
+
+
+async def test_while_the_writers_take_nothing_the_run_task_looks_less_and_less_often() -> None:
+    """PostgreSQL down: the writers' queue stays full for as long as the outage lasts; the task
+    backs off to `max_poll_s` instead of waking every millisecond, and still parses within that
+    once rows are taken."""
+    queue, parsed = CountingQueue(30), []
+    admission = ReadAdmission(queue, ahead_rows=20, poll_s=0.001, max_poll_s=0.05)
+    task = asyncio.create_task(admission.run())
+    try:
+        admission.defer(Read("a", parsed, queue, adds=0))
+        await asyncio.sleep(0.5)
+        assert parsed == [] and queue.looks < 30  # 1, 2, 4 ... 50 ms: about 15 looks, not 500
+        queue.queued_rows = 0
+        async with asyncio.timeout(0.2):
+            while parsed != ["a"]:
+                await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+
+
 @pytest.mark.integration
 async def test_a_burst_of_das_read_under_admission_is_stored_and_acked_in_full(
     gateways: list[Running], pg_dsn: str, schema: str, conn: asyncpg.Connection

@@ -7,12 +7,13 @@ out: PostgreSQL idles, no DAS hears back, and the acks of the first packets wait
 of the last.
 
 While the writers have `ahead_rows` rows queued that no batch has taken yet (one full batch per
-writer by default), a read is kept as bytes and its socket paused (so a connection keeps at most
-one read here, as a held read does in `flow.py`), in the order the reads came. `run` parses the
-backlog, oldest first, whenever the writers have taken rows: PostgreSQL commits while the gateway
-parses, acks flow through the burst, and a DAS's next packet (sent when its ack arrives) queues
-behind the packets that came before it. In steady traffic the writers keep the queue below the
-mark and nothing is deferred.
+writer by default), a read is kept as bytes, in the order the reads came (`flow.SocketFlow._defer`:
+its socket is paused only once it keeps more than 16 KiB, so a connection keeps at most that plus
+one read). `run` parses the backlog, oldest first, whenever the writers have taken rows:
+PostgreSQL commits while the gateway parses, acks flow through the burst, and a DAS's next packet
+(sent when its ack arrives) queues behind the packets that came before it. In steady traffic the
+writers keep the queue below the mark and nothing is deferred. While the writers cannot take
+anything (PostgreSQL down), `run` looks again at most every `max_poll_s`.
 """
 
 import asyncio
@@ -40,15 +41,18 @@ class Deferred(Protocol):
 class ReadAdmission:
     """The backlog of reads waiting to be parsed, and the task that parses it as the writers take rows."""
 
-    __slots__ = ("_backlog", "_mark", "_wakeup", "_writer", "ahead_rows", "deferred", "poll_s")
+    __slots__ = ("_backlog", "_mark", "_wakeup", "_writer", "deferred", "max_poll_s", "poll_s")
 
-    def __init__(self, writer: WriterQueue, *, ahead_rows: int, poll_s: float = 0.001) -> None:
+    def __init__(
+        self, writer: WriterQueue, *, ahead_rows: int, poll_s: float = 0.001, max_poll_s: float = 0.05
+    ) -> None:
         """`writer.queued_rows`: rows the writers hold that no batch has taken yet; `ahead_rows` 0:
-        never defer."""
+        never defer. `poll_s`: the first wait for the writers to take rows, doubled up to
+        `max_poll_s` while they take none."""
         self._writer = writer
-        self.ahead_rows = ahead_rows
         self._mark = ahead_rows or sys.maxsize  # `behind` runs for every read: one comparison
         self.poll_s = poll_s
+        self.max_poll_s = max_poll_s
         self._backlog: deque[Deferred] = deque()
         self._wakeup = asyncio.Event()
         self.deferred = 0  # reads deferred so far (a counter for the metrics)
@@ -65,7 +69,7 @@ class ReadAdmission:
         return len(self._backlog)
 
     def defer(self, conn: Deferred) -> None:
-        """`conn` kept a read (and paused its socket): parse it after those before it."""
+        """`conn` kept a read: parse it after those before it."""
         self._backlog.append(conn)
         self.deferred += 1
         self._wakeup.set()
@@ -82,12 +86,15 @@ class ReadAdmission:
 
     async def run(self) -> None:
         """Parse the backlog as the writers take rows (supervised by the gateway)."""
+        wait_s = self.poll_s
         while True:
             if not self._backlog:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if self.parse_some():
+                wait_s = self.poll_s
                 await asyncio.sleep(0)  # let the writers and the acks run between slices
-            else:
-                await asyncio.sleep(self.poll_s)  # the writers' queue is full: wait for a batch
+            else:  # the writers' queue is full: wait for a batch (longer while none is taken)
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, self.max_poll_s)

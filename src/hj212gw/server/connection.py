@@ -230,12 +230,7 @@ class DasConnection(SocketFlow):
         the read admission kept is parsed first; if a packet of it now waits (a new MN's pin), the
         end of the stream is handled after it (`_end_of_stream`, from `_release`).
         """
-        try:
-            self.parse_deferred()
-        except Exception:
-            self.log.exception("connection_bug", mn=self.session.mn)
-            self.close("internal_error")
-            return True
+        self.parse_deferred()  # a bug in it is caught and closes the connection, as for any read
         if self._held is not None:
             self._eof_waiting = True
             return True
