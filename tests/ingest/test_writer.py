@@ -179,3 +179,21 @@ async def test_each_source_counts_its_share_and_few_items_go_ahead_of_backlogs(
     assert all(batch.count("flood") >= 5 for batch in batches if len(batch) == 10)  # half of a full batch
     assert (flood.items, flood.nbytes) == (0, 0) and all(s.items == 0 for s in shares)
     assert await count_rows(conn) == 140
+
+
+async def test_queued_rows_count_the_first_queue_only_and_fall_as_batches_take_them(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    """What the read admission compares with its mark: rows of the DAS that wait for their acks,
+    not a flood's backlog (its share bounds it; counting it would hold every DAS's read behind it)."""
+    writer = BatchWriter(db, linger_s=0.01, max_batch_rows=30, writers=1)
+    flood = QueueShare(max_items=4, max_bytes=1 << 30)  # its first item is ahead, the rest a backlog
+    for n in range(20):
+        writer.submit(item(n, "FLOOD"), lambda _e: None, flood)
+    assert writer.queued_rows == 3  # one item: two data rows and its frame
+    for n in range(5):
+        writer.submit(item(n, f"DAS{n}"), lambda _e: None, QueueShare(max_items=32, max_bytes=1 << 20))
+    assert writer.queued_rows == 18
+    writer.start()
+    await writer.close()
+    assert writer.queued_rows == 0 and await count_rows(conn) == 25 * 2  # two data rows each

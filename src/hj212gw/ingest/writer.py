@@ -101,8 +101,11 @@ class BatchWriter:
         self._first: deque[_Pending] = deque()
         self._rest: deque[_Pending] = deque()
         self._pending = 0  # submitted, on_done not called yet (queued + in a batch being written)
-        # Rows of the items in the two queues (no batch has taken them yet): read by the server's
-        # read admission for every socket read, so a plain attribute, not a property.
+        # Rows waiting in the first queue (sources with few queued: the DAS that wait for their
+        # acks), which no batch has taken yet. The server's read admission compares it with its mark
+        # for every socket read, so a plain attribute. Backlogs of floods (the second queue) do not
+        # count: their queue shares bound them, and counting them would make every DAS's read wait
+        # behind a flood.
         self.queued_rows = 0
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
@@ -150,16 +153,16 @@ class BatchWriter:
         if self._closing:
             raise WriterClosed("batch writer is closing")
         nbytes = encoded_bytes(item)
-        if share is None:
+        if share is None or share.items < share.backlog_items:
             self._first.append(_Pending(item, on_done, nbytes, share))
+            self.queued_rows += item.row_count
         else:
-            queue = self._rest if share.items >= share.backlog_items else self._first
-            queue.append(_Pending(item, on_done, nbytes, share))
+            self._rest.append(_Pending(item, on_done, nbytes, share))
+        if share is not None:
             share.items += 1
             share.nbytes += nbytes
         self._pending += 1
         self._pending_bytes += nbytes
-        self.queued_rows += item.row_count
         if self._pending >= self.max_pending_items or self._pending_bytes >= self.max_pending_bytes:
             self._room.clear()  # the queue only grows here: no set() needed
         self._wakeup.set()
@@ -252,13 +255,14 @@ class BatchWriter:
         again: a DAS that waits for its ack is in one of the next batches however many packets a
         flood queued before it, and a backlog still gets at least half of every full batch."""
         full = self.max_batch_rows
-        taken = batch.rows
         for queue, rows in ((self._first, full // 2), (self._rest, full), (self._first, full)):
+            first = queue is self._first
             while queue and batch.rows < rows:
                 entry = queue.popleft()
                 batch.entries.append(entry)
                 batch.rows += entry.item.row_count
-        self.queued_rows -= batch.rows - taken
+                if first:
+                    self.queued_rows -= entry.item.row_count
         self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:
