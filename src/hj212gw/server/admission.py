@@ -11,7 +11,9 @@ writer by default), a read is kept as bytes, in the order the reads came (`flow.
 its socket is paused only once it keeps more than 16 KiB, so a connection keeps at most that plus
 one read). `run` parses the backlog, oldest first, whenever the writers have taken rows:
 PostgreSQL commits while the gateway parses, acks flow through the burst, and a DAS's next packet
-(sent when its ack arrives) queues behind the packets that came before it. In steady traffic the
+(sent when its ack arrives) queues behind the packets that came before it. Reads of connections
+with nothing waiting for a commit (a DAS sends its next packet when its ack came) go before reads
+of connections that still have packets queued (a flood), as in the writer's two queues. In steady traffic the
 writers keep the queue below the mark and nothing is deferred. While the writers cannot take
 anything (PostgreSQL down), `run` looks again at most every `max_poll_s`.
 """
@@ -41,7 +43,7 @@ class Deferred(Protocol):
 class ReadAdmission:
     """The backlog of reads waiting to be parsed, and the task that parses it as the writers take rows."""
 
-    __slots__ = ("_backlog", "_mark", "_wakeup", "_writer", "deferred", "max_poll_s", "poll_s")
+    __slots__ = ("_backlog", "_busy", "_mark", "_wakeup", "_writer", "deferred", "max_poll_s", "poll_s")
 
     def __init__(
         self, writer: WriterQueue, *, ahead_rows: int, poll_s: float = 0.001, max_poll_s: float = 0.05
@@ -53,7 +55,8 @@ class ReadAdmission:
         self._mark = ahead_rows or sys.maxsize  # `behind` runs for every read: one comparison
         self.poll_s = poll_s
         self.max_poll_s = max_poll_s
-        self._backlog: deque[Deferred] = deque()
+        self._backlog: deque[Deferred] = deque()  # connections with nothing waiting for a commit
+        self._busy: deque[Deferred] = deque()  # connections with packets queued: after the others
         self._wakeup = asyncio.Event()
         self.deferred = 0  # reads deferred so far (a counter for the metrics)
 
@@ -61,34 +64,36 @@ class ReadAdmission:
     def behind(self) -> bool:
         """True when a new read must wait: reads are already waiting (they come first), or the
         writers have enough rows queued."""
-        return bool(self._backlog) or self._writer.queued_rows >= self._mark
+        return bool(self._backlog or self._busy) or self._writer.queued_rows >= self._mark
 
     @property
     def backlog(self) -> int:
         """Connections whose read waits to be parsed."""
-        return len(self._backlog)
+        return len(self._backlog) + len(self._busy)
 
-    def defer(self, conn: Deferred) -> None:
-        """`conn` kept a read: parse it after those before it."""
-        self._backlog.append(conn)
+    def defer(self, conn: Deferred, *, busy: bool = False) -> None:
+        """`conn` kept a read: parse it after those before it (`busy`: it has packets waiting for
+        a commit; after every connection that has none)."""
+        (self._busy if busy else self._backlog).append(conn)
         self.deferred += 1
         self._wakeup.set()
 
     def parse_some(self) -> int:
         """Parse waiting reads, oldest first, while the writers' queue is below the mark (at most
         `_PER_TURN`); how many were parsed."""
-        backlog, parsed = self._backlog, 0
+        parsed = 0
         writer, mark = self._writer, self._mark
-        while backlog and parsed < _PER_TURN and writer.queued_rows < mark:
-            backlog.popleft().parse_deferred()
-            parsed += 1
+        for backlog in (self._backlog, self._busy):
+            while backlog and parsed < _PER_TURN and writer.queued_rows < mark:
+                backlog.popleft().parse_deferred()
+                parsed += 1
         return parsed
 
     async def run(self) -> None:
         """Parse the backlog as the writers take rows (supervised by the gateway)."""
         wait_s = self.poll_s
         while True:
-            if not self._backlog:
+            if not self._backlog and not self._busy:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

@@ -256,7 +256,7 @@ class DasConnection(SocketFlow):
         admission = deps.admission
         if admission.behind:
             if self._defer(data):
-                admission.defer(self)
+                admission.defer(self, busy=self._share.items > 0)
         else:
             self._read(data)
 
