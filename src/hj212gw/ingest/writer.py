@@ -37,15 +37,20 @@ from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.supervisor import Supervisor
 
 
-@dataclass(slots=True)
 class _Pending:
-    item: IngestItem
-    on_done: OnDone | None
-    nbytes: int
-    share: QueueShare | None
-    done: bool = False  # on_done was called: never again
-    refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
-    anonymous: bool = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
+    """One submitted item, queued or in a batch (one per packet); its row count is taken once."""
+
+    __slots__ = ("anonymous", "done", "item", "nbytes", "on_done", "refusal", "rows", "share")
+
+    def __init__(self, item: IngestItem, on_done: OnDone | None, nbytes: int, rows: int, share: QueueShare | None):
+        self.item = item
+        self.on_done = on_done
+        self.nbytes = nbytes
+        self.rows = rows  # item.row_count, counted once
+        self.share = share
+        self.done = False  # on_done was called: never again
+        self.refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
+        self.anonymous = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
 
 
 @dataclass(slots=True)
@@ -153,11 +158,12 @@ class BatchWriter:
         if self._closing:
             raise WriterClosed("batch writer is closing")
         nbytes = encoded_bytes(item)
+        rows = item.row_count
         if share is None or share.items < share.backlog_items:
-            self._first.append(_Pending(item, on_done, nbytes, share))
-            self.queued_rows += item.row_count
+            self._first.append(_Pending(item, on_done, nbytes, rows, share))
+            self.queued_rows += rows
         else:
-            self._rest.append(_Pending(item, on_done, nbytes, share))
+            self._rest.append(_Pending(item, on_done, nbytes, rows, share))
         if share is not None:
             share.items += 1
             share.nbytes += nbytes
@@ -260,9 +266,9 @@ class BatchWriter:
             while queue and batch.rows < rows:
                 entry = queue.popleft()
                 batch.entries.append(entry)
-                batch.rows += entry.item.row_count
+                batch.rows += entry.rows
                 if first:
-                    self.queued_rows -= entry.item.row_count
+                    self.queued_rows -= entry.rows
         self.observer.queue_depth(self._pending, self._pending_bytes)
 
     async def _commit_with_retry(self, batch: _Batch) -> None:

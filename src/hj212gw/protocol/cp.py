@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from hj212gw.protocol.constants import DATA_CNS
 from hj212gw.protocol.errors import BadCpItem
 from hj212gw.protocol.factors import CODE_2005_TO_2017
-from hj212gw.protocol.limits import check_cp_names, check_cp_values
+from hj212gw.protocol.limits import check_cp_names, check_cp_values, checked_cp_names
 from hj212gw.protocol.models import Reading
 
 Items = tuple[tuple[str, str], ...]
@@ -287,8 +287,7 @@ def parse_cp(cn: str, text: str, found: list[str] | None = None) -> CpData:
         fields = _fields_fast(text)
         if fields is None:
             fields = dict(tokenize_cp(text))
-        names = tuple(fields)
-        tolerances = check_cp_names(names)
+        tolerances, names = checked_cp_names(tuple(fields))
         if tolerances and found is not None:
             found.extend(tolerances)
         if "DataTime" in fields or not ("BeginTime" in fields or "EndTime" in fields):

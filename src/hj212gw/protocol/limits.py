@@ -96,7 +96,7 @@ def check_cp_values(values: Sequence[str]) -> None:
                 raise FieldTooLong("CP value", value, MAX_LOG_TEXT if value.startswith("//") else MAX_CP_VALUE)
 
 
-_NAMES_CHECKED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_NAMES_CHECKED: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 _NAMES_CACHE_SIZE: Final = 1024  # layouts come from devices: a misbehaving one must not grow it
 
 
@@ -108,9 +108,19 @@ def check_cp_names(names: tuple[str, ...]) -> tuple[str, ...]:
         FieldTooLong: a name or factor code over its cap.
         TooManyFields: more than MAX_FACTORS factor codes.
     """
+    return checked_cp_names(names)[0]
+
+
+def checked_cp_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`check_cp_names`, and the one tuple of these names the cache keeps: later caches keyed by
+    the names (ingest's row layouts) then find it by identity instead of comparing every name.
+
+    Raises:
+        FieldTooLong, TooManyFields: as `check_cp_names`.
+    """
     known = _NAMES_CHECKED.get(names)
     if known is None:
-        known = _names_tolerances(names)
+        known = (_names_tolerances(names), names)
         if len(_NAMES_CHECKED) >= _NAMES_CACHE_SIZE:
             _NAMES_CHECKED.clear()
         _NAMES_CHECKED[names] = known
