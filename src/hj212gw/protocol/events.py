@@ -5,18 +5,20 @@ write now. The session module re-exports them all.
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from hj212gw.protocol.errors import Hj212Error
 from hj212gw.protocol.framing import Frame
 from hj212gw.protocol.models import Packet
 
 
-@dataclass(frozen=True, slots=True)
-class PacketReceived:
+class PacketReceived(NamedTuple):
     """A valid packet. `ack`: send 9014 after it is stored. `backfill`: RF=1 or a fetch answer.
     `fragment`: a split part that only makes sense assembled (store it as a split part, not as
-    data). Every split part with PNUM/PNO passed `split.check_part`."""
+    data). Every split part with PNUM/PNO passed `split.check_part`.
+
+    A named tuple, unlike the other events: one is built per packet, and a frozen dataclass's
+    __init__ sets each field through object.__setattr__ (1.8 against 0.7 µs here)."""
 
     packet: Packet
     frame: Frame

@@ -241,7 +241,7 @@ class DasSession:
         ack = wants_answer(packet)
         if (fragment or packet.split) and not self._track_split(packet, frame, now, fragment, events):
             return
-        events.append(PacketReceived(packet, frame, ack=ack, backfill=backfill, fragment=fragment))
+        events.append(PacketReceived(packet, frame, ack, backfill, fragment))
 
     def _reply_heartbeat(self, packet: Packet, events: list[Event]) -> None:
         choice = self.config.heartbeat_reply_per_mn.get(packet.mn or "", self.config.heartbeat_reply)
