@@ -199,6 +199,50 @@ async def test_a_restart_reads_back_the_periods_stored_after_the_series_row_was_
     assert await conn.fetchval("SELECT last_time FROM series") == hour(6)
 
 
+async def test_a_device_catching_up_in_order_moves_its_tail_gap_with_the_series_row_not_every_round(db, conn):
+    clock = Clock(hour(8) + timedelta(minutes=15))  # hours 1-7 overdue
+    gaps = tracker(db, clock, series_write_s=3600.0)
+    gaps.stored(data(hour(0)))
+    await gaps.flush()
+    assert [(r[2], r[3], r[4]) for r in await gap_rows(conn)] == [(hour(1), hour(7), 7)]
+    for n in (1, 2, 3):  # it answers the backfill (or replays a capture) oldest first
+        gaps.stored(data(hour(n)))
+    await gaps.flush()
+    [gap] = gaps.open_gaps(MN)
+    assert (gap.start, gap.end, gap.periods) == (hour(4), hour(7), 4)  # exact in memory at once
+    assert [(r[2], r[4]) for r in await gap_rows(conn)] == [(hour(1), 7)]  # the row waits, as `last` does
+    assert gaps.totals()[("2061", "open")] == (1, 4)
+    gaps.monotonic = lambda: float("inf")  # series_write_s passed
+    await gaps.flush()
+    assert [(r[2], r[4]) for r in await gap_rows(conn)] == [(hour(4), 4)]
+    assert await conn.fetchval("SELECT last_time FROM series") == hour(3)
+    for n in (4, 5, 6):
+        gaps.stored(data(hour(n)))
+    gaps.stored(data(hour(7)))  # the last missing period: the gap is filled, written in the next round
+    gaps.monotonic = lambda: 0.0
+    await gaps.flush()
+    assert [r[5] for r in await gap_rows(conn)] == ["filled"]
+    assert gaps.open_gaps(MN) == []
+
+
+async def test_a_restart_reads_back_how_far_a_device_caught_up_in_its_tail_gap(db, conn):
+    clock = Clock(hour(8) + timedelta(minutes=15))
+    first = tracker(db, clock, series_write_s=3600.0)
+    first.stored(data(hour(0)))
+    await first.flush()
+    await store_rows(conn, [hour(n) for n in range(4)])
+    for n in (1, 2, 3):
+        first.stored(data(hour(n)))  # tracked, the rows not written yet: then a crash
+    await first.flush()
+    assert [(r[2], r[4]) for r in await gap_rows(conn)] == [(hour(1), 7)]
+    again = tracker(db, clock, series_write_s=3600.0)
+    await again.flush()
+    [gap] = again.open_gaps(MN)
+    assert (gap.start, gap.end, gap.periods) == (hour(4), hour(7), 4)
+    await again.flush(loading=False)
+    assert [(r[2], r[3], r[4], r[5]) for r in await gap_rows(conn)] == [(hour(4), hour(7), 4, "open")]
+
+
 async def test_a_restart_reads_back_a_gap_the_crash_kept_from_being_written(db, conn):
     clock = Clock(hour(8))
     first = tracker(db, clock, grace_hour_s=LATER, series_write_s=3600.0)

@@ -203,7 +203,9 @@ class Grid:
         """Period `index` of runs[position] arrived: close, shrink or split that run."""
         run = self.runs[position]
         self.missing -= 1
-        self.touched.append(run)
+        touched = self.touched
+        if not touched or touched[-1] is not run:  # a run filled in order is listed once, not per period
+            touched.append(run)
         if run.start == run.end:
             del self.runs[position]
             run.filled = True

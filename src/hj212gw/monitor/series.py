@@ -101,7 +101,10 @@ class Series:
         True if the series changed in more than its newest period: a gap opened, grew, split or
         closed, its oldest period or its period changed. False for the usual arrival, the next
         period after the newest (or one stored already): only `last` moved, which a restart can
-        read back from `data` (storage.gaps.TAILS_SQL), so it need not be written at once."""
+        read back from `data` (storage.gaps.TAILS_SQL), so it need not be written at once. False
+        too when that next period is the first of a tail gap that stays open (a device catching up
+        in order after silence, or data older than the clock): the gap only starts one period
+        later, which the same read-back restores."""
         cadence = self.cadence
         if cadence is not None:
             cadence.observe(data_time)
@@ -116,9 +119,14 @@ class Series:
             return False
         index = grid.index_of(data_time)
         top = grid.top
-        if top is not None and index == top + 1 and top == grid.last:
-            grid.add(index)  # the next period, no tail run: only `last` and `top` move
-            return False
+        last = grid.last
+        if top is not None and last is not None and index == last + 1:
+            if top == last:
+                grid.add(index)  # the next period, no tail run: only `last` and `top` move
+                return False
+            if index < top:
+                grid.add(index)  # the tail run starts one period later, and `last` moves
+                return False
         return grid.add(index)
 
     def _regrid(self, period: timedelta, data_time: datetime) -> None:
