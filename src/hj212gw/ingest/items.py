@@ -100,6 +100,8 @@ def encoded_bytes(item: IngestItem) -> int:
     """What an item holds in the write queue: its encoded data rows, raw frames, split segments and
     alarm fields (as sent: a hostile alarm upload is as large as its segment). Runs per packet."""
     nbytes = len(item.data.copy) if item.data is not None else 0
+    if not item.split_parts and not item.alarms and len(item.frame_rows) == 1:
+        return nbytes + len(item.frame_rows[0].raw)  # a stored packet: its rows and its raw frame
     for row in item.frame_rows:
         nbytes += len(row.raw)
     for part in item.split_parts:
