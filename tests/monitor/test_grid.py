@@ -48,6 +48,17 @@ def test_late_data_shrinks_splits_and_closes_its_gap_keeping_the_older_piece_in_
     assert run.filled and run.periods == 0 and spans(grid) == [(6, 8)]
 
 
+def test_a_run_filled_in_order_is_listed_as_touched_once():
+    grid = grid_of([0])
+    grid.extend_to(500)  # a silent device's tail: periods 1-500 missing
+    grid.drain()
+    for index in range(1, 400):  # then it catches up, oldest first
+        grid.add(index)
+    assert spans(grid) == [(400, 500)]
+    assert len(grid.touched) == 1  # not one entry per period until the owner drains it
+    assert [(run.start, run.end) for run in grid.drain()] == [(400, 500)]
+
+
 def test_an_arrival_before_first_opens_the_gap_between():
     grid = grid_of([10, 11])
     grid.add(3)

@@ -87,6 +87,15 @@ def test_names_cache_stays_bounded() -> None:
     assert len(limits._NAMES_CHECKED) <= limits._NAMES_CACHE_SIZE
 
 
+def test_packets_of_one_layout_share_one_names_tuple() -> None:
+    # Built twice from the text, as two packets of one DAS are: equal tuples of distinct strings.
+    cp = "DataTime=20240315100000;w01018-Avg=1.5,w01018-Flag=N;a34013-Avg=2.5,a34013-Flag=N"
+    first, second = parse_cp("2051", cp), parse_cp("2051", cp.replace("1.5", "1.6"))
+    assert first.names == second.names == ("DataTime", "w01018-Avg", "w01018-Flag", "a34013-Avg", "a34013-Flag")
+    assert first.names is second.names  # the row-layout cache then finds it by identity
+    assert limits.checked_cp_names(tuple(first.names)) == ((), first.names)
+
+
 def test_errors_are_segment_errors_with_reason_and_qn_rtn() -> None:
     assert issubclass(FieldTooLong, SegmentError) and issubclass(TooManyFields, SegmentError)
     assert (FieldTooLong.reason, TooManyFields.reason) == ("field_too_long", "too_many_fields")
