@@ -24,6 +24,18 @@ def test_first_live_sample_clears_every_key_once_backfill_does_not() -> None:
     assert PacketRules(Thresholds.default()).on_sample(sample(minute(0), {"a21026": 30}, backfill=True)) == []
 
 
+def test_a_first_packet_that_shows_a_condition_fires_it_without_clearing_it_first() -> None:
+    # A device moving to this replica while flagged D and over its limit: the first-seen Clears of
+    # those keys would resolve the alerts the other replica raised and open second ones.
+    rules = PacketRules(parse_thresholds("[factors.a21026]\nlimit = 100\nlimit_cn = '2051'\n"))
+    first = rules.on_sample(sample(minute(0), {"a21026": 150, "a19001": 9}, flags={"a19001": "D"}))
+    fired = {(c.key.rule, c.key.factor, c.key.detail) for c in first if not isinstance(c, Clear)}
+    assert fired == {("flag_episode", "a19001", "D"), ("over_limit", "a21026", "")}
+    cleared = {(c.key.rule, c.key.factor, c.key.detail) for c in first if isinstance(c, Clear)}
+    assert not fired & cleared
+    assert ("flag_episode", "a19001", "F") in cleared and ("near_limit", "a21026", "") in cleared
+
+
 def test_quiet_drifting_data_fire_nothing() -> None:
     rules = PacketRules(Thresholds.default())
     rng = random.Random(3)

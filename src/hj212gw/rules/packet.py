@@ -107,6 +107,10 @@ class PacketRules:
 
     def on_sample(self, sample: Sample) -> list[AlertChange]:
         """The changes one committed packet makes (usually none: an empty list)."""
+        changes = self._judge(sample)
+        return _without_cleared_then_fired(changes) if len(changes) > 1 else changes
+
+    def _judge(self, sample: Sample) -> list[AlertChange]:
         device = self._devices.get(sample.mn)
         if device is None:
             device = self._devices[sample.mn] = Device()
@@ -282,6 +286,19 @@ class PacketRules:
                 for series in state.series:
                     series.set_window(state.value_range)
         return changes
+
+
+def _without_cleared_then_fired(changes: list[AlertChange]) -> list[AlertChange]:
+    """One packet's changes without a Clear of a key the same packet fires afterwards.
+
+    The first-seen Clears of a factor's keys come before the packet's own values are judged. A
+    device whose first packet here still shows a condition (flagged D, over its limit), e.g. on
+    the replica it just moved to, would otherwise resolve the alert that another replica raised
+    for that condition, and raise a second one for it at once."""
+    last_fire = {change.key: i for i, change in enumerate(changes) if not isinstance(change, Clear)}
+    if not last_fire:
+        return changes
+    return [c for i, c in enumerate(changes) if not (isinstance(c, Clear) and last_fire.get(c.key, -1) > i)]
 
 
 def _factors(fields: Mapping[str, str], suffix: str) -> list[str]:
