@@ -86,9 +86,7 @@ async def test_the_run_task_parses_the_backlog_as_the_writers_take_rows() -> Non
         await asyncio.sleep(0.02)
         assert parsed == []  # the writers' queue is over the mark
         rows.queued_rows = 0
-        async with asyncio.timeout(2):
-            while parsed != ["a"]:
-                await asyncio.sleep(0.001)
+        await until(lambda: parsed == ["a"], timeout_s=2)
     finally:
         task.cancel()
 
@@ -122,9 +120,7 @@ async def test_while_the_writers_take_nothing_the_run_task_looks_less_and_less_o
         await asyncio.sleep(0.5)
         assert parsed == [] and queue.looks < 30  # 1, 2, 4 ... 50 ms: about 15 looks, not 500
         queue.queued_rows = 0
-        async with asyncio.timeout(0.2):
-            while parsed != ["a"]:
-                await asyncio.sleep(0.005)
+        await until(lambda: parsed == ["a"], timeout_s=0.2)
     finally:
         task.cancel()
 
