@@ -37,20 +37,16 @@ from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.supervisor import Supervisor
 
 
+@dataclass(slots=True)
 class _Pending:
-    """One submitted item, queued or in a batch (one per packet); its row count is taken once."""
-
-    __slots__ = ("anonymous", "done", "item", "nbytes", "on_done", "refusal", "rows", "share")
-
-    def __init__(self, item: IngestItem, on_done: OnDone | None, nbytes: int, rows: int, share: QueueShare | None):
-        self.item = item
-        self.on_done = on_done
-        self.nbytes = nbytes
-        self.rows = rows  # item.row_count, counted once
-        self.share = share
-        self.done = False  # on_done was called: never again
-        self.refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
-        self.anonymous = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
+    item: IngestItem
+    on_done: OnDone | None
+    nbytes: int
+    rows: int  # item.row_count, counted once at submit
+    share: QueueShare | None
+    done: bool = False  # on_done was called: never again
+    refusal: BaseException | None = None  # PostgreSQL refused the item alone: only its evidence is left
+    anonymous: bool = False  # the evidence without mn/cn/qn (PostgreSQL refused those too)
 
 
 @dataclass(slots=True)
