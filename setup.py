@@ -1,0 +1,35 @@
+"""Build step beyond pyproject.toml: the per-packet modules compiled with mypyc.
+
+The list is hj212gw.native.COMPILED_MODULES; the SHA-256 of each source compiled goes to
+src/hj212gw/native_sources.json, which the package checks at import (a changed source runs as
+Python until it is rebuilt). Needs a C compiler. `HJ212GW_PURE_PYTHON=1` at build time skips the
+compilation: the package then runs as plain Python, about a third slower per packet.
+"""
+
+import json
+import os
+import runpy
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "src" / "hj212gw"
+
+
+def _ext_modules() -> list[object]:
+    manifest = PACKAGE / "native_sources.json"
+    if os.environ.get("HJ212GW_PURE_PYTHON", "") not in ("", "0"):
+        manifest.unlink(missing_ok=True)
+        return []
+    from mypyc.build import mypycify
+
+    native = runpy.run_path(str(PACKAGE / "native.py"))
+    modules: tuple[str, ...] = native["COMPILED_MODULES"]
+    sources = {m: PACKAGE.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in modules}
+    manifest.write_text(json.dumps({m: native["source_digest"](p) for m, p in sources.items()}, indent=1) + "\n")
+    os.chdir(ROOT)  # mypyc reads [tool.mypy] from pyproject.toml and names modules from src/
+    return mypycify([str(p.relative_to(ROOT)) for p in sources.values()], group_name="hj212gw_native", opt_level="3")
+
+
+setup(ext_modules=_ext_modules())
