@@ -1,0 +1,118 @@
+"""The compiled per-packet modules behave as their sources (hj212gw.native, setup.py)."""
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hj212gw import native
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != native.PURE_ENV} | env
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, check=True, timeout=120
+    )
+    return result.stdout
+
+
+def _corpus(**env: str) -> list[str]:
+    return _run("from tests.protocol.native_corpus import main; main()", **env).splitlines()
+
+
+@pytest.mark.skipif(native.mode() != "compiled", reason=f"this install runs its sources ({native.mode()})")
+def test_compiled_and_source_give_the_same_events_and_rows() -> None:
+    compiled = _corpus()
+    source = _corpus(**{native.PURE_ENV: "1"})
+    assert compiled[0] == "compiled"
+    assert source[0] == f"pure: {native.PURE_ENV} is set"
+    assert len(compiled) == len(source) > 5000
+    different = [i for i, (a, b) in enumerate(zip(compiled, source, strict=True)) if i and a != b]
+    assert not different, f"{len(different)} inputs differ, first: {compiled[different[0]][:500]}"
+    stored = sum("PacketReceived" in line for line in compiled)
+    refused = sum("FrameRejected" in line for line in compiled)
+    assert stored > 1000 and refused > 1000  # the corpus reaches both sides
+
+
+_WHERE = "import hj212gw.native as n, hj212gw.protocol.cp as cp; print(n.mode()); print(cp.__file__)"
+
+
+@pytest.mark.skipif(native.mode() != "compiled", reason=f"this install runs its sources ({native.mode()})")
+def test_the_switch_imports_every_listed_module_from_its_source() -> None:
+    mode, where = _run(_WHERE, **{native.PURE_ENV: "1"}).splitlines()
+    assert mode == f"pure: {native.PURE_ENV} is set"
+    assert where.endswith("cp.py")
+    imported = _run(
+        "import importlib, json, hj212gw.native as n; "
+        "print(json.dumps([importlib.import_module(m).__file__ for m in n.COMPILED_MODULES]))",
+        **{native.PURE_ENV: "1"},
+    )
+    assert all(path.endswith(".py") for path in json.loads(imported))
+    compiled = json.loads(
+        _run(
+            "import importlib, json, hj212gw.native as n; "
+            "print(json.dumps([importlib.import_module(m).__file__ for m in n.COMPILED_MODULES]))"
+        )
+    )
+    assert not any(path.endswith(".py") for path in compiled)
+
+
+def test_a_changed_source_runs_as_python_and_says_how_to_rebuild(tmp_path: Path) -> None:
+    """A copy of the package whose manifest no longer matches one source (an edited checkout)."""
+    package = tmp_path / "hj212gw"
+    source = Path(native.__file__).parent
+    package.mkdir()
+    (package / "__init__.py").write_text((source / "__init__.py").read_text())
+    (package / "native.py").write_text((source / "native.py").read_text())
+    listed = {m: package.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in native.COMPILED_MODULES}
+    for module, path in listed.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        path.write_text(f"WHO = {module!r}\n")
+        path.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"not loadable")  # "compiled"
+    manifest = {m: native.source_digest(p) for m, p in listed.items()}
+    (package / native.MANIFEST).write_text(json.dumps(manifest))
+    edited = listed["hj212gw.protocol.cp"]
+    edited.write_text("WHO = 'edited'\n")
+
+    code = "import hj212gw.native as n, hj212gw.protocol.cp as cp; print(n.mode()); print(cp.WHO)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")}
+        | {"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    mode, who = result.stdout.splitlines()
+    assert mode == "pure: changed since compiled (hj212gw.protocol.cp)"
+    assert who == "edited"  # the source ran, not the (fake) extension beside it
+    assert "hj212gw.protocol.cp changed since it was compiled" in result.stderr
+    assert "pip install -e ." in result.stderr
+
+
+def test_without_extensions_the_sources_run_and_nothing_is_said(tmp_path: Path) -> None:
+    package = tmp_path / "hj212gw"
+    package.mkdir()
+    source = Path(native.__file__).parent
+    (package / "__init__.py").write_text((source / "__init__.py").read_text())
+    (package / "native.py").write_text((source / "native.py").read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", "import hj212gw.native as n; print(n.mode())"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "pure: not compiled"
+    assert result.stderr == ""
