@@ -53,3 +53,11 @@ def test_plain_histogram_exposes_what_a_prometheus_client_histogram_would() -> N
     assert generate_latest(plain_registry) == generate_latest(reference_registry)
     assert plain_registry.get_sample_value("lat_seconds_bucket", {"le": "0.001"}) == 2
     assert plain_registry.get_sample_value("lat_seconds_bucket", {"le": "+Inf"}) == 8
+
+
+def test_build_info_says_whether_the_per_packet_modules_run_compiled() -> None:
+    from hj212gw import __version__, native
+
+    text = generate_latest(Metrics().registry).decode()
+    form = "compiled" if native.mode() == "compiled" else "pure"
+    assert f'hj212gw_build_info{{native="{form}",version="{__version__}"}} 1.0' in text

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from hj212gw import __version__, native
 from hj212gw.protocol.constants import Cn
 
 disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]  # the *_created series double the exposition for no operator value
@@ -178,6 +179,13 @@ class Metrics:
         self._acks = 0
         self._frames_ok_pending: dict[str, int] = {}
         r.register(_FlushFirst(self.flush))
+        self.build_info = Gauge(
+            "hj212gw_build_info",
+            "1, labelled with the version and whether the per-packet modules run compiled (hj212gw.native).",
+            ["version", "native"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__, native=native.mode().partition(":")[0]).set(1)
         self.connections_open = Gauge("hj212gw_connections_open", "DAS connections open now.", registry=r)
         self.connections_total = Counter(
             "hj212gw_connections_total", "DAS connections accepted or refused.", ["outcome"], registry=r

@@ -20,6 +20,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from hj212gw import native
 from hj212gw.alerts.acks import AlertAcks
 from hj212gw.alerts.config import AlertConfigError
 from hj212gw.api import build_app, start_http, stop_http
@@ -155,7 +156,7 @@ async def serve(settings: Settings) -> int:
         log.error("gateway_start_failed", reason=type(err).__name__, detail=str(err))
         return 1
     tune_gc()
-    log.info("gateway_started", listen=settings.listen, http=settings.http)
+    log.info("gateway_started", listen=settings.listen, http=settings.http, native=native.mode())
     await stop_requested.wait()
     log.info("gateway_stopping")
     await running.stop()

@@ -25,6 +25,7 @@ from types import FrameType
 
 import structlog
 
+from hj212gw import native
 from hj212gw.embedded_watchdog import CHECK_INTERVAL_S, EmbeddedWatchdog
 from hj212gw.logs import configure_logging
 from hj212gw.settings import Settings, split_host_port
@@ -145,7 +146,7 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     workers = [_Worker(i, worker_settings(settings, i, database_url)) for i in range(settings.workers)]
-    log.info("gateway_started", listen=settings.listen, workers=settings.workers)
+    log.info("gateway_started", listen=settings.listen, workers=settings.workers, native=native.mode())
     next_check = time.monotonic() + CHECK_INTERVAL_S
     try:
         while not stopping:
