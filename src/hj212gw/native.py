@@ -42,9 +42,20 @@ COMPILED_MODULES: Final = (
     "hj212gw.protocol.segment",
     "hj212gw.protocol.session",
     "hj212gw.protocol.split",
+    "hj212gw.storage.pgcopy",
     "hj212gw.ingest.layout",
     "hj212gw.ingest.rows",
-    "hj212gw.storage.pgcopy",
+    "hj212gw.ingest.intake",
+    "hj212gw.monitor.cadence",
+    "hj212gw.monitor.grid",
+    "hj212gw.monitor.hub",
+    "hj212gw.monitor.series",
+    "hj212gw.monitor.state",
+    "hj212gw.server.admission",
+    "hj212gw.server.bindings",
+    "hj212gw.server.connection",
+    "hj212gw.server.flow",
+    "hj212gw.server.registry",
 )
 MANIFEST: Final = "native_sources.json"  # module -> SHA-256 of the source compiled (setup.py)
 PURE_ENV: Final = "HJ212GW_PURE_PYTHON"
@@ -100,7 +111,7 @@ def select() -> None:
     elif stale := _stale(COMPILED_MODULES):
         _mode = f"pure: changed since compiled ({', '.join(stale)})"
         print(
-            f"hj212gw: {stale[0]} changed since it was compiled; running the Python sources "
+            f"hj212gw.native: {stale[0]} changed since it was compiled; running the Python sources "
             f"(slower). Rebuild with `pip install -e .` (or set {PURE_ENV}=1 to say so).",
             file=sys.stderr,
         )

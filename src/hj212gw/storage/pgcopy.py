@@ -19,15 +19,15 @@ from typing import Any
 from hj212gw.storage.columns import DATA_COLUMN_TYPES, DATA_COLUMNS, FRAME_COLUMNS, PACKET_COLUMNS
 from hj212gw.storage.rows import DataRow, FrameRow
 
-HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-TRAILER = struct.pack(">h", -1)
-NULL = struct.pack(">i", -1)
-ROW_START = struct.pack(">h", len(DATA_COLUMNS))
-FRAME_ROW_START = struct.pack(">h", len(FRAME_COLUMNS))
+HEADER: bytes = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER: bytes = struct.pack(">h", -1)
+NULL: bytes = struct.pack(">i", -1)
+ROW_START: bytes = struct.pack(">h", len(DATA_COLUMNS))
+FRAME_ROW_START: bytes = struct.pack(">h", len(FRAME_COLUMNS))
 TEXT_OID = 25  # pg_type oid of text, the element type of a text[] in array_send's format
-EMPTY_TEXT_ARRAY = struct.pack(">iiii", 12, 0, 0, TEXT_OID)  # length 12: no dimensions, no NULLs, text
-TRUE = struct.pack(">ib", 1, 1)
-FALSE = struct.pack(">ib", 1, 0)
+EMPTY_TEXT_ARRAY: bytes = struct.pack(">iiii", 12, 0, 0, TEXT_OID)  # length 12: no dimensions, no NULLs, text
+TRUE: bytes = struct.pack(">ib", 1, 1)
+FALSE: bytes = struct.pack(">ib", 1, 0)
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
