@@ -1,7 +1,9 @@
 # hj212gw gateway image: slim, non-root, health-checked.
-FROM python:3.11-slim AS build
+# The full image has the C compiler that mypyc needs for the compiled modules (setup.py); the
+# runtime image gets only the built package.
+FROM python:3.11 AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install .
 
