@@ -47,6 +47,8 @@ COMPILED_MODULES: Final = (
     "hj212gw.ingest.rows",
     "hj212gw.ingest.intake",
     "hj212gw.monitor.cadence",
+    "hj212gw.monitor.devices",
+    "hj212gw.monitor.gaps",
     "hj212gw.monitor.grid",
     "hj212gw.monitor.hub",
     "hj212gw.monitor.series",
