@@ -83,21 +83,38 @@ def _compiled(module: str) -> bool:
     return any(source.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
+def _extension_modules() -> list[str]:
+    """Every module of the package with an extension file beside its source."""
+    found = []
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for path in _PACKAGE_DIR.rglob(f"*{suffix}"):
+            source = path.with_name(path.name[: -len(suffix)] + ".py")
+            if source.exists():
+                found.append(".".join(("hj212gw", *source.relative_to(_PACKAGE_DIR).with_suffix("").parts)))
+    return found
+
+
 def _stale(modules: Sequence[str]) -> list[str]:
+    """Listed modules whose extension is missing or older than their source, and extensions left
+    from an earlier build for modules no longer listed (they would call into a different build)."""
     try:
         built = json.loads((_PACKAGE_DIR / MANIFEST).read_text())
     except (OSError, ValueError):
         return list(modules)
-    return [m for m in modules if not _compiled(m) or built.get(m) != source_digest(_source(m))]
+    changed = [m for m in modules if not _compiled(m) or built.get(m) != source_digest(_source(m))]
+    return changed + sorted(set(_extension_modules()) - set(modules))
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Imports the listed modules from their `.py`, ahead of the extension next to it."""
+    """Imports the given modules from their `.py`, ahead of the extension next to it."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = frozenset(modules)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in COMPILED_MODULES:
+        if fullname not in self.modules:
             return None
         return importlib.util.spec_from_file_location(fullname, _source(fullname))
 
@@ -105,20 +122,21 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 def select() -> None:
     """Decide once, before any listed module is imported, which form this process runs."""
     global _mode
-    if not any(_compiled(m) for m in COMPILED_MODULES):
+    if not _extension_modules():
         _mode = "pure: not compiled"
         return
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         _mode = f"pure: {PURE_ENV} is set"
     elif stale := _stale(COMPILED_MODULES):
-        _mode = f"pure: changed since compiled ({', '.join(stale)})"
+        _mode = f"pure: sources changed since compiled ({', '.join(stale)})"
         print(
-            f"hj212gw.native: {stale[0]} changed since it was compiled; running the Python sources "
-            f"(slower). Rebuild with `pip install -e .` (or set {PURE_ENV}=1 to say so).",
+            f"hj212gw.native: the compiled modules do not match their sources (first: {stale[0]}); "
+            f"running the Python sources (slower). Rebuild with `pip install -e .` (or set {PURE_ENV}=1 "
+            "to say so).",
             file=sys.stderr,
         )
     else:
         _mode = "compiled"
         return
     if not any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _SourceFinder())
+        sys.meta_path.insert(0, _SourceFinder((*COMPILED_MODULES, *_extension_modules())))

@@ -63,40 +63,64 @@ def test_the_switch_imports_every_listed_module_from_its_source() -> None:
     assert not any(path.endswith(".py") for path in compiled)
 
 
-def test_a_changed_source_runs_as_python_and_says_how_to_rebuild(tmp_path: Path) -> None:
-    """A copy of the package whose manifest no longer matches one source (an edited checkout)."""
-    package = tmp_path / "hj212gw"
+def _built_copy(root: Path) -> dict[str, Path]:
+    """A copy of the package as a build leaves it: every listed module with an extension file
+    beside its source (not loadable: only the sources may run) and a matching manifest."""
+    package = root / "hj212gw"
     source = Path(native.__file__).parent
     package.mkdir()
     (package / "__init__.py").write_text((source / "__init__.py").read_text())
     (package / "native.py").write_text((source / "native.py").read_text())
     listed = {m: package.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in native.COMPILED_MODULES}
     for module, path in listed.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (path.parent / "__init__.py").touch()
-        path.write_text(f"WHO = {module!r}\n")
-        path.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"not loadable")  # "compiled"
-    manifest = {m: native.source_digest(p) for m, p in listed.items()}
-    (package / native.MANIFEST).write_text(json.dumps(manifest))
-    edited = listed["hj212gw.protocol.cp"]
-    edited.write_text("WHO = 'edited'\n")
+        _fake_extension(path, module)
+    (package / native.MANIFEST).write_text(json.dumps({m: native.source_digest(p) for m, p in listed.items()}))
+    return listed
 
-    code = "import hj212gw.native as n, hj212gw.protocol.cp as cp; print(n.mode()); print(cp.WHO)"
-    result = subprocess.run(
+
+def _fake_extension(path: Path, module: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "__init__.py").touch()
+    path.write_text(f"WHO = {module!r}\n")
+    path.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"not loadable")
+
+
+def _import_from(root: Path, module: str) -> subprocess.CompletedProcess[str]:
+    code = f"import hj212gw.native as n, {module} as m; print(n.mode()); print(m.WHO)"
+    return subprocess.run(
         [sys.executable, "-c", code],
-        cwd=tmp_path,
+        cwd=root,
         env={k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")}
-        | {"PYTHONPATH": str(tmp_path)},
+        | {"PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
+
+
+def test_a_changed_source_runs_as_python_and_says_how_to_rebuild(tmp_path: Path) -> None:
+    listed = _built_copy(tmp_path)
+    listed["hj212gw.protocol.cp"].write_text("WHO = 'edited'\n")  # an edited checkout
+
+    result = _import_from(tmp_path, "hj212gw.protocol.cp")
     mode, who = result.stdout.splitlines()
-    assert mode == "pure: changed since compiled (hj212gw.protocol.cp)"
-    assert who == "edited"  # the source ran, not the (fake) extension beside it
-    assert "hj212gw.protocol.cp changed since it was compiled" in result.stderr
+    assert mode == "pure: sources changed since compiled (hj212gw.protocol.cp)"
+    assert who == "edited"  # the source ran, not the extension beside it
+    assert "do not match their sources (first: hj212gw.protocol.cp)" in result.stderr
     assert "pip install -e ." in result.stderr
+
+
+def test_an_extension_left_from_an_earlier_build_is_not_run(tmp_path: Path) -> None:
+    """A module compiled once and no longer listed keeps its extension in an editable checkout
+    (setup.py removes it at the next build): it would call into a group library that changed."""
+    _built_copy(tmp_path)
+    _fake_extension(tmp_path / "hj212gw" / "rules" / "packet.py", "hj212gw.rules.packet")
+
+    result = _import_from(tmp_path, "hj212gw.rules.packet")
+    mode, who = result.stdout.splitlines()
+    assert mode == "pure: sources changed since compiled (hj212gw.rules.packet)"
+    assert who == "hj212gw.rules.packet"  # from its source
 
 
 def test_without_extensions_the_sources_run_and_nothing_is_said(tmp_path: Path) -> None:
