@@ -32,7 +32,11 @@ def _ext_modules() -> list[object]:
     sources = {m: PACKAGE.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in modules}
     manifest.write_text(json.dumps({m: native["source_digest"](p) for m, p in sources.items()}, indent=1) + "\n")
     os.chdir(ROOT)  # mypyc reads [tool.mypy] from pyproject.toml and names modules from src/
-    return mypycify([str(p.relative_to(ROOT)) for p in sources.values()], group_name="hj212gw_native", opt_level="3")
+    # The same build whatever the environment holds: third-party packages are not read (their
+    # types are Any, also when installed), and modules outside the list are followed silently.
+    flags = ["--no-site-packages", "--follow-imports=silent", "--no-warn-unused-ignores"]
+    paths = [str(p.relative_to(ROOT)) for p in sources.values()]
+    return mypycify([*flags, *paths], group_name="hj212gw_native", opt_level="3")
 
 
 setup(ext_modules=_ext_modules())
