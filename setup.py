@@ -19,16 +19,17 @@ PACKAGE = ROOT / "src" / "hj212gw"
 
 def _ext_modules() -> list[object]:
     manifest = PACKAGE / "native_sources.json"
-    if os.environ.get("HJ212GW_PURE_PYTHON", "") not in ("", "0"):
+    native = runpy.run_path(str(PACKAGE / "native.py"))
+    pure = os.environ.get("HJ212GW_PURE_PYTHON", "") not in ("", "0")
+    modules: tuple[str, ...] = () if pure else native["COMPILED_MODULES"]
+    for leftover in set(native["_extension_modules"]()) - set(modules):  # from an earlier build
+        for path in PACKAGE.joinpath(*leftover.split(".")[1:]).parent.glob(leftover.rpartition(".")[2] + ".*.so"):
+            path.unlink()
+    if pure:
         manifest.unlink(missing_ok=True)
         return []
     from mypyc.build import mypycify
 
-    native = runpy.run_path(str(PACKAGE / "native.py"))
-    modules: tuple[str, ...] = native["COMPILED_MODULES"]
-    for leftover in set(native["_extension_modules"]()) - set(modules):  # no longer compiled
-        for path in PACKAGE.joinpath(*leftover.split(".")[1:]).parent.glob(leftover.rpartition(".")[2] + ".*.so"):
-            path.unlink()
     sources = {m: PACKAGE.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in modules}
     manifest.write_text(json.dumps({m: native["source_digest"](p) for m, p in sources.items()}, indent=1) + "\n")
     os.chdir(ROOT)  # mypyc reads [tool.mypy] from pyproject.toml and names modules from src/

@@ -1,16 +1,19 @@
 """Which modules run compiled, and the switch back to their Python sources.
 
 The modules every packet passes through (framing, CRC, segment and CP parsing, the session, the
-row encoders) are compiled with mypyc when the package is built (setup.py): the same source, as C
-extensions next to it, about a third less CPU per packet. The `.py` files stay the definition;
-tests/protocol/test_native.py holds both forms to the same results.
+row encoders, the connection path, the monitor's trackers) are compiled with mypyc when the
+package is built (setup.py): the same source, as C extensions next to it, about a third less CPU
+per packet. The `.py` files stay the definition; tests/protocol/test_native.py holds both forms
+to the same results.
 
 The compiled form is skipped, and every listed module imported from its `.py` instead, when:
 - `HJ212GW_PURE_PYTHON=1` is set (for a profiler that should see inside these modules, or to rule
   the compiled form out when chasing a bug);
 - a listed source no longer matches what was compiled (an edited checkout of an editable install):
   running stale code would be worse than running slower code, so the sources run and one line on
-  stderr says how to rebuild.
+  stderr says how to rebuild;
+- an extension is left from an earlier build for a module no longer listed (setup.py removes
+  such files when it builds).
 All or nothing: compiled modules call each other directly, so a mix would run old code.
 
 Imports nothing of hj212gw: `hj212gw/__init__.py` calls `select()` before any other module loads.
