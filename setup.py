@@ -22,9 +22,10 @@ def _ext_modules() -> list[object]:
     native = runpy.run_path(str(PACKAGE / "native.py"))
     pure = os.environ.get("HJ212GW_PURE_PYTHON", "") not in ("", "0")
     modules: tuple[str, ...] = () if pure else native["COMPILED_MODULES"]
-    for leftover in set(native["_extension_modules"]()) - set(modules):  # from an earlier build
-        for path in PACKAGE.joinpath(*leftover.split(".")[1:]).parent.glob(leftover.rpartition(".")[2] + ".*.so"):
-            path.unlink()
+    for module, paths in native["extension_files"]().items():
+        if module not in modules:  # from an earlier build
+            for path in paths:
+                path.unlink()
     if pure:
         manifest.unlink(missing_ok=True)
         return []

@@ -26,12 +26,12 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-__all__ = ["COMPILED_MODULES", "MANIFEST", "PURE_ENV", "mode", "select", "source_digest"]
+__all__ = ["COMPILED_MODULES", "MANIFEST", "PURE_ENV", "extension_files", "mode", "select", "source_digest"]
 
 COMPILED_MODULES: Final = (
     "hj212gw.protocol.builders",
@@ -81,31 +81,29 @@ def _source(module: str) -> Path:
     return _PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
-def _compiled(module: str) -> bool:
-    source = _source(module)
-    return any(source.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
-
-
-def _extension_modules() -> list[str]:
-    """Every module of the package with an extension file beside its source."""
-    found = []
+def extension_files() -> dict[str, list[Path]]:
+    """Every module of the package with an extension file beside its source, and those files
+    (setup.py removes the ones of modules no longer listed)."""
+    found: dict[str, list[Path]] = {}
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         for path in _PACKAGE_DIR.rglob(f"*{suffix}"):
             source = path.with_name(path.name[: -len(suffix)] + ".py")
             if source.exists():
-                found.append(".".join(("hj212gw", *source.relative_to(_PACKAGE_DIR).with_suffix("").parts)))
+                module = ".".join(("hj212gw", *source.relative_to(_PACKAGE_DIR).with_suffix("").parts))
+                found.setdefault(module, []).append(path)
     return found
 
 
-def _stale(modules: Sequence[str]) -> list[str]:
-    """Listed modules whose extension is missing or older than their source, and extensions left
-    from an earlier build for modules no longer listed (they would call into a different build)."""
+def _stale(modules: Sequence[str], extensions: Collection[str]) -> list[str]:
+    """Listed modules without an extension or whose source changed since it was compiled, then
+    extensions left from an earlier build for modules no longer listed (they would call into a
+    different build)."""
     try:
         built = json.loads((_PACKAGE_DIR / MANIFEST).read_text())
     except (OSError, ValueError):
         return list(modules)
-    changed = [m for m in modules if not _compiled(m) or built.get(m) != source_digest(_source(m))]
-    return changed + sorted(set(_extension_modules()) - set(modules))
+    changed = [m for m in modules if m not in extensions or built.get(m) != source_digest(_source(m))]
+    return changed + sorted(set(extensions) - set(modules))
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -125,12 +123,13 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 def select() -> None:
     """Decide once, before any listed module is imported, which form this process runs."""
     global _mode
-    if not _extension_modules():
+    extensions = extension_files()
+    if not extensions:
         _mode = "pure: not compiled"
         return
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         _mode = f"pure: {PURE_ENV} is set"
-    elif stale := _stale(COMPILED_MODULES):
+    elif stale := _stale(COMPILED_MODULES, extensions):
         _mode = f"pure: sources changed since compiled ({', '.join(stale)})"
         print(
             f"hj212gw.native: the compiled modules do not match their sources (first: {stale[0]}); "
@@ -142,4 +141,4 @@ def select() -> None:
         _mode = "compiled"
         return
     if not any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _SourceFinder((*COMPILED_MODULES, *_extension_modules())))
+        sys.meta_path.insert(0, _SourceFinder((*COMPILED_MODULES, *extensions)))

@@ -14,12 +14,18 @@ from hj212gw import native
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(code: str, **env: str) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != native.PURE_ENV} | env
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, check=True, timeout=120
+def _python(code: str, *, root: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter; with `root`, hj212gw is the package under `root`."""
+    environment = {k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")} | env
+    if root != ROOT:
+        environment["PYTHONPATH"] = str(root)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=environment, capture_output=True, text=True, check=True, timeout=120
     )
-    return result.stdout
+
+
+def _run(code: str, **env: str) -> str:
+    return _python(code, **env).stdout
 
 
 def _corpus(**env: str) -> list[str]:
@@ -63,14 +69,20 @@ def test_the_switch_imports_every_listed_module_from_its_source() -> None:
     assert not any(path.endswith(".py") for path in compiled)
 
 
-def _built_copy(root: Path) -> dict[str, Path]:
-    """A copy of the package as a build leaves it: every listed module with an extension file
-    beside its source (not loadable: only the sources may run) and a matching manifest."""
+def _package_copy(root: Path) -> Path:
+    """The package's `__init__` and `native` under `root`, and nothing else yet."""
     package = root / "hj212gw"
     source = Path(native.__file__).parent
     package.mkdir()
     (package / "__init__.py").write_text((source / "__init__.py").read_text())
     (package / "native.py").write_text((source / "native.py").read_text())
+    return package
+
+
+def _built_copy(root: Path) -> dict[str, Path]:
+    """A copy of the package as a build leaves it: every listed module with an extension file
+    beside its source (not loadable: only the sources may run) and a matching manifest."""
+    package = _package_copy(root)
     listed = {m: package.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in native.COMPILED_MODULES}
     for module, path in listed.items():
         _fake_extension(path, module)
@@ -86,17 +98,7 @@ def _fake_extension(path: Path, module: str) -> None:
 
 
 def _import_from(root: Path, module: str) -> subprocess.CompletedProcess[str]:
-    code = f"import hj212gw.native as n, {module} as m; print(n.mode()); print(m.WHO)"
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=root,
-        env={k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")}
-        | {"PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    return _python(f"import hj212gw.native as n, {module} as m; print(n.mode()); print(m.WHO)", root=root)
 
 
 def test_a_changed_source_runs_as_python_and_says_how_to_rebuild(tmp_path: Path) -> None:
@@ -123,20 +125,20 @@ def test_an_extension_left_from_an_earlier_build_is_not_run(tmp_path: Path) -> N
     assert who == "hj212gw.rules.packet"  # from its source
 
 
+def test_extensions_without_their_manifest_are_not_run(tmp_path: Path) -> None:
+    """A build interrupted after compiling, or a manifest removed: nothing proves the extensions
+    are of these sources, so the sources run."""
+    _built_copy(tmp_path)
+    (tmp_path / "hj212gw" / native.MANIFEST).unlink()
+
+    result = _import_from(tmp_path, "hj212gw.protocol.cp")
+    mode, who = result.stdout.splitlines()
+    assert mode == f"pure: sources changed since compiled ({', '.join(native.COMPILED_MODULES)})"
+    assert who == "hj212gw.protocol.cp"
+
+
 def test_without_extensions_the_sources_run_and_nothing_is_said(tmp_path: Path) -> None:
-    package = tmp_path / "hj212gw"
-    package.mkdir()
-    source = Path(native.__file__).parent
-    (package / "__init__.py").write_text((source / "__init__.py").read_text())
-    (package / "native.py").write_text((source / "native.py").read_text())
-    result = subprocess.run(
-        [sys.executable, "-c", "import hj212gw.native as n; print(n.mode())"],
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    _package_copy(tmp_path)
+    result = _python("import hj212gw.native as n; print(n.mode())", root=tmp_path)
     assert result.stdout.strip() == "pure: not compiled"
     assert result.stderr == ""
