@@ -15,6 +15,7 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "src" / "hj212gw"
+GROUP = "hj212gw_native"  # the shared library of the compiled modules, beside the package
 
 
 def _ext_modules() -> list[object]:
@@ -28,6 +29,8 @@ def _ext_modules() -> list[object]:
                 path.unlink()
     if pure:
         manifest.unlink(missing_ok=True)
+        for path in PACKAGE.parent.glob(f"{GROUP}__mypyc.*"):
+            path.unlink()
         return []
     from mypyc.build import mypycify
 
@@ -38,7 +41,7 @@ def _ext_modules() -> list[object]:
     # types are Any, also when installed), and modules outside the list are followed silently.
     flags = ["--no-site-packages", "--follow-imports=silent", "--no-warn-unused-ignores"]
     paths = [str(p.relative_to(ROOT)) for p in sources.values()]
-    return mypycify([*flags, *paths], group_name="hj212gw_native", opt_level="3")
+    return mypycify([*flags, *paths], group_name=GROUP, opt_level="3")
 
 
 setup(ext_modules=_ext_modules())
