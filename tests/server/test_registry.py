@@ -1,9 +1,13 @@
 """The device policy decisions: unknown MNs, PW authentication (tofu, registry, off), quarantined
 and disabled devices, pins learned from PostgreSQL."""
 
+import gc
+
+import asyncpg
 import pytest
 
 from hj212gw.server.registry import Admission, AuthMode, DeviceEntry, DeviceRegistry
+from hj212gw.storage.db import Database
 
 
 def registry(unknown_mn: str = "accept", auth: AuthMode = "tofu") -> DeviceRegistry:
@@ -121,3 +125,23 @@ def test_expired_alternate_pws_are_dropped_when_the_next_pw_change_comes() -> No
         reg.change_pw(f"MN{n}", "654321", old_for_s=0.0)
     reg.expect_pw("OK", "111111")
     assert reg._alternate_pw.keys() == {"OK"}
+
+
+async def test_a_refresh_postgresql_refuses_raises_and_keeps_the_devices_loaded(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    """`refresh` runs compiled, and its query fails inside `async with pool.acquire()`: the shape
+    (an asyncpg error through a compiled `async with`) that crashed the interpreter when
+    storage/batch.py was compiled (docs/architecture.md, "Compiled modules"). Many times over, with
+    a collection between: it raises the error, and the registry keeps what it held."""
+    reg = registry()
+    await conn.execute("ALTER TABLE devices RENAME TO devices_away")
+    for _ in range(200):
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await reg.refresh(db)
+    gc.collect()
+    assert len(reg) == 7 and reg.get("Q") == DeviceEntry("Q", "quarantined", "111111", True, None, frozenset())
+    await conn.execute("ALTER TABLE devices_away RENAME TO devices")
+    await conn.execute("INSERT INTO devices (mn, status, first_seen) VALUES ('BACK', 'accepted', now())")
+    await reg.refresh(db)
+    assert len(reg) == 1 and reg.get("BACK") is not None

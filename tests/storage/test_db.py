@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -89,6 +90,38 @@ async def test_same_key_twice_in_one_batch_keeps_the_last(db: Database, conn: as
     await db.save_batch([row(), row(avg=1.0)])
     (got,) = await stored(conn)
     assert got["avg"] == 1.0
+
+
+async def test_a_batch_of_copies_is_atomic_when_postgresql_refuses_its_last_copy(
+    db: Database, conn: asyncpg.Connection
+) -> None:
+    """The common batch is one transaction in two round trips (`BEGIN; COPY data`, then
+    `COPY raw_frames; COMMIT`): a raw frame PostgreSQL refuses (an MN too long for its index) takes
+    the batch's data with it, the COMMIT after it never runs, and the pool's connection comes back
+    out of any transaction, so the next batch commits."""
+    too_long = random.Random(7).randbytes(3000).hex()  # incompressible: over a btree entry's limit
+    refused = FrameRow(received_at=RECEIVED, raw=b"##refused", mn=too_long, cn="2051", verdict="ok")
+    with pytest.raises(asyncpg.ProgramLimitExceededError):
+        await db.save_batch([row()], [refused])
+    assert await stored(conn) == [] and await conn.fetchval("SELECT count(*) FROM raw_frames") == 0
+    async with db.pool.acquire() as pooled:
+        assert not pooled.is_in_transaction()
+    frame = FrameRow(received_at=RECEIVED, raw=b"##fine", mn=MN, cn="2051", verdict="ok")
+    assert await db.save_batch([row(), row(factor="a34004")], [frame]) == 2
+    assert len(await stored(conn)) == 2 and await conn.fetchval("SELECT count(*) FROM raw_frames") == 1
+
+
+async def test_a_batch_of_one_copy_commits_without_a_transaction_block(db: Database, conn: asyncpg.Connection) -> None:
+    """Raw frames alone (rejected frames: a flood of junk) or data alone is one COPY, a transaction
+    of its own; a refused one leaves nothing behind either."""
+    frames = [FrameRow(received_at=RECEIVED, raw=b"##junk%d" % n, verdict="crc_mismatch") for n in range(3)]
+    assert await db.save_batch([], frames) == 0
+    assert await db.save_batch([row()]) == 1
+    with pytest.raises(asyncpg.ProgramLimitExceededError):
+        await db.save_batch([row(factor=random.Random(8).randbytes(3000).hex())])
+    assert await conn.fetchval("SELECT count(*) FROM raw_frames") == 3 and len(await stored(conn)) == 1
+    async with db.pool.acquire() as pooled:
+        assert not pooled.is_in_transaction()
 
 
 async def test_new_keys_go_straight_in_and_a_plain_duplicate_falls_back_to_the_upsert(

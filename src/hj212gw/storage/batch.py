@@ -13,11 +13,17 @@ direct COPY; a unique violation (a resend, a duplicate, the same key twice in th
 deadlock with another writer rolls its transaction back, and the batch is written again with the
 staged merge, which gives every case its defined meaning. After a conflict the next
 `DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the merge.
+
+A batch of COPYs alone (the common batch: data and raw frames) takes two round trips, not four:
+`BEGIN` travels in the simple-query message of the first COPY and `COMMIT` in that of the last
+(`_copy_in_one_transaction`). Each round trip waits for the gateway's event loop to come back to
+the writer's socket, and under load that wait is most of a commit (docs/benchmarks.md, round 13).
 Month partitions are asked for only by rows inside the DataTime tolerance window (`months_needed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -43,6 +49,16 @@ CREATE TEMP TABLE IF NOT EXISTS data_candidates (
     pos bigint, stored boolean, fresh boolean, win boolean
 ) ON COMMIT DELETE ROWS"""
 MERGE_DATA_SQL = "SELECT merge_data_stage()"
+
+
+def _copy_sql(table: str, columns: Sequence[str]) -> str:
+    """What asyncpg's copy_to_table(table, columns=..., format="binary") sends."""
+    quoted = ", ".join('"' + column + '"' for column in columns)
+    return f"COPY {table} ({quoted}) FROM STDIN (FORMAT binary)"
+
+
+COPY_DATA_SQL = _copy_sql("data", DATA_COLUMNS)
+COPY_FRAMES_SQL = _copy_sql("raw_frames", FRAME_COLUMNS)
 
 UPSERT_DEVICES_SQL = """
 INSERT INTO devices AS v (mn, protocol_version, st, last_peer, first_seen, status, last_seen)
@@ -167,7 +183,8 @@ async def write_batch(
     rows when it arrives); `data_rows` are encoded here. Without a `guard`, or with `may_copy`
     False (the batch carries resends), data takes the staged upsert. A direct COPY that meets
     an existing key (or a deadlock) rolls the whole transaction back, and the batch is written
-    again with the upsert: no savepoint, so the common batch costs BEGIN, two COPYs and COMMIT.
+    again with the upsert: no savepoint, so the common batch is BEGIN, two COPYs and COMMIT, in
+    two round trips.
     """
     data = pgcopy.copy_data([*data_copy, *[pgcopy.data_row(r) for r in data_rows]]) if data_rows or data_copy else None
     frames = pgcopy.copy_data([pgcopy.frame_row(r) for r in frame_rows]) if frame_rows else None
@@ -196,6 +213,12 @@ async def _write(
     alarms: Sequence[AlarmRow] = (),
 ) -> int:
     """One transaction: data (straight COPY or staged upsert), raw frames, split parts, alarm events."""
+    if not split_parts and not alarms and (direct or data is None):
+        copies = [(COPY_DATA_SQL, data)] if data is not None else []
+        if frames is not None:
+            copies.append((COPY_FRAMES_SQL, frames))
+        statuses = await _copy_in_one_transaction(conn, copies)
+        return int(statuses[0].rsplit(" ", 1)[-1]) if data is not None else 0
     changed = 0
     async with conn.transaction():
         if data is not None:
@@ -222,3 +245,37 @@ async def _merge(conn: asyncpg.Connection, source: memoryview) -> int:
     await conn.execute(CREATE_STAGE_SQL)
     await conn.copy_to_table(STAGE_TABLE, source=source, columns=DATA_COLUMNS, schema_name="pg_temp", format="binary")
     return int(await conn.fetchval(MERGE_DATA_SQL))
+
+
+async def _copy_in_one_transaction(conn: asyncpg.Connection, copies: Sequence[tuple[str, memoryview]]) -> list[str]:
+    """Run COPY ... FROM STDIN statements as one transaction, in one round trip each; their
+    command tags (`COPY n`). Atomic, or raises with nothing written and the connection out of any
+    transaction.
+
+    A lone COPY is a transaction of its own. With more, the first one's simple-query message is
+    `BEGIN; COPY …` and the last one's `COPY …; COMMIT`: PostgreSQL runs the statements of one
+    message in order, the COPY's data follows in the same write, and a failing statement skips the
+    rest of its message (a COMMIT after a failed COPY never runs). asyncpg's public copy_to_table()
+    builds its own statement, so this calls the method under it, `Connection._copy_in` (asyncpg is
+    pinned below the next release in pyproject.toml for that; tests/storage/test_db.py covers
+    commits, conflicts and refusals on this path).
+    """
+    if not copies:
+        return []
+    last = len(copies) - 1
+    statuses = []
+    try:
+        for i, (sql, source) in enumerate(copies):
+            if last:
+                sql = f"BEGIN; {sql}" if i == 0 else f"{sql}; COMMIT" if i == last else sql
+            status = await conn._copy_in(sql, source, None)
+            # The tag of the last command in the message: COMMIT's, after the last COPY.
+            statuses.append(status)
+    except BaseException:
+        # A failed statement leaves the transaction aborted: roll it back here, so the pool
+        # gets the connection back clean (if it is broken, the pool drops it).
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    return statuses
