@@ -13,12 +13,12 @@ direct COPY; a unique violation (a resend, a duplicate, the same key twice in th
 deadlock with another writer rolls its transaction back, and the batch is written again with the
 staged merge, which gives every case its defined meaning. After a conflict the next
 `DirectInsertGuard.COOL_DOWN` batches, and any batch carrying resends, go straight to the merge.
+Month partitions are asked for only by rows inside the DataTime tolerance window (`months_needed`).
 
 A batch of COPYs alone (the common batch: data and raw frames) takes two round trips, not four:
 `BEGIN` travels in the simple-query message of the first COPY and `COMMIT` in that of the last
 (`_copy_in_one_transaction`). Each round trip waits for the gateway's event loop to come back to
 the writer's socket, and under load that wait is most of a commit (docs/benchmarks.md, round 13).
-Month partitions are asked for only by rows inside the DataTime tolerance window (`months_needed`).
 """
 
 from __future__ import annotations
@@ -248,9 +248,9 @@ async def _merge(conn: asyncpg.Connection, source: memoryview) -> int:
 
 
 async def _copy_in_one_transaction(conn: asyncpg.Connection, copies: Sequence[tuple[str, memoryview]]) -> list[str]:
-    """Run COPY ... FROM STDIN statements as one transaction, in one round trip each; their
-    command tags (`COPY n`). Atomic, or raises with nothing written and the connection out of any
-    transaction.
+    """Run COPY ... FROM STDIN statements as one transaction, in one round trip each; the command
+    tag each message ended with (`COPY n`; the last one's is `COMMIT` when there are several).
+    Atomic, or raises with nothing written and the connection out of any transaction.
 
     A lone COPY is a transaction of its own. With more, the first one's simple-query message is
     `BEGIN; COPY …` and the last one's `COPY …; COMMIT`: PostgreSQL runs the statements of one
@@ -268,9 +268,7 @@ async def _copy_in_one_transaction(conn: asyncpg.Connection, copies: Sequence[tu
         for i, (sql, source) in enumerate(copies):
             if last:
                 sql = f"BEGIN; {sql}" if i == 0 else f"{sql}; COMMIT" if i == last else sql
-            status = await conn._copy_in(sql, source, None)
-            # The tag of the last command in the message: COMMIT's, after the last COPY.
-            statuses.append(status)
+            statuses.append(await conn._copy_in(sql, source, None))
     except BaseException:
         # A failed statement leaves the transaction aborted: roll it back here, so the pool
         # gets the connection back clean (if it is broken, the pool drops it).
