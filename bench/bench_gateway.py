@@ -6,7 +6,9 @@ bench/burst.py (the top-of-the-hour burst).
     .venv/bin/python -m bench.bench_gateway --phases burst [--burst-devices 5000,10000,20000]
 
 The database is `--database-url`, else HJ212GW_BENCH_DATABASE_URL, else HJ212GW_TEST_DATABASE_URL,
-else an embedded PostgreSQL in a temporary directory. The schema is dropped afterwards.
+else an embedded PostgreSQL in a temporary directory, started with the gateway's own
+SERVER_SETTINGS (--pg-setting NAME=VALUE adds or overrides one, e.g. wal_init_zero=on for a server
+that zero-fills each new WAL segment). The schema is dropped afterwards.
 Reports sustained packets/s and values/s (closed loop) at 100 / 1,000 / 10,000 connections, ack
 latency p50/p99 at fixed offered rates over 1,000 connections, gateway and PostgreSQL CPU µs per
 packet over each steady window (gateway: /proc/<pid>/stat; PostgreSQL: the postmaster and all its
@@ -289,6 +291,12 @@ def parse_args() -> argparse.Namespace:
                         "after a start (default: the hour before was sent too)")  # fmt: skip
     parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        help="NAME=VALUE for the embedded PostgreSQL, over hj212gw.storage.embedded.SERVER_SETTINGS",
+    )
     parser.add_argument("--label", default="current")
     parser.add_argument("--compare", type=Path, help="earlier result JSON to overlay in the plot")
     parser.add_argument("--no-plot", action="store_true")
@@ -321,7 +329,7 @@ def main() -> None:
         from hj212gw.storage.embedded import start_embedded
 
         embedded = workdir / "pg"
-        dsn = start_embedded(embedded).dsn
+        dsn = start_embedded(embedded, settings=dict(item.split("=", 1) for item in args.pg_setting)).dsn
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     schemas = [schema]
     env = dict(item.split("=", 1) for item in args.gateway_env)

@@ -28,9 +28,16 @@ async def test_embedded_server_starts_migrates_stops_and_restarts(embedded_base:
         await asyncio.to_thread(stop_embedded, data_dir)
         with pytest.raises(OSError):
             await asyncpg.connect(server.dsn, timeout=5)
-        again = await asyncio.to_thread(start_embedded, data_dir, port=5439)
+        # A setting given at start goes over SERVER_SETTINGS for that start; the others stay.
+        again = await asyncio.to_thread(start_embedded, data_dir, port=5439, settings={"work_mem": "8MB"})
         assert again.dsn == server.dsn
         assert await migrate_dsn(again.dsn, "hj212gw") == []
+        conn = await asyncpg.connect(again.dsn)
+        try:
+            assert await conn.fetchval("SHOW work_mem") == "8MB"
+            assert await conn.fetchval("SHOW wal_init_zero") == SERVER_SETTINGS["wal_init_zero"] == "off"
+        finally:
+            await conn.close()
     finally:
         await asyncio.to_thread(stop_embedded, data_dir)
     assert not (data_dir / "postmaster.pid").exists()

@@ -26,6 +26,7 @@ import shlex
 import stat
 import subprocess
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,13 @@ _SYSTEM_USER = "embedded_postgres"
 # storing 5,000 packets/s (about 4 KB of WAL each) checkpoints every ~30 s, and the fsyncs that end
 # each checkpoint stall commits, and so acks, for up to a few hundred ms. Up to 4 GB of WAL in the
 # data directory buys checkpoints every few minutes at that rate (every 15 at light load).
-SERVER_SETTINGS: dict[str, str] = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+# wal_init_zero off: a new server has no WAL segments to recycle, so each 16 MB of WAL is a new
+# segment, and PostgreSQL zero-fills it inside the commit that crosses into it. At 5,000 packets/s
+# that is a segment every ~0.7 s and a commit held for tens of ms each time: the p99 ack was
+# 67-77 ms with zero-filling and 23-28 ms without (docs/benchmarks.md, round 14). Off, a segment
+# is created at its size without being written. A server that has checkpointed recycles its old segments instead, so
+# this matters for the hours after an install and for a WAL spike beyond what it has recycled.
+SERVER_SETTINGS: dict[str, str] = {"max_wal_size": "4GB", "checkpoint_timeout": "15min", "wal_init_zero": "off"}
 _SOCKET_NAME_MAX = 107  # sun_path on Linux, minus the NUL
 
 
@@ -178,9 +185,16 @@ def _dsn(data_dir: Path, port: int, database: str) -> str:
 
 
 def start_embedded(
-    data_dir: Path, *, port: int = 5432, database: str = "postgres", timeout_s: float = 60.0
+    data_dir: Path,
+    *,
+    port: int = 5432,
+    database: str = "postgres",
+    timeout_s: float = 60.0,
+    settings: Mapping[str, str] | None = None,
 ) -> EmbeddedPostgres:
     """Start (initdb-ing on first use) the server of `data_dir`; return how to reach it. Blocks.
+
+    `settings` override or add to SERVER_SETTINGS for this start (the benchmarks compare them).
 
     Listens only on `<data_dir>/.s.PGSQL.<port>`, so the port number never clashes with TCP.
     Idempotent: a server already running on that data directory is reused (and restarted when
@@ -206,8 +220,9 @@ def start_embedded(
         initdb = [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust"]
         _run([*initdb, "--encoding=UTF8", "--no-instructions"], user, timeout_s)
     if not postmaster_alive(data_dir):
-        settings = " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items())
-        options = f"-c listen_addresses='' -k {shlex.quote(str(data_dir))} -p {port} {settings}"
+        in_force = {**SERVER_SETTINGS, **(settings or {})}
+        flags = " ".join(f"-c {name}={shlex.quote(value)}" for name, value in in_force.items())
+        options = f"-c listen_addresses='' -k {shlex.quote(str(data_dir))} -p {port} {flags}"
         log = data_dir / "server.log"
         _run(
             [str(bin_dir / "pg_ctl"), "start", "-w", "-D", str(data_dir), "-l", str(log), "-o", options],
