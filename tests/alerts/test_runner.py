@@ -3,6 +3,7 @@ rows they raise and resolve, the bounded queue, and changes kept through a datab
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,9 +11,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from hj212gw.alerts import runner as runner_module
 from hj212gw.alerts.engine import AlertEngine
 from hj212gw.alerts.runner import PacketRuleRunner
 from hj212gw.monitor.hub import StoredData
+from hj212gw.rules.model import AlertChange, Sample
 from hj212gw.rules.packet import PacketRules
 from hj212gw.rules.thresholds import Thresholds
 from hj212gw.settings import AlertSettings
@@ -72,6 +75,50 @@ async def test_beyond_max_pending_a_packet_is_not_judged_counted_and_warned_once
         assert await runner.judge() == 2
     assert dropped == [3]
     assert [entry["event"] for entry in logs] == ["rule_samples_dropped"]
+
+
+class TurnsSeen(PacketRules):
+    """The rules, noting how many turns another task had on the event loop before each sample."""
+
+    def __init__(self, ticks: list[int]) -> None:
+        super().__init__(Thresholds.default())
+        self.ticks = ticks
+        self.seen: list[int] = []
+
+    def on_sample(self, sample: Sample) -> list[AlertChange]:
+        self.seen.append(self.ticks[0])
+        return super().on_sample(sample)
+
+
+@pytest.mark.parametrize("slice_s", [0.0, 60.0])
+async def test_the_judge_gives_the_event_loop_a_turn_once_its_time_slice_is_spent(
+    db: Database, monkeypatch: pytest.MonkeyPatch, slice_s: float
+) -> None:
+    monkeypatch.setattr(runner_module, "SLICE_S", slice_s)
+    ticks = [0]
+    rules = TurnsSeen(ticks)
+    runner = PacketRuleRunner(rules, AlertEngine(db, "gw-a", AlertSettings()))
+    for n in range(200):
+        runner.stored(minute(n, "N", f"12.{n % 10}"))
+
+    async def tick() -> None:
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        assert await runner.judge() == 200
+    finally:
+        ticker.cancel()
+    assert len(rules.seen) == 200
+    turns = rules.seen[-1] - rules.seen[0]
+    if slice_s:  # a slice longer than the work: judged in one turn
+        assert turns == 0
+    else:  # every slice spent at once: a turn after every CHECK_EVERY packets
+        assert turns == 200 // runner_module.CHECK_EVERY
+        assert all(b - a <= 1 for a, b in zip(rules.seen, rules.seen[1:], strict=False))
 
 
 @pytest.fixture
