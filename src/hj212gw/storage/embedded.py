@@ -40,8 +40,9 @@ _SYSTEM_USER = "embedded_postgres"
 # segment, and PostgreSQL zero-fills it inside the commit that crosses into it. At 5,000 packets/s
 # that is a segment every ~0.7 s and a commit held for tens of ms each time: the p99 ack was
 # 67-77 ms with zero-filling and 23-28 ms without (docs/benchmarks.md, round 14). Off, a segment
-# is created at its size without being written. A server that has checkpointed recycles its old segments instead, so
-# this matters for the hours after an install and for a WAL spike beyond what it has recycled.
+# is created at its size without being written. A server that has checkpointed recycles its old
+# segments instead, so this matters for the hours after an install and for a WAL spike beyond what
+# it has recycled.
 SERVER_SETTINGS: dict[str, str] = {"max_wal_size": "4GB", "checkpoint_timeout": "15min", "wal_init_zero": "off"}
 _SOCKET_NAME_MAX = 107  # sun_path on Linux, minus the NUL
 
@@ -194,7 +195,8 @@ def start_embedded(
 ) -> EmbeddedPostgres:
     """Start (initdb-ing on first use) the server of `data_dir`; return how to reach it. Blocks.
 
-    `settings` override or add to SERVER_SETTINGS for this start (the benchmarks compare them).
+    `settings` override or add to SERVER_SETTINGS when this call starts the server (the
+    benchmarks compare them); a server already running keeps the settings it was started with.
 
     Listens only on `<data_dir>/.s.PGSQL.<port>`, so the port number never clashes with TCP.
     Idempotent: a server already running on that data directory is reused (and restarted when
