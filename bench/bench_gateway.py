@@ -310,6 +310,13 @@ def parse_args() -> argparse.Namespace:
     args.idle_steps = args.idle_steps or ([1000, 3000] if quick else [1000, 5000, 10000, 19000])
     args.fleet_speeds = args.fleet_speeds or ([30.0] if quick else [15.0, 30.0, 60.0])
     args.burst_devices = args.burst_devices or ([5000] if quick else [5000, 10000, 20000])
+    for option in ("gateway_env", "pg_setting"):
+        pairs = getattr(args, option)
+        if any("=" not in item for item in pairs):
+            parser.error(f"--{option.replace('_', '-')} takes NAME=VALUE")
+        setattr(args, option, dict(item.split("=", 1) for item in pairs))
+    if args.pg_setting and args.database_url:
+        parser.error("--pg-setting sets the embedded PostgreSQL: give no database URL with it")
     return args
 
 
@@ -329,10 +336,10 @@ def main() -> None:
         from hj212gw.storage.embedded import start_embedded
 
         embedded = workdir / "pg"
-        dsn = start_embedded(embedded, settings=dict(item.split("=", 1) for item in args.pg_setting)).dsn
+        dsn = start_embedded(embedded, settings=args.pg_setting).dsn
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     schemas = [schema]
-    env = dict(item.split("=", 1) for item in args.gateway_env)
+    env = args.gateway_env
     result: dict[str, Any] = {
         "label": args.label,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
