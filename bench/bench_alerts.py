@@ -19,8 +19,8 @@ MQTT on the local Mosquitto (127.0.0.1:1883, a topic root of its own), two measu
 
 A thresholds file keeps the background load silent whatever it sends (no flatline or dilution
 alerts: the generator's values once never changed and its O₂ read 24 %), and the backfill is
-off (the generator's DataTimes start on 2026-01-01, so the gateway would otherwise fetch eleven
-months of "missing" data from devices that never answer). Each measurement gets a fresh gateway
+off (the generator's DataTimes start 30 days back, so the gateway would otherwise fetch a month
+of "missing" data from devices that never answer). Each measurement gets a fresh gateway
 on a fresh schema (dropped afterwards); the subscriber connects to the broker directly.
 
     HJ212GW_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\

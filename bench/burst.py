@@ -24,10 +24,10 @@ import json
 import math
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from bench.idle import raise_fd_limit
-from bench.loadgen import frame_of, minute_segment, mn_for
+from bench.loadgen import BASE_TIME, frame_of, minute_segment, mn_for
 from bench.packets import AIR_FACTORS, segment, statistics_groups
 
 OVERTIME_S = 5.0  # a DAS resends a packet after OverTime seconds without its answer...
@@ -42,9 +42,9 @@ def realtime_groups(hour: int) -> list[str]:
 
 
 def hour_frames(mn: str, hour: int) -> list[bytes]:
-    """The three packets a DAS sends at `hour`:00:00 of 2026-01-01: the real-time values of that
-    instant, the minute before it and the hour before it."""
-    at = datetime(2026, 1, 1) + timedelta(hours=hour)
+    """The three packets a DAS sends at `hour`:00:00 of the generator's first day (loadgen.BASE_TIME):
+    the real-time values of that instant, the minute before it and the hour before it."""
+    at = BASE_TIME + timedelta(hours=hour)
     text = at.strftime("%Y%m%d%H%M%S")
     minute_before = (at - timedelta(minutes=1)).strftime("%Y%m%d%H%M%S")
     hour_before = (at - timedelta(hours=1)).strftime("%Y%m%d%H%M%S")

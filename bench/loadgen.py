@@ -20,12 +20,19 @@ import functools
 import json
 import statistics
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from bench.packets import AIR_FACTORS, MINUTE_VARIANTS, segment
 from hj212gw.protocol.framing import encode_frame
 
-BASE_TIME = datetime(2026, 1, 1)
+BASE_DAYS_BACK = 30
+BASE_TIME = datetime.combine(datetime.now(UTC).date() - timedelta(days=BASE_DAYS_BACK), datetime.min.time())
+"""Every device's first DataTime (naive, as sent): midnight BASE_DAYS_BACK days before the run's
+day (UTC); its k-th minute packet is k minutes later. Relative to the run, not a fixed date: the
+data must stay inside the gateway's DataTime window (`past_tolerance`, 400 days) whatever the
+calendar says, or every packet would become `time_suspect` and take another path. Thirty days
+leave room for the longest closed loop (100 connections advance each device by a few days of
+minutes) and keep the data in the past, where a real DAS's are."""
 
 
 def mn_for(index: int, run_id: int) -> str:
