@@ -290,6 +290,10 @@ def parse_args() -> argparse.Namespace:
                         help="burst phase: devices bound by one minute packet, so the burst is the first hour "
                         "after a start (default: the hour before was sent too)")  # fmt: skip
     parser.add_argument("--gateway-src", type=Path, help="PYTHONPATH for the gateway (e.g. a baseline worktree)")
+    parser.add_argument(
+        "--gateway-module", default="hj212gw.cli",
+        help="the program run as the gateway (`python -m MODULE serve …`); bench.floor: the least a gateway does",
+    )  # fmt: skip
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument(
         "--pg-setting",
@@ -358,7 +362,7 @@ def main() -> None:
         # otherwise land in the first fixed-rate run's latencies.
         for phase, run in (("closed", closed_loop), ("open", open_loop), ("fleet", fleet)):
             if phase in phases:
-                gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
+                gw = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir, args.gateway_module)
                 gw.wait_ready()
                 result[f"{phase}_loop" if phase != "fleet" else "fleet"] = run(gw, pg, args)
                 gw.stop()
@@ -368,7 +372,7 @@ def main() -> None:
                 args.burst_devices = [min(n, fd_limit - 100) for n in args.burst_devices]
 
             def start_gateway() -> GatewayProcess:
-                fresh = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir)
+                fresh = GatewayProcess(gw_dsn, schema, args.gateway_src, env, workdir, args.gateway_module)
                 try:
                     fresh.wait_ready()
                 except RuntimeError:
@@ -385,7 +389,7 @@ def main() -> None:
             # idle devices (the earlier phases register tens of thousands of MNs of their own).
             idle_schema = f"{schema}_idle"
             schemas.append(idle_schema)
-            gw = GatewayProcess(gw_dsn, idle_schema, args.gateway_src, env, workdir)
+            gw = GatewayProcess(gw_dsn, idle_schema, args.gateway_src, env, workdir, args.gateway_module)
             gw.wait_ready()
             result["idle"] = idle_connections(gw, args.idle_steps)
             gw.stop()

@@ -110,9 +110,12 @@ def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 class GatewayProcess:
-    """`hj212gw serve` on free ports, logging to a file; stop() sends SIGTERM."""
+    """`hj212gw serve` on free ports, logging to a file; stop() sends SIGTERM. `module`: another
+    program taking the same arguments (bench/floor.py)."""
 
-    def __init__(self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, dsn: str, schema: str, src: Path | None, env: dict[str, str], log_dir: Path, module: str = "hj212gw.cli"
+    ) -> None:
         self.workers = int(env.get("HJ212GW_WORKERS", "1"))  # worker i serves HTTP on self.http + i
         self.port = free_port()
         self.http = free_port(self.workers)
@@ -126,7 +129,7 @@ class GatewayProcess:
         }
         if src is not None:
             environ["PYTHONPATH"] = str(src)
-        cmd = [sys.executable, "-m", "hj212gw.cli", "serve", "--listen", f"127.0.0.1:{self.port}"]
+        cmd = [sys.executable, "-m", module, "serve", "--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--http", f"127.0.0.1:{self.http}", "--database-url", dsn, "--database-schema", schema]
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, env=environ, stdout=self.log_file, stderr=subprocess.STDOUT)
