@@ -28,7 +28,8 @@ def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int, cold: bool = Fa
     try:
         ready = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
         log(f"burst: {sum(r['ready'] for r in ready)} DAS bound in {max(r['setup_s'] for r in ready)} s")
-        time.sleep(1.0)  # let the binding packets' side writes settle
+        settle_s = wait_quiet(gw)
+        log(f"burst: gateway quiet {settle_s} s after the binding")
         backends = pg.gateway_backends()
         start = time.time() + 0.5
         for p in procs:
@@ -45,8 +46,25 @@ def run_burst(gw: GatewayProcess, pg: Postgres, *, devices: int, cold: bool = Fa
             p.wait(60)
     point = burst_point(devices, ready, reports, gw1 - gw0, pg0, pg1, backends)
     point["cold"] = cold
+    point["settle_s"] = settle_s
     point["generator_cpu_us_per_packet"] = round((gen1 - gen0) / max(1, point["acked"]) * 1e6, 1)
     return point
+
+
+def wait_quiet(gw: GatewayProcess, *, share: float = 0.05, interval_s: float = 0.5, timeout_s: float = 180.0) -> float:
+    """Wait until the gateway has finished with the binding packets (their commits, device state,
+    and the rules, which plan each device's series on its first packets and may run seconds
+    behind): its CPU over `interval_s` below `share` of a core per worker, at least one second.
+    Without it the burst would land on that backlog, which a top-of-hour burst in the field, with
+    its devices connected long before, never meets. Returns the seconds waited."""
+    started = time.monotonic()
+    time.sleep(1.0)
+    while time.monotonic() - started < timeout_s:
+        before = gw.cpu_s()
+        time.sleep(interval_s)
+        if gw.cpu_s() - before < share * interval_s * gw.workers:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def burst_point(devices: int, ready: list[dict[str, Any]], reports: list[dict[str, Any]], gateway_cpu_s: float,
