@@ -15,7 +15,6 @@ election". Imports storage only for its error classes; holds no pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -24,6 +23,7 @@ import asyncpg
 import structlog
 
 from hj212gw.storage.db import OUTAGE_ERRORS
+from hj212gw.waiting import wait_set
 
 _LOG = structlog.get_logger("hj212gw.alerts")
 RECONNECT_MAX_S = 30.0
@@ -150,9 +150,7 @@ class Leader:
             elif await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key, timeout=self.check_s):
                 _LOG.info("leader_elected", election=self.name)
                 self._set_leader(True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self.check_s)
-            if lost.is_set():
+            if await wait_set(lost, self.check_s):
                 raise LeaderConnectionLost("closed")
 
     def _set_leader(self, leading: bool, *, event: str = "leader_lost") -> None:

@@ -37,6 +37,7 @@ from hj212gw.alerts.outbox import Refusal, SinkDown
 from hj212gw.monitor.state import DeviceStateChanged
 from hj212gw.settings import MqttSettings, mqtt_address
 from hj212gw.storage.alert_outbox import OutboxEntry
+from hj212gw.waiting import wait_set
 
 _LOG = structlog.get_logger("hj212gw.alerts")
 ONLINE, OFFLINE = b"online", b"offline"
@@ -250,8 +251,7 @@ class MqttSink:
         return ()
 
     async def _connection(self) -> tuple[aiomqtt.Client, asyncio.Event]:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), self.settings.publish_timeout_s)
+        await wait_set(self._connected, self.settings.publish_timeout_s)
         if self._client is None:
             raise SinkDown("not connected to the broker")
         return self._client, self._lost

@@ -28,6 +28,7 @@ from hj212gw.alerts.health import Backoff, Dependency, NullObserver, SinkObserve
 from hj212gw.settings import AlertSinkSettings
 from hj212gw.storage.alert_outbox import AlertOutbox, OutboxCursor, OutboxEntry
 from hj212gw.storage.db import RETRYABLE_ERRORS, Database
+from hj212gw.waiting import wait_set
 
 _LOG = structlog.get_logger("hj212gw.alerts")
 # Entries committed but behind an older transaction still running: look again this soon first
@@ -158,8 +159,7 @@ class OutboxDelivery:
         self.cursor = position
 
     async def _idle(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        await wait_set(self._wake, timeout_s)
 
 
 class AlertNotifications:
@@ -199,8 +199,7 @@ class AlertNotifications:
     async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         """Returns when the connection ends, or (a silent network cut) fails a ping."""
         while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), _LISTEN_PING_S)
+            if await wait_set(lost, _LISTEN_PING_S):
                 return
             try:
                 await conn.execute("SELECT 1", timeout=_LISTEN_PING_S)

@@ -207,7 +207,8 @@ async def _read_replies(reader: asyncio.StreamReader, acks: _Acks, half_closed: 
     """Read until the gateway closes, or until it stays silent `idle_s` after the half-close."""
     while True:
         try:
-            data = await asyncio.wait_for(reader.read(_READ_BYTES), idle_s)
+            async with asyncio.timeout(idle_s):  # not wait_for: hj212gw.waiting says why
+                data = await reader.read(_READ_BYTES)
         except TimeoutError:
             if half_closed.is_set():
                 return

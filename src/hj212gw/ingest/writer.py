@@ -35,6 +35,7 @@ from hj212gw.ingest.items import (
 from hj212gw.storage.db import DATABASE_ERRORS, Database, is_outage, is_retryable, sqlstate_of
 from hj212gw.storage.rows import DataBlock, FrameRow
 from hj212gw.supervisor import Supervisor
+from hj212gw.waiting import wait_set
 
 
 @dataclass(slots=True)
@@ -246,9 +247,7 @@ class BatchWriter:
             if batch.rows >= self.max_batch_rows or left <= 0 or self._closing:
                 return
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), left)
-            except TimeoutError:
+            if not await wait_set(self._wakeup, left):
                 self._take(batch)
                 return
 

@@ -31,7 +31,6 @@ keeps the total).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ import structlog
 from hj212gw.monitor.backfill_plan import Fetch, MissingRun, RetryPolicy, TokenBucket, next_fetch
 from hj212gw.monitor.commands import CommandOutcome
 from hj212gw.monitor.hub import NOTHING, StoredData
+from hj212gw.waiting import wait_set
 
 _LOG = structlog.get_logger("hj212gw.monitor")
 
@@ -208,8 +208,7 @@ class Backfill:
                 if mn not in self._active and self.held(mn):
                     self._start(mn)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait_s, 0.001))
+            await wait_set(self._wake, max(wait_s, 0.001))
 
     def _schedule(self, mn: str, at_s: float) -> None:
         if mn in self._queued:

@@ -38,6 +38,7 @@ from hj212gw.settings import Settings
 from hj212gw.storage.commands import CommandStore, CommandUpdate, NewCommand
 from hj212gw.storage.db import DATABASE_ERRORS, OUTAGE_ERRORS, Database
 from hj212gw.storage.devices import set_pw
+from hj212gw.waiting import wait_set
 
 _LOG = structlog.get_logger("hj212gw.commands")
 SWEEP_INTERVAL_S = 1.0
@@ -101,8 +102,7 @@ class CommandRunner:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
                     await self._expire()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL_S)
+                await wait_set(self._wake, SWEEP_INTERVAL_S)
         finally:
             await self.close()
 

@@ -189,9 +189,8 @@ class DeviceRunner:
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         counters = self.device.counters
         try:
-            _, link = await asyncio.wait_for(
-                loop.create_connection(lambda: _Link(self), self.host, self.port), _CONNECT_TIMEOUT_S
-            )
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):  # not wait_for: hj212gw.waiting says why
+                _, link = await loop.create_connection(lambda: _Link(self), self.host, self.port)
         except (OSError, TimeoutError):
             counters.connect_failures += 1
             self._connect_at = self.clock.real_now() + self._jitter(self._backoff_s)
