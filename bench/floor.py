@@ -208,11 +208,14 @@ async def serve(args: argparse.Namespace, worker: int) -> None:
         await web.TCPSite(runner, http_host, int(http_port) + worker).start()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
         server.close()
         for task in tasks:
             task.cancel()
         await runner.cleanup()
+        for task in done - {stopping}:
+            task.result()  # a writer died (it never returns): its error ends the floor, in its log
 
 
 async def create_table(args: argparse.Namespace) -> None:
